@@ -1,0 +1,27 @@
+PY := .venv/bin/python
+STAMP := .venv/.installed
+
+.PHONY: demo test lint bench figs clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	cd src && ../$(PY) main.py --template demo --dir_data ../dataset --save_dir ../experiment
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks Figs
+
+test: lint
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+figs: $(STAMP)
+	$(PY) Figs/draw_architecture.py
+
+clean:
+	rm -rf .venv .pytest_cache .ruff_cache
