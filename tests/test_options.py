@@ -1,0 +1,114 @@
+"""Flags: the paper's command lines parse to the intended values; bad values give one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+import option
+from conftest import SRC
+from errors import UserError
+
+PAPER_X2 = (
+    '--epochs 1500 --model LCoAN --save LCoAN_x2 --data_test Set5 --save_dir ../output/ '
+    '--dir_data ../../SrTrainingData --n_GPUs 1 --n_threads 8 --rgb_range 1 --save_models --save_results '
+    '--lr 1e-4 --decay 300-600-900-1200 --chop --n_resgroups 10 --n_resblocks 4 --reduction 1 --n_feats 128 '
+    '--n_clusters 128 --window_size 384 --ema_decay 0.999 --res_scale 0.1 --batch_size 16 --scale 2 '
+    '--patch_size 96 --data_train DIV2K --data_range 1-800/1-5'
+)
+PAPER_X4 = (PAPER_X2.replace('--epochs 1500', '--epochs 500').replace('--save LCoAN_x2', '--save LCoAN_x4')
+            .replace('--scale 2', '--scale 4').replace('--patch_size 96', '--patch_size 192')
+            + ' --pre_train ../LCoAN_x2.pt')
+PAPER_TEST = (
+    '--model LCoAN --save LCoAN_x4 --data_test Set5+Set14+B100+Urban100+Manga109 --save_dir ../output/test/ '
+    '--dir_data ../../SrTrainingData --n_GPUs 1 --n_threads 8 --rgb_range 1 --save_results --lr 1e-4 '
+    '--decay 300-600-900-1200 --chop --n_resgroups 10 --n_resblocks 4 --reduction 1 --n_feats 128 '
+    '--n_clusters 128 --window_size 384 --ema_decay 0.999 --res_scale 0.1 --batch_size 16 --scale 4 '
+    '--patch_size 96 --data_train DIV2K --data_range 1-800/1-5 --pre_train ../LCoAN_x4.pt --test_only'
+)
+
+PAPER_MODEL = dict(model='LCoAN', n_resgroups=10, n_resblocks=4, reduction=1, n_feats=128, n_clusters=128,
+                   window_size=384, ema_decay=0.999, res_scale=0.1, rgb_range=1, n_threads=8, n_GPUs=1,
+                   batch_size=16, lr=1e-4, decay=[300, 600, 900, 1200], chop=True, dir_data='../../SrTrainingData',
+                   data_train=['DIV2K'], data_range='1-800/1-5', train_range=(1, 800), test_range=(1, 5))
+
+
+def check(args, expected):
+    for key, value in expected.items():
+        assert getattr(args, key) == value, key
+
+
+def test_paper_train_x2():
+    args = option.parse_args(PAPER_X2.split())
+    check(args, PAPER_MODEL)
+    check(args, dict(epochs=1500, save='LCoAN_x2', data_test=['Set5'], save_dir='../output/', save_models=True,
+                     save_results=True, scale=[2], patch_size=96, pre_train='', test_only=False))
+
+
+def test_paper_train_x4_from_x2():
+    args = option.parse_args(PAPER_X4.split())
+    check(args, PAPER_MODEL)
+    check(args, dict(epochs=500, save='LCoAN_x4', scale=[4], patch_size=192, pre_train='../LCoAN_x2.pt'))
+
+
+def test_paper_test_only():
+    args = option.parse_args(PAPER_TEST.split())
+    check(args, PAPER_MODEL)
+    check(args, dict(data_test=['Set5', 'Set14', 'B100', 'Urban100', 'Manga109'], save_dir='../output/test/',
+                     scale=[4], pre_train='../LCoAN_x4.pt', test_only=True, save_models=False))
+
+
+def test_edsr_flags_and_lists():
+    args = option.parse_args(['--cpu', '--seed', '7', '--ext', 'img', '--n_colors', '1', '--n_hashes', '2',
+                              '--self_ensemble', '--precision', 'bf16', '--loss', '1*L1+0.5*MSE',
+                              '--optimizer', 'SGD', '--betas', '0.8,0.99', '--epsilon', '1e-6', '--momentum', '0.5',
+                              '--gamma', '0.1', '--weight_decay', '1e-4', '--gclip', '2', '--skip_threshold', '10',
+                              '--test_every', '5', '--print_every', '2', '--load', 'run', '--resume', '-1', '--reset',
+                              '--save_gt', '--ssim', '--dir_demo', 'imgs', '--no_augment', '--data_test', 'set5+b100'])
+    check(args, dict(cpu=True, device='cpu', seed=7, ext='img', n_colors=1, n_hashes=2, self_ensemble=True,
+                     precision='bf16', loss='1*L1+0.5*MSE', optimizer='SGD', betas=(0.8, 0.99), epsilon=1e-6,
+                     momentum=0.5, gamma=0.1, weight_decay=1e-4, gclip=2.0, skip_threshold=10.0, test_every=5,
+                     print_every=2, load='run', resume=-1, reset=True, save_gt=True, ssim=True, dir_demo='imgs',
+                     no_augment=True, data_test=['Set5', 'B100']))
+
+
+def test_template_sets_defaults_and_flags_win():
+    args = option.parse_args(['--template', 'demo', '--n_feats', '16'])
+    assert args.data_train == ['Sample'] and args.n_resgroups == 2
+    assert args.n_feats == 16
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--model', 'EDSRX'], "--model 'EDSRX': allowed: LCoAN"),
+    (['--data_test', 'Set5+Foo'], "unknown name 'Foo'"),
+    (['--data_train', 'Set5'], "unknown name 'Set5'; allowed: DIV2K, Sample"),
+    (['--scale', '8'], "--scale '8': LCoAN upsamples by 2, 3, 4"),
+    (['--scale', '2+3'], 'LCoAN has one upsampler'),
+    (['--scale', 'x2'], "--scale 'x2'"),
+    (['--n_feats', '0'], "--n_feats 0: must be a positive integer"),
+    (['--window_size', '-4'], "--window_size -4: must be a positive integer"),
+    (['--batch_size', '0'], '--batch_size 0'),
+    (['--patch_size', '95', '--scale', '2'], '--patch_size 95: must be divisible by the scale (2)'),
+    (['--data_range', '1-800'], "--data_range '1-800': expected \"a-b/c-d\""),
+    (['--data_range', '10-1/801-810'], "--data_range '10-1/801-810'"),
+    (['--decay', '300-x'], "--decay '300-x': expected positive epochs"),
+    (['--decay', '600-300'], 'milestones must increase'),
+    (['--reduction', '3'], '--reduction 3: must divide --n_feats (128)'),
+    (['--ema_decay', '1.5'], '--ema_decay 1.5: must be in [0, 1)'),
+    (['--n_colors', '2'], '--n_colors 2'),
+    (['--precision', 'fp8'], "--precision 'fp8': allowed: single, half, bf16"),
+    (['--template', 'nope'], "--template 'nope'"),
+])
+def test_bad_values_name_the_flag(argv, message):
+    with pytest.raises(UserError) as err:
+        option.parse_args(argv)
+    assert message in str(err.value)
+    assert '\n' not in str(err.value)
+
+
+def test_main_prints_one_line_without_traceback():
+    proc = subprocess.run([sys.executable, 'main.py', '--scale', '5'], cwd=SRC, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --scale '5': LCoAN upsamples by 2, 3, 4"
+    assert 'Traceback' not in proc.stdout + proc.stderr
