@@ -1,10 +1,11 @@
-"""Entry point: ``python main.py [flags]`` (run from ``src/``; see README)."""
+"""Entry point: ``python main.py [flags]``, run from ``src/`` (see README)."""
 
 import sys
 
 import torch
 
 import data
+import distributed
 import loss
 import model
 import option
@@ -14,6 +15,7 @@ from trainer import Trainer
 
 
 def run(args) -> None:
+    """Train and/or evaluate in this process (one of several under torch.distributed)."""
     torch.manual_seed(args.seed)
     ckp = utility.checkpoint(args)
     loader = data.Data(args)
@@ -31,7 +33,7 @@ def main(argv=None) -> int:
         args = option.parse_args(argv)
         if not args.cuda_available and not args.cpu_requested:
             print('CUDA is not available: running on the CPU.')
-        run(args)
+        distributed.launch(args, run)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

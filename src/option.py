@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     g('--cpu', action='store_true', help='run on the CPU even if a GPU is available')
     g('--n_GPUs', type=int, default=1, help='GPUs on this machine; more than 1 starts DistributedDataParallel')
     g('--seed', type=int, default=1, help='random seed')
+    g('--dist_timeout', type=int, default=600,
+      help='seconds a process waits for the others in a collective before the run fails')
 
     g = parser.add_argument_group('data').add_argument
     g('--dir_data', type=str, default='../dataset', help='folder holding DIV2K/ and benchmark/')
@@ -169,7 +171,7 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
 
     for flag in ('n_resgroups', 'n_resblocks', 'n_feats', 'reduction', 'n_clusters', 'window_size',
                  'n_hashes', 'batch_size', 'patch_size', 'epochs', 'test_every', 'print_every',
-                 'rgb_range', 'n_GPUs', 'chop_size', 'chop_batch'):
+                 'rgb_range', 'n_GPUs', 'chop_size', 'chop_batch', 'dist_timeout'):
         if getattr(args, flag) <= 0:
             _fail(flag, getattr(args, flag), 'must be a positive integer')
     for flag in ('n_threads', 'chop_overlap'):
