@@ -1,0 +1,194 @@
+"""Reading state dicts from disk and loading them into a network, with checks and clear errors.
+
+Every load goes through ``torch.load(..., weights_only=True)``: a checkpoint is a plain
+``state_dict`` (a dict of tensors, as the official LCoAN and EDSR release them). A file that is
+missing, is not a PyTorch checkpoint, or holds pickled objects other than tensors raises
+:class:`errors.UserError` naming the file.
+
+Keys and shapes must match the network exactly, with one exception: the paper fine-tunes its x3
+and x4 models from the x2 one (``--scale 4 --pre_train LCoAN_x2.pt``). When the only differences
+are in the upsampler (``tail.0.*``), every other tensor is loaded and the network keeps its freshly
+initialised upsampler, as a whole; the log names what was kept and skipped.
+"""
+
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from errors import UserError
+
+UPSAMPLER_PREFIX = 'tail.0.'
+DDP_PREFIX = 'module.'
+# How many mismatched keys an error message lists before it says "and N more".
+_LIST_AT_MOST = 4
+
+
+def read_state_dict(path: str | Path, *, what: str = 'checkpoint') -> dict[str, torch.Tensor]:
+    """Load a plain ``state_dict`` from ``path`` onto the CPU, refusing anything but tensors.
+
+    Args:
+        path: the ``.pt`` file.
+        what: how error messages introduce the file, e.g. ``'--pre_train'``.
+
+    Raises:
+        UserError: the file is missing, is not a PyTorch checkpoint, holds pickled objects other
+            than tensors, or is not a dict from string keys to tensors.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f'{what} {path}: no such file')
+    if not path.is_file():
+        raise UserError(f'{what} {path}: not a file')
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # torch.load raises many types (KeyError, EOFError, RuntimeError, ...) for bad files
+        raise UserError(f'{what} {path}: {_explain_load_error(e)}') from None
+    if not isinstance(obj, dict):
+        raise UserError(f'{what} {path}: expected a state_dict (a dict of tensors), found a {type(obj).__name__}')
+    bad = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if bad:
+        nested = [k for k in bad if isinstance(obj[k], dict)]
+        hint = f" (it nests one under {nested[0]!r}; save that entry on its own)" if nested else ''
+        raise UserError(f'{what} {path}: expected a state_dict (a dict of tensors), but entry {bad[0]!r} '
+                        f'is a {type(obj[bad[0]]).__name__}{hint}')
+    return obj
+
+
+def _explain_load_error(e: Exception) -> str:
+    text = str(e)
+    culprit = re.search(r'Unsupported global: GLOBAL (\S+)', text)
+    if culprit:
+        return (f'refused: it holds pickled objects other than tensors ({culprit.group(1)}); only plain state_dicts '
+                'are loaded (torch.load with weights_only=True)')
+    if 'Weights only load failed' in text:
+        detail = re.search(r'WeightsUnpickler error:\s*(.+)', text)
+        return f'not a PyTorch checkpoint ({detail.group(1).strip() if detail else "unreadable pickle"})'
+    if isinstance(e, EOFError):
+        return 'not a PyTorch checkpoint (the file is empty or cut short)'
+    if 'zip archive' in text:
+        return 'not a PyTorch checkpoint or cut short (its zip archive is unreadable)'
+    if isinstance(e, OSError):
+        return f'cannot read it ({e.strerror or text})'
+    return f'not a PyTorch checkpoint ({type(e).__name__}: {text.splitlines()[0] if text else "unreadable"})'
+
+
+def strip_ddp_prefix(state: dict[str, torch.Tensor], *, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """Remove the ``module.`` that (Distributed)DataParallel puts before every key, if all keys have it."""
+    if state and all(k.startswith(DDP_PREFIX) for k in state):
+        log(f"Checkpoint was saved from a DataParallel/DistributedDataParallel wrapper: removed the leading "
+            f"'{DDP_PREFIX}' of its {len(state)} keys.")
+        return {k[len(DDP_PREFIX):]: v for k, v in state.items()}
+    return state
+
+
+def upsampler_scale(state: dict[str, torch.Tensor]) -> int | None:
+    """The scale of the upsampler in ``state``: the product over its conv + PixelShuffle stages.
+
+    Each stage is a conv from ``n`` to ``r*r*n`` channels followed by PixelShuffle(r); ``None`` when
+    the keys do not look like that.
+    """
+    weights = [v for k, v in state.items()
+               if re.fullmatch(re.escape(UPSAMPLER_PREFIX) + r'\d+\.weight', k) and v.dim() == 4]
+    if not weights:
+        return None
+    scale = 1
+    for w in weights:
+        out_ch, in_ch = w.shape[:2]
+        root = math.isqrt(out_ch // in_ch) if out_ch % in_ch == 0 else 0
+        if root < 2 or root * root * in_ch != out_ch:
+            return None
+        scale *= root
+    return scale
+
+
+def _fmt_shape(shape: torch.Size) -> str:
+    return str(tuple(shape))
+
+
+def _listing(keys: list[str]) -> str:
+    more = f' and {len(keys) - _LIST_AT_MOST} more' if len(keys) > _LIST_AT_MOST else ''
+    return ', '.join(keys[:_LIST_AT_MOST]) + more
+
+
+def load_into(network: nn.Module, state: dict[str, torch.Tensor], *, source: str,
+              log: Callable[[str], None], allow_new_upsampler: bool = True) -> list[str]:
+    """Copy ``state`` into ``network``, strictly, except for the upsampler swap described above.
+
+    Args:
+        network: the bare network (not a DDP wrapper).
+        state: a state_dict, already read (``module.`` prefixes already stripped).
+        source: names the checkpoint in messages, e.g. ``'--pre_train LCoAN_x2.pt'``.
+        log: receives one line per notable event (a skipped upsampler).
+        allow_new_upsampler: False to require an exact match (resuming a run).
+
+    Returns:
+        The checkpoint keys that were not loaded (empty on an exact match).
+
+    Raises:
+        UserError: keys or shapes differ outside the upsampler (or anywhere, without
+            ``allow_new_upsampler``); the message lists the first keys with both shapes.
+    """
+    own = network.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    resized = [k for k in own if k in state and state[k].shape != own[k].shape]
+    differing = missing + unexpected + resized
+    if not differing:
+        network.load_state_dict(state, strict=True)
+        return []
+
+    only_upsampler = all(k.startswith(UPSAMPLER_PREFIX) for k in differing)
+    if not (only_upsampler and allow_new_upsampler):
+        parts = []
+        if resized:
+            parts.append('shape mismatch: ' + _listing(
+                [f'{k} checkpoint {_fmt_shape(state[k].shape)} vs model {_fmt_shape(own[k].shape)}' for k in resized]))
+        if missing:
+            parts.append('missing from the checkpoint: ' + _listing(missing))
+        if unexpected:
+            parts.append('not in the model: ' + _listing(unexpected))
+        hint = '' if not only_upsampler else ' (only the upsampler differs: the checkpoint is for another scale)'
+        raise UserError(f'{source} does not fit this model{hint}; ' + '; '.join(parts)
+                        + '. Check --scale, --n_feats, --n_resgroups, --n_resblocks, --n_clusters, --reduction, '
+                        '--n_colors against the run that saved it.')
+
+    # The upsampler is a unit: a x2 conv in the first slot of a x4 upsampler would feed a stage it was
+    # never trained with, so the whole fresh upsampler is kept rather than a shape-compatible part.
+    skipped = [k for k in state if k.startswith(UPSAMPLER_PREFIX)]
+    kept = [k for k in own if k.startswith(UPSAMPLER_PREFIX)]
+    merged = {k: (own[k].detach().clone() if k in kept else state[k]) for k in own}
+    network.load_state_dict(merged, strict=True)
+
+    def scale_of(s):
+        found = upsampler_scale(s)
+        return f'x{found}' if found else 'another scale'
+
+    new_scale, old_scale = scale_of(own), scale_of(state)
+    log(f'Loaded {source} except its upsampler: kept the new {new_scale} upsampler '
+        f'({", ".join(kept)}): checkpoint was trained for {old_scale}; skipped checkpoint keys: '
+        + ', '.join(f'{k} {_fmt_shape(state[k].shape)}' for k in skipped) + '.')
+    return skipped
+
+
+def load_checkpoint(network: nn.Module, path: str | Path, *, log: Callable[[str], None],
+                    what: str = 'checkpoint', allow_new_upsampler: bool = True) -> list[str]:
+    """Read ``path`` and load it into ``network``: :func:`read_state_dict` then :func:`load_into`.
+
+    Args:
+        network: the bare network.
+        path: the ``.pt`` state_dict.
+        log: receives progress lines.
+        what: how messages introduce the file, e.g. ``'--pre_train'``.
+        allow_new_upsampler: see :func:`load_into`; False for resuming a run.
+
+    Returns:
+        The checkpoint keys that were not loaded.
+    """
+    state = strip_ddp_prefix(read_state_dict(path, what=what), log=log)
+    skipped = load_into(network, state, source=f'{what} {path}', log=log, allow_new_upsampler=allow_new_upsampler)
+    log(f'Loaded {what} {path} ({len(state) - len(skipped)} tensors).')
+    return skipped

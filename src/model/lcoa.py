@@ -1,0 +1,217 @@
+"""Learnable Collaborative Attention: k-means centroids, the learnable sparse pattern, and its sharing.
+
+The first residual group clusters its features with learnable k-means centroids, builds the
+Learnable Sparse Pattern (LSP) from the clusters, and hands the pattern to the later groups, which
+apply it to their own values (Collaborative Attention, CoA).
+
+Which implementation of the sparse attention runs is chosen by ``ATTENTION_IMPL`` below (one
+switch for the whole program): ``'reference'`` (``model.sparse_attention_reference``, plain and
+obviously faithful) or ``'fast'`` (``model.sparse_attention``, same functional API).
+"""
+
+import importlib
+import warnings
+from types import ModuleType
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from model import common
+
+ATTENTION_IMPL = 'reference'
+IMPLEMENTATIONS = {'reference': 'model.sparse_attention_reference', 'fast': 'model.sparse_attention'}
+KMEANS_INIT_ITERS = 10
+
+Pattern = Any  # the pattern object of whichever implementation built it
+
+
+def attention_module(impl: str) -> ModuleType:
+    """The module implementing ``build_pattern``/``apply_pattern`` for ``impl`` ('reference' or 'fast')."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f'unknown attention implementation {impl!r}; expected one of {", ".join(IMPLEMENTATIONS)}')
+    return importlib.import_module(IMPLEMENTATIONS[impl])
+
+
+# Distributed helpers: with torch.distributed initialised, every rank must hold the same centroids, so the
+# statistics that move them are shared. Without it they are no-ops.
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _all_reduce_sum(*tensors: Tensor) -> None:
+    if _distributed():
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def _gather_rows(rows: Tensor) -> Tensor:
+    """Concatenation, in rank order, of every rank's ``rows`` (M_rank, D); M_rank may differ between ranks."""
+    if not _distributed():
+        return rows
+    world = dist.get_world_size()
+    count = torch.tensor([rows.shape[0]], device=rows.device, dtype=torch.long)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    counts_list = [int(c.item()) for c in counts]
+    padded = rows.new_zeros(max(counts_list), rows.shape[1])
+    padded[:rows.shape[0]] = rows
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:c] for p, c in zip(parts, counts_list, strict=True)])
+
+
+def _shared_sample_indices(n_samples: int, n_clusters: int, device: torch.device) -> Tensor:
+    """Indices of the initial centroids among ``n_samples`` rows; drawn by rank 0 and broadcast to all ranks."""
+    if not _distributed() or dist.get_rank() == 0:
+        if n_samples >= n_clusters:
+            indices = torch.randperm(n_samples, device=device)[:n_clusters]
+        else:
+            indices = torch.randint(0, n_samples, (n_clusters,), device=device)
+    else:
+        indices = torch.empty(n_clusters, dtype=torch.long, device=device)
+    if _distributed():
+        dist.broadcast(indices, src=0)
+    return indices
+
+
+def _assign(x: Tensor, means: Tensor) -> Tensor:
+    """Cluster of each row: ``argmax_k x . means_k`` per round. x (N, L, D), means (R, K, D) -> (N, R, L)."""
+    return torch.einsum('nld,rkd->nrlk', x, means).argmax(dim=-1)
+
+
+def _cluster_sums(x: Tensor, codes: Tensor, n_clusters: int) -> tuple[Tensor, Tensor]:
+    """Per round and cluster, the sum of the member rows and their count. x (N, L, D), codes (N, R, L)
+    -> sums (R, K, D), counts (R, K), summed over batch and positions."""
+    d = x.shape[-1]
+    rounds = codes.shape[1]
+    flat_codes = rearrange(codes, 'n r l -> r (n l)')
+    flat_x = rearrange(x, 'n l d -> (n l) d').expand(rounds, -1, -1)
+    sums = x.new_zeros(rounds, n_clusters, d).scatter_add_(1, flat_codes.unsqueeze(-1).expand(-1, -1, d), flat_x)
+    counts = x.new_zeros(rounds, n_clusters).scatter_add_(1, flat_codes, torch.ones_like(flat_codes, dtype=x.dtype))
+    return sums, counts
+
+
+def _renormalised_means(old: Tensor, sums: Tensor, counts: Tensor) -> Tensor:
+    """Direction of each cluster's sum; a cluster without members keeps its old centroid."""
+    return torch.where(counts.unsqueeze(-1) > 0, F.normalize(sums, dim=-1), old)
+
+
+class KMeansCentroids(nn.Module):
+    """k-means centroids, one set per round, that map embeddings to cluster ids (learned by moving
+    averages, not by gradients).
+
+    The centroids are initialised from the first batch they see (random rows followed by
+    ``KMEANS_INIT_ITERS`` k-means iterations on the raw embeddings, as the official code does) and,
+    in training mode, move towards the normalised mean of their members by an exponential moving
+    average after every batch. (The official code computes this average but never applies it.)
+    All statistics are float32 (or float64 for float64 input) with autocast disabled.
+
+    Args:
+        n_rounds: clusterings (``n_hashes``). As in the official code, every round starts from the same
+            rows, so the rounds coincide unless their centroids are loaded or set otherwise.
+        dim: embedding channels.
+        n_clusters: clusters per round.
+        ema_decay: weight of the old centroid in the moving average, in [0, 1).
+    """
+
+    def __init__(self, *, n_rounds: int, dim: int, n_clusters: int, ema_decay: float) -> None:
+        super().__init__()
+        if not 0 <= ema_decay < 1:
+            raise ValueError(f'ema_decay must be in [0, 1), got {ema_decay}')
+        self.n_rounds = n_rounds
+        self.n_clusters = n_clusters
+        self.ema_decay = ema_decay
+        # Random values that the first batch overwrites; drawn anyway to keep the official
+        # construction's random-number consumption (same seed, same initial weights).
+        self.register_buffer('means', torch.randn(n_rounds, n_clusters, dim))
+        self.register_buffer('initted', torch.tensor(False))
+
+    @torch.no_grad()
+    def initialise(self, embed: Tensor) -> None:
+        """Initialise the centroids from ``embed`` (N, L, D), gathered over all ranks when distributed."""
+        x = embed.detach().to(torch.promote_types(embed.dtype, torch.float32))
+        samples = _gather_rows(rearrange(x, 'n l d -> (n l) d'))
+        indices = _shared_sample_indices(samples.shape[0], self.n_clusters, samples.device)
+        # Every round starts from the same rows, as in the official code.
+        means = samples[indices].unsqueeze(0).expand(self.n_rounds, -1, -1).contiguous()
+        # k-means on the gathered samples: every rank computes the same result without further traffic.
+        samples = samples.unsqueeze(0)
+        for _ in range(KMEANS_INIT_ITERS):
+            sums, counts = _cluster_sums(samples, _assign(samples, means), self.n_clusters)
+            means = _renormalised_means(means, sums, counts)
+        self.means.copy_(means)
+        self.initted.fill_(True)
+
+    @torch.no_grad()
+    def forward(self, embed: Tensor) -> Tensor:
+        """Cluster id of every position in every round: embed (N, L, D) -> LongTensor (N, R, L).
+
+        Initialises the centroids if needed; in training mode then moves them (moving average).
+        """
+        with torch.autocast(device_type=embed.device.type, enabled=False):
+            if not bool(self.initted):
+                if not self.training:
+                    warnings.warn('k-means centroids are not initialised (no trained checkpoint loaded?): '
+                                  'initialising them from this evaluation batch', stacklevel=2)
+                self.initialise(embed)
+            x = F.normalize(embed.detach().to(torch.promote_types(embed.dtype, torch.float32)), dim=-1)
+            means = self.means.to(x.dtype)
+            codes = _assign(x, means)
+            if self.training:
+                sums, counts = _cluster_sums(x, codes, self.n_clusters)
+                _all_reduce_sum(sums, counts)
+                new = _renormalised_means(means, sums, counts)
+                self.means.copy_(F.normalize(self.ema_decay * means + (1 - self.ema_decay) * new, dim=-1))
+        return codes
+
+
+class LearnableCollaborativeAttention(nn.Module):
+    """Sparse non-local attention over k-means clusters whose pattern is shared across residual groups.
+
+    ``forward(x, pattern=None)``: without a pattern (first group) the module embeds ``x`` with
+    ``conv_match``, clusters the embedding with ``kmeans`` and builds the pattern; with one (later
+    groups) it only computes its values with ``conv_assembly``. Returns
+    ``(x + res_scale * attention, pattern)``.
+
+    Args:
+        n_feats: channels of the input features (and of the values).
+        reduction: the query/key embedding has ``n_feats // reduction`` channels.
+        n_clusters: k-means clusters per round.
+        window_size: positions per attention window.
+        n_rounds: independent clusterings whose outputs are combined (``n_hashes``).
+        ema_decay: moving-average decay of the centroids.
+        res_scale: scale of the attention output before the residual sum.
+        impl: sparse-attention implementation, 'reference' or 'fast'.
+    """
+
+    def __init__(self, *, n_feats: int, reduction: int, n_clusters: int, window_size: int, n_rounds: int,
+                 ema_decay: float, res_scale: float, impl: str = ATTENTION_IMPL) -> None:
+        super().__init__()
+        if n_feats % reduction:
+            raise ValueError(f'reduction ({reduction}) must divide n_feats ({n_feats})')
+        self.window_size = window_size
+        self.res_scale = res_scale
+        attention_module(impl)  # fail at construction, not at the first forward
+        self.impl = impl
+        self.kmeans = KMeansCentroids(n_rounds=n_rounds, dim=n_feats // reduction, n_clusters=n_clusters,
+                                      ema_decay=ema_decay)
+        self.conv_match = common.BasicBlock(in_channels=n_feats, out_channels=n_feats // reduction, kernel_size=3)
+        self.conv_assembly = common.BasicBlock(in_channels=n_feats, out_channels=n_feats, kernel_size=1)
+
+    def build_pattern(self, x: Tensor) -> Pattern:
+        """The learnable sparse pattern of features ``x`` (N, C, H, W)."""
+        embed = rearrange(self.conv_match(x), 'n c h w -> n (h w) c')
+        return attention_module(self.impl).build_pattern(embed, self.kmeans(embed), self.window_size)
+
+    def forward(self, x: Tensor, pattern: Pattern | None = None) -> tuple[Tensor, Pattern]:
+        if pattern is None:
+            pattern = self.build_pattern(x)
+        values = rearrange(self.conv_assembly(x), 'n c h w -> n (h w) c')
+        out = attention_module(self.impl).apply_pattern(pattern, values)
+        out = rearrange(out, 'n (h w) c -> n c h w', h=x.shape[2])
+        return out * self.res_scale + x, pattern

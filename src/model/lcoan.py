@@ -1,0 +1,133 @@
+"""LCoAN: Learnable Collaborative Attention Network for single-image super-resolution.
+
+Layout (module names and order) follows the official implementation, so that its published
+checkpoints load with ``strict=True``:
+
+    sub_mean -> head -> body (n_resgroups x ResidualGroup) -> m_conv -> (+ head output) -> tail -> add_mean
+
+Each ResidualGroup is ``x + res_scale * m_conv(LCoA(local_body(x)))``. The first group's LCoA
+builds the learnable sparse pattern; every later group reuses it (collaborative attention).
+"""
+
+import argparse
+
+import torch
+from torch import Tensor, nn
+
+from model import common
+from model.lcoa import ATTENTION_IMPL, LearnableCollaborativeAttention, Pattern
+
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+def make_model(args: argparse.Namespace) -> 'LCoAN':
+    """The network configured by the parsed options ``args`` (see ``option.py``)."""
+    return LCoAN(
+        scale=args.scale[0], n_resgroups=args.n_resgroups, n_resblocks=args.n_resblocks, n_feats=args.n_feats,
+        reduction=args.reduction, res_scale=args.res_scale, n_clusters=args.n_clusters,
+        window_size=args.window_size, n_hashes=args.n_hashes, ema_decay=args.ema_decay, n_colors=args.n_colors,
+        rgb_range=args.rgb_range,
+    )
+
+
+class ResidualGroup(nn.Module):
+    """Residual blocks, then learnable collaborative attention, then a convolution, inside a scaled skip.
+
+    ``forward(x, pattern=None) -> (x + res_scale * m_conv(attention(local_body(x))), pattern)``.
+
+    Args:
+        n_feats: feature channels.
+        n_resblocks: residual blocks in ``local_body``.
+        reduction: the attention's query/key embedding has ``n_feats // reduction`` channels.
+        res_scale: scale of the group's (and the attention's) residual branch.
+        n_clusters: k-means clusters per round.
+        window_size: positions per attention window.
+        n_hashes: k-means rounds.
+        ema_decay: moving-average decay of the centroids.
+        attention_impl: sparse-attention implementation, 'reference' or 'fast'.
+    """
+
+    def __init__(self, *, n_feats: int, n_resblocks: int, reduction: int, res_scale: float, n_clusters: int,
+                 window_size: int, n_hashes: int, ema_decay: float, attention_impl: str = ATTENTION_IMPL) -> None:
+        super().__init__()
+        self.res_scale = res_scale
+        self.local_body = nn.Sequential(*[common.ResBlock(n_feats=n_feats) for _ in range(n_resblocks)])
+        self.attention = nn.Sequential(LearnableCollaborativeAttention(
+            n_feats=n_feats, reduction=reduction, n_clusters=n_clusters, window_size=window_size, n_rounds=n_hashes,
+            ema_decay=ema_decay, res_scale=res_scale, impl=attention_impl))
+        self.m_conv = nn.Sequential(common.default_conv(n_feats, n_feats, 3))
+
+    def forward(self, x: Tensor, pattern: Pattern | None = None) -> tuple[Tensor, Pattern]:
+        res = self.local_body(x)
+        res, pattern = self.attention[0](res, pattern)
+        res = self.m_conv(res)
+        return res * self.res_scale + x, pattern
+
+
+class LCoAN(nn.Module):
+    """The LCoAN network: LR image (N, n_colors, h, w) in [0, rgb_range] -> SR (N, n_colors, scale*h, scale*w).
+
+    Args:
+        scale: upscaling factor (2, 3 or 4; any power of two works).
+        n_resgroups: residual groups.
+        n_resblocks: residual blocks per group.
+        n_feats: feature channels.
+        reduction: the attention's query/key embedding has ``n_feats // reduction`` channels.
+        res_scale: scale of the residual branches of groups and attention.
+        n_clusters: k-means clusters per round.
+        window_size: positions per attention window.
+        n_hashes: k-means rounds.
+        ema_decay: moving-average decay of the centroids, in [0, 1).
+        n_colors: 3 (RGB) or 1 (Y). For 1 channel the mean shift uses the mean of the three DIV2K
+            channel means (the official code has no 1-channel variant).
+        rgb_range: pixel values lie in [0, rgb_range].
+        attention_impl: sparse-attention implementation, 'reference' or 'fast'.
+    """
+
+    def __init__(self, *, scale: int, n_resgroups: int = 10, n_resblocks: int = 4, n_feats: int = 128,
+                 reduction: int = 1, res_scale: float = 0.1, n_clusters: int = 128, window_size: int = 384,
+                 n_hashes: int = 1, ema_decay: float = 0.999, n_colors: int = 3, rgb_range: float = 255,
+                 attention_impl: str = ATTENTION_IMPL) -> None:
+        super().__init__()
+        if n_colors == 3:
+            rgb_mean = DIV2K_RGB_MEAN
+        elif n_colors == 1:
+            rgb_mean = (sum(DIV2K_RGB_MEAN) / 3,)
+        else:
+            raise ValueError(f'n_colors must be 1 or 3, got {n_colors}')
+        rgb_std = (1.0,) * n_colors
+
+        # Unused by forward: exists only so that official checkpoints (which hold it) load strictly.
+        # Frozen, so that DistributedDataParallel needs no search for unused parameters.
+        self.a = nn.Parameter(torch.zeros(1), requires_grad=False)
+        # Submodules are built in the official order (same seed, same initial weights) but
+        # registered in the official state_dict order (add_mean before head).
+        self.sub_mean = common.MeanShift(rgb_range=rgb_range, rgb_mean=rgb_mean, rgb_std=rgb_std, sign=-1)
+        head = nn.Sequential(common.default_conv(n_colors, n_feats, 3))
+        body = nn.Sequential(*[
+            ResidualGroup(n_feats=n_feats, n_resblocks=n_resblocks, reduction=reduction, res_scale=res_scale,
+                          n_clusters=n_clusters, window_size=window_size, n_hashes=n_hashes, ema_decay=ema_decay,
+                          attention_impl=attention_impl)
+            for _ in range(n_resgroups)])
+        m_conv = nn.Sequential(common.default_conv(n_feats, n_feats, 3))
+        tail = nn.Sequential(common.Upsampler(scale=scale, n_feats=n_feats), common.default_conv(n_feats, n_colors, 3))
+        self.add_mean = common.MeanShift(rgb_range=rgb_range, rgb_mean=rgb_mean, rgb_std=rgb_std, sign=1)
+        self.head = head
+        self.body = body
+        self.m_conv = m_conv
+        self.tail = tail
+
+        # Collaborative attention: only the first group clusters and builds the pattern, so the later groups'
+        # conv_match and k-means centroids are never used. They stay (frozen) only so that official
+        # checkpoints, which hold them, load strictly.
+        for group in self.body[1:]:
+            group.attention[0].conv_match.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.head(self.sub_mean(x))
+        res = x
+        pattern = None
+        for group in self.body:
+            res, pattern = group(res, pattern)
+        res = self.m_conv(res) + x
+        return self.add_mean(self.tail(res))

@@ -1,0 +1,256 @@
+"""Learnable sparse attention (reference implementation), k-means centroids and the LCoA module."""
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from model import lcoa
+from model import sparse_attention_reference as ref
+
+
+def dense_oracle(embed: torch.Tensor, codes: torch.Tensor, window: int, values: torch.Tensor):
+    """The sparse attention written as dense attention with key multiplicities, position by position.
+
+    For each round, ``mult[i, j]`` counts how often position ``j`` is among the keys seen by query
+    ``i`` (the windows ``w - 1``, ``w`` and ``w + 1`` around the slot of ``i`` in the padded,
+    stably sorted sequence). Then ``lse_i = log sum_j mult_ij exp(s_ij)`` and
+    ``out_i = sum_j mult_ij exp(s_ij - lse_i) v_j``; rounds are mixed by ``softmax_r(lse)``.
+    Returns (out (N, L, Cv), lse (N, R, L)).
+    """
+    n, length, _ = embed.shape
+    rounds = codes.shape[1]
+    outs = torch.zeros(n, rounds, length, values.shape[-1], dtype=embed.dtype)
+    lses = torch.zeros(n, rounds, length, dtype=embed.dtype)
+    for b in range(n):
+        scores = embed[b] @ F.normalize(embed[b], dim=-1, eps=5e-5).T  # (L, L): query i, key j
+        for r in range(rounds):
+            order = sorted(range(length), key=lambda i: (int(codes[b, r, i]), i))
+            pad = (-length) % window
+            padded = order + [order[(length - pad + j) % length] for j in range(pad)]
+            n_windows = len(padded) // window
+            mult = torch.zeros(length, length, dtype=embed.dtype)
+            for slot in range(length):
+                w = slot // window
+                for nw in (w - 1, w, w + 1):
+                    nw %= n_windows
+                    for j in padded[nw * window:(nw + 1) * window]:
+                        mult[order[slot], j] += 1
+            lse = torch.log((mult * scores.exp()).sum(dim=1))
+            attn = mult * (scores - lse[:, None]).exp()
+            outs[b, r] = attn @ values[b]
+            lses[b, r] = lse
+    probs = torch.softmax(lses, dim=1)
+    return (outs * probs[..., None]).sum(dim=1), lses
+
+
+@pytest.mark.parametrize('n, length, rounds, window, clusters', [
+    (2, 23, 3, 8, 5),  # padding with pad <= L, three windows
+    (1, 5, 2, 16, 3),  # pad (11) > L: cyclic padding, a single window
+    (2, 16, 1, 8, 4),  # no padding, two windows: previous and next window coincide
+    (1, 40, 2, 8, 6),  # five windows
+])
+def test_reference_matches_dense_oracle(n, length, rounds, window, clusters):
+    g = torch.Generator().manual_seed(length)
+    embed = torch.randn(n, length, 4, generator=g, dtype=torch.float64)
+    values = torch.randn(n, length, 3, generator=g, dtype=torch.float64)
+    codes = torch.randint(0, clusters, (n, rounds, length), generator=g)
+    pattern = ref.build_pattern(embed, codes, window)
+    out = ref.apply_pattern(pattern, values)
+    expected, expected_lse = dense_oracle(embed, codes, window, values)
+    torch.testing.assert_close(pattern.lse, expected_lse, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    assert out.dtype == torch.float64 and out.shape == values.shape
+
+
+def test_single_cluster_single_window_is_dense_softmax_attention():
+    # One window of exactly L slots: its own, previous and next windows are the same window, so every
+    # key appears three times. Softmax over the triplicated scores gives each copy a third of the
+    # dense weight, so the output equals dense attention and lse = dense lse + log 3.
+    torch.manual_seed(0)
+    embed, values = torch.randn(2, 12, 6), torch.randn(2, 12, 5)
+    codes = torch.zeros(2, 1, 12, dtype=torch.long)
+    pattern = ref.build_pattern(embed, codes, 12)
+    scores = embed @ F.normalize(embed, dim=-1, eps=5e-5).transpose(1, 2)
+    torch.testing.assert_close(ref.apply_pattern(pattern, values), torch.softmax(scores, dim=-1) @ values)
+    torch.testing.assert_close(pattern.lse, torch.logsumexp(scores, dim=-1).unsqueeze(1) + math.log(3))
+
+
+def test_reference_pads_like_official_and_sorts_stably():
+    codes = torch.tensor([[[2, 0, 1, 0, 2, 1, 0]]])  # L = 7, window 4 -> pad 1
+    pattern = ref.build_pattern(torch.randn(1, 7, 2), codes, 4)
+    sorted_positions = [1, 3, 6, 2, 5, 0, 4]
+    assert pattern.order[0, 0].tolist() == sorted_positions + sorted_positions[-1:]
+    assert pattern.undo[0, 0, sorted_positions].tolist() == list(range(7))
+    cyclic = ref.build_pattern(torch.randn(1, 3, 2), torch.zeros(1, 1, 3, dtype=torch.long), 8)  # pad 5 > L
+    assert cyclic.order[0, 0].tolist() == [0, 1, 2, 1, 2, 0, 1, 2]
+
+
+def test_reference_gradcheck():
+    g = torch.Generator().manual_seed(3)
+    embed = torch.randn(1, 6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    values = torch.randn(1, 6, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    codes = torch.tensor([[[1, 0, 1, 0, 0, 1], [0, 0, 1, 1, 1, 0]]])
+    assert torch.autograd.gradcheck(lambda e, v: ref.apply_pattern(ref.build_pattern(e, codes, 4), v),
+                                    (embed, values))
+
+
+def test_reference_keeps_value_dtype_and_computes_in_float32():
+    embed = torch.randn(1, 9, 4).half()
+    pattern = ref.build_pattern(embed, torch.zeros(1, 1, 9, dtype=torch.long), 4)
+    assert pattern.weights.dtype == torch.float32
+    assert ref.apply_pattern(pattern, torch.randn(1, 9, 3).bfloat16()).dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------- k-means centroids
+
+def independent_kmeans_init(embed: torch.Tensor, n_clusters: int, rounds: int) -> torch.Tensor:
+    """Official initialisation, written out: random rows, then 10 Lloyd steps on the raw rows."""
+    rows = embed.reshape(-1, embed.shape[-1])
+    if rows.shape[0] >= n_clusters:
+        idx = torch.randperm(rows.shape[0])[:n_clusters]
+    else:
+        idx = torch.randint(0, rows.shape[0], (n_clusters,))
+    means = rows[idx].clone()
+    for _ in range(10):
+        assign = (rows @ means.T).argmax(dim=1)
+        new = means.clone()
+        for k in range(n_clusters):
+            members = rows[assign == k]
+            if len(members):
+                new[k] = members.sum(0) / members.sum(0).norm()
+        means = new
+    return means.expand(rounds, -1, -1)
+
+
+def expected_ema(means: torch.Tensor, embed: torch.Tensor, decay: float) -> torch.Tensor:
+    x = F.normalize(embed.reshape(-1, embed.shape[-1]), dim=-1)
+    out = means.clone()
+    for r in range(means.shape[0]):
+        assign = (x @ means[r].T).argmax(dim=1)
+        for k in range(means.shape[1]):
+            members = x[assign == k]
+            new = members.sum(0) / members.sum(0).norm() if len(members) else means[r, k]
+            moved = decay * means[r, k] + (1 - decay) * new
+            out[r, k] = moved / moved.norm()
+    return out
+
+
+@pytest.mark.parametrize('rows', [30, 3])  # randperm path, and randint path (fewer rows than clusters)
+def test_kmeans_initialisation_matches_official_algorithm_and_is_reproducible(rows):
+    embed = torch.randn(1, rows, 5, generator=torch.Generator().manual_seed(rows))
+    km = lcoa.KMeansCentroids(n_rounds=2, dim=5, n_clusters=8, ema_decay=0.9).eval()
+    torch.manual_seed(7)
+    km.initialise(embed)
+    torch.manual_seed(7)
+    expected = independent_kmeans_init(embed, 8, 2)
+    torch.testing.assert_close(km.means, expected)
+    assert bool(km.initted)
+    again = lcoa.KMeansCentroids(n_rounds=2, dim=5, n_clusters=8, ema_decay=0.9)
+    torch.manual_seed(7)
+    again.initialise(embed)
+    assert torch.equal(again.means, km.means)
+
+
+def test_kmeans_codes_are_argmax_cosine():
+    km = lcoa.KMeansCentroids(n_rounds=2, dim=3, n_clusters=3, ema_decay=0.9).eval()
+    km.means.copy_(torch.tensor([[[1., 0, 0], [0, 1, 0], [0, 0, 1]], [[0, 0, 1], [0, 1, 0], [1, 0, 0]]]))
+    km.initted.fill_(True)
+    embed = torch.tensor([[[5., 1, 0], [0, -1, 3], [0.1, 0.2, 0]]])
+    assert km(embed).tolist() == [[[0, 2, 1], [2, 0, 1]]]
+
+
+@pytest.mark.parametrize('decay', [0.999, 0.9])
+def test_ema_moves_centroids_by_expected_amount_in_training_only(decay):
+    torch.manual_seed(1)
+    km = lcoa.KMeansCentroids(n_rounds=2, dim=4, n_clusters=6, ema_decay=decay)
+    km.means.copy_(F.normalize(torch.randn(2, 6, 4), dim=-1))
+    km.means[:, 5] = torch.tensor([0., 0, 0, 1])  # far from every sample below: stays empty
+    km.initted.fill_(True)
+    embed = torch.randn(2, 10, 4)
+    embed[..., 3] = -embed[..., 3].abs() - 3
+    before = km.means.clone()
+    km.eval()
+    codes_eval = km(embed)
+    assert torch.equal(km.means, before)
+    km.train()
+    codes_train = km(embed)
+    assert torch.equal(codes_train, codes_eval)  # codes use the centroids from before the update
+    assert (codes_train != 5).all()
+    torch.testing.assert_close(km.means, expected_ema(before, embed, decay))
+    torch.testing.assert_close(km.means.norm(dim=-1), torch.ones(2, 6))
+    torch.testing.assert_close(km.means[:, 5], before[:, 5])  # empty cluster keeps its centroid
+    assert not torch.allclose(km.means[:, :5], before[:, :5])
+
+
+def test_eval_initialisation_warns_once():
+    torch.manual_seed(0)
+    km = lcoa.KMeansCentroids(n_rounds=1, dim=3, n_clusters=4, ema_decay=0.9).eval()
+    with pytest.warns(UserWarning, match='not initialised'):
+        km(torch.randn(1, 10, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        km(torch.randn(1, 10, 3))
+
+
+def test_kmeans_statistics_are_float32_under_half_input():
+    torch.manual_seed(0)
+    km = lcoa.KMeansCentroids(n_rounds=1, dim=3, n_clusters=4, ema_decay=0.9)
+    codes = km(torch.randn(2, 10, 3).half())
+    assert km.means.dtype == torch.float32 and codes.dtype == torch.long and codes.shape == (2, 1, 10)
+
+
+def test_distributed_single_process_group_gives_same_centroids(tmp_path):
+    embed = torch.randn(2, 12, 4, generator=torch.Generator().manual_seed(0))
+    plain = lcoa.KMeansCentroids(n_rounds=1, dim=4, n_clusters=5, ema_decay=0.9)
+    shared = lcoa.KMeansCentroids(n_rounds=1, dim=4, n_clusters=5, ema_decay=0.9)
+    torch.manual_seed(5)
+    plain(embed)
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path / "pg"}', rank=0, world_size=1)
+    try:
+        torch.manual_seed(5)
+        shared(embed)
+    finally:
+        dist.destroy_process_group()
+    assert torch.equal(plain.means, shared.means)
+
+
+# ---------------------------------------------------------------- the LCoA module
+
+def test_lcoa_module_output_and_pattern_reuse():
+    torch.manual_seed(2)
+    att = lcoa.LearnableCollaborativeAttention(n_feats=6, reduction=2, n_clusters=3, window_size=8, n_rounds=2,
+                                               ema_decay=0.9, res_scale=0.1, impl='reference')
+    x = torch.randn(2, 6, 3, 5)
+    out, pattern = att(x)
+    assert out.shape == x.shape
+    embed = att.conv_match(x).flatten(2).transpose(1, 2)
+    values = att.conv_assembly(x).flatten(2).transpose(1, 2)
+    expected = ref.apply_pattern(ref.build_pattern(embed, att.kmeans(embed), 8), values)
+    torch.testing.assert_close(out, x + 0.1 * expected.transpose(1, 2).reshape(x.shape))
+    other = lcoa.LearnableCollaborativeAttention(n_feats=6, reduction=2, n_clusters=3, window_size=8, n_rounds=2,
+                                                 ema_decay=0.9, res_scale=0.1, impl='reference')
+    y = torch.randn_like(x)
+    reused, same = other(y, pattern)
+    assert same is pattern and not bool(other.kmeans.initted)
+    values_y = other.conv_assembly(y).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(reused, y + 0.1 * ref.apply_pattern(pattern, values_y).transpose(1, 2).reshape(x.shape))
+
+
+def test_lcoa_module_gradcheck():
+    torch.manual_seed(4)
+    att = lcoa.LearnableCollaborativeAttention(n_feats=4, reduction=2, n_clusters=2, window_size=4, n_rounds=2,
+                                               ema_decay=0.9, res_scale=0.5, impl='reference').double()
+    x = torch.randn(1, 4, 2, 3, dtype=torch.float64, requires_grad=True)
+    att(x)  # initialise the centroids; evaluation mode keeps them fixed during gradcheck
+    att.eval()
+    assert torch.autograd.gradcheck(lambda t: att(t)[0], (x,))
+
+
+def test_unknown_implementation_is_rejected():
+    with pytest.raises(ValueError, match='unknown attention implementation'):
+        lcoa.LearnableCollaborativeAttention(n_feats=4, reduction=1, n_clusters=2, window_size=4, n_rounds=1,
+                                             ema_decay=0.9, res_scale=0.1, impl='dense')
