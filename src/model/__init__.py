@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+import distributed
 from errors import UserError
 from model import checkpoint_io
 
@@ -49,6 +51,13 @@ class Model(nn.Module):
         self.ckp.write_log(f'Made {args.model} with {n_params:,} parameters on {self.device}.')
         if args.pre_train:
             self.load_pretrained(args.pre_train)
+        if distributed.is_initialized():
+            # The k-means centroids are kept equal on every rank by the model itself, from statistics
+            # all-reduced over the ranks; DDP's buffer broadcast from rank 0 would overwrite them with
+            # rank 0's alone, so it is off.
+            self.model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+                broadcast_buffers=False)
 
     def _check_precision(self) -> None:
         dtype = _AUTOCAST_DTYPES.get(self.precision)
