@@ -54,10 +54,10 @@ class Model(nn.Module):
         if distributed.is_initialized():
             # The k-means centroids are kept equal on every rank by the model itself, from statistics
             # all-reduced over the ranks; DDP's buffer broadcast from rank 0 would overwrite them with
-            # rank 0's alone, so it is off.
+            # rank 0's alone, so the per-forward sync is off.
             self.model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
-                broadcast_buffers=False)
+                forward_sync_buffers=False)
 
     def _check_precision(self) -> None:
         dtype = _AUTOCAST_DTYPES.get(self.precision)
