@@ -49,9 +49,9 @@ def _all_reduce_sum(*tensors: Tensor) -> None:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
-def _gather_rows(rows: Tensor) -> Tensor:
+def _gather_rows(rows: Tensor, across_ranks: bool) -> Tensor:
     """Concatenation, in rank order, of every rank's ``rows`` (M_rank, D); M_rank may differ between ranks."""
-    if not _distributed():
+    if not (across_ranks and _distributed()):
         return rows
     world = dist.get_world_size()
     count = torch.tensor([rows.shape[0]], device=rows.device, dtype=torch.long)
@@ -65,16 +65,17 @@ def _gather_rows(rows: Tensor) -> Tensor:
     return torch.cat([p[:c] for p, c in zip(parts, counts_list, strict=True)])
 
 
-def _shared_sample_indices(n_samples: int, n_clusters: int, device: torch.device) -> Tensor:
+def _shared_sample_indices(n_samples: int, n_clusters: int, device: torch.device, across_ranks: bool) -> Tensor:
     """Indices of the initial centroids among ``n_samples`` rows; drawn by rank 0 and broadcast to all ranks."""
-    if not _distributed() or dist.get_rank() == 0:
+    across_ranks = across_ranks and _distributed()
+    if not across_ranks or dist.get_rank() == 0:
         if n_samples >= n_clusters:
             indices = torch.randperm(n_samples, device=device)[:n_clusters]
         else:
             indices = torch.randint(0, n_samples, (n_clusters,), device=device)
     else:
         indices = torch.empty(n_clusters, dtype=torch.long, device=device)
-    if _distributed():
+    if across_ranks:
         dist.broadcast(indices, src=0)
     return indices
 
@@ -132,11 +133,14 @@ class KMeansCentroids(nn.Module):
         self.register_buffer('initted', torch.tensor(False))
 
     @torch.no_grad()
-    def initialise(self, embed: Tensor) -> None:
-        """Initialise the centroids from ``embed`` (N, L, D), gathered over all ranks when distributed."""
+    def initialise(self, embed: Tensor, *, across_ranks: bool = True) -> None:
+        """Initialise the centroids from ``embed`` (N, L, D), gathered over all ranks when distributed.
+
+        ``across_ranks=False`` keeps it local: evaluation runs on rank 0 alone, so no collective.
+        """
         x = embed.detach().to(torch.promote_types(embed.dtype, torch.float32))
-        samples = _gather_rows(rearrange(x, 'n l d -> (n l) d'))
-        indices = _shared_sample_indices(samples.shape[0], self.n_clusters, samples.device)
+        samples = _gather_rows(rearrange(x, 'n l d -> (n l) d'), across_ranks)
+        indices = _shared_sample_indices(samples.shape[0], self.n_clusters, samples.device, across_ranks)
         # Every round starts from the same rows, as in the official code.
         means = samples[indices].unsqueeze(0).expand(self.n_rounds, -1, -1).contiguous()
         # k-means on the gathered samples: every rank computes the same result without further traffic.
@@ -158,7 +162,7 @@ class KMeansCentroids(nn.Module):
                 if not self.training:
                     warnings.warn('k-means centroids are not initialised (no trained checkpoint loaded?): '
                                   'initialising them from this evaluation batch', stacklevel=2)
-                self.initialise(embed)
+                self.initialise(embed, across_ranks=self.training)
             x = F.normalize(embed.detach().to(torch.promote_types(embed.dtype, torch.float32)), dim=-1)
             means = self.means.to(x.dtype)
             codes = _assign(x, means)
