@@ -1,0 +1,144 @@
+"""Data loading: ``Data(args)`` builds torch DataLoaders over the layouts researchers have on disk.
+
+- ``loader_train`` (None with ``--test_only``): batches ``(lr, hr, names)`` of random aligned patches
+  (HR ``patch_size``, LR ``patch_size // scale``), float32 in ``[0, rgb_range]``; an epoch is
+  ``batch_size * test_every`` samples. Under torch.distributed each process loads
+  ``batch_size // world_size`` of them through a DistributedSampler (the trainer calls
+  ``loader_train.sampler.set_epoch``).
+- ``loader_test``: one DataLoader per ``--data_test`` set, batch 1, whole images ``(lr, hr, [name])``;
+  ``loader.dataset`` has ``name``, ``benchmark`` and ``set_scale(idx)``. Demo batches have an empty ``hr``.
+
+Data sets (``--dir_data``): DIV2K (data.div2k), Set5/Set14/B100/Urban100/Manga109 (data.benchmark),
+Sample (data.sample, written at first use), Demo (``--dir_demo``, data.demo). Every image is checked
+when the loaders are built; bad data raises data.common.DataError (a UserError) naming the file.
+``--ext sep`` caches decoded images as ``.npy`` (data.storage).
+
+Randomness: patch positions and augmentations come from the dataset's own generator, seeded from
+``--seed`` (and the rank) in the main process and, in each worker, from the seed torch gives that
+worker, itself drawn from ``Data.generator``; two runs with the same flags give the same batches.
+"""
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
+
+from data import benchmark, div2k, sample
+from data.demo import demo_set
+from data.srdata import TestImages, TrainPatches, say, scan_pairs
+from data.storage import ImageStore
+from errors import UserError
+
+# A DataLoader worker that delivers nothing for this long counts as hung and fails the run. A batch
+# of patches from 2K images decodes in well under a second; this leaves room for a loaded machine.
+LOADER_TIMEOUT_S = 300
+
+
+def _mix_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch gives each worker base_seed + worker_id, with base_seed drawn from the loader's generator.
+    info = get_worker_info()
+    if hasattr(info.dataset, 'reseed'):
+        info.dataset.reseed(info.seed)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@contextlib.contextmanager
+def _main_process_first(rank: int, world: int):
+    """Rank 0 makes missing LR images and caches first; the other ranks then find them ready."""
+    if world > 1 and rank != 0:
+        dist.barrier()
+    yield
+    if world > 1 and rank == 0:
+        dist.barrier()
+
+
+class Data:
+    """The training and test loaders for ``args`` (see the module docstring).
+
+    Args:
+        args: parsed options (option.parse_args).
+    """
+
+    def __init__(self, args) -> None:
+        rank, world = _world()
+        if args.batch_size % world:
+            raise UserError(f'--batch_size {args.batch_size}: must be divisible by the number of processes ({world})')
+        self.args = args
+        # Under torch.distributed rank 0 rebuilds the sep cache; the others then read what it wrote.
+        self.store = ImageStore(ext='sep' if args.ext == 'sep_reset' and rank != 0 else args.ext)
+        self.generator = torch.Generator()
+        self.generator.manual_seed(_mix_seed(args.seed, rank))
+        dir_data = Path(args.dir_data)
+
+        with _main_process_first(rank, world):
+            train_set = None if args.test_only else self._train_set(dir_data, rank)
+            test_sets = [self._test_set(dir_data, name) for name in args.data_test]
+
+        workers = args.n_threads
+        common = dict(num_workers=workers, persistent_workers=workers > 0,
+                      pin_memory=str(args.device).startswith('cuda'), timeout=LOADER_TIMEOUT_S if workers else 0)
+        self.loader_train = None
+        if train_set is not None:
+            sampler = None
+            if world > 1:
+                sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
+                                             drop_last=True)
+            self.loader_train = DataLoader(train_set, batch_size=args.batch_size // world, shuffle=sampler is None,
+                                           sampler=sampler, drop_last=True, generator=self.generator,
+                                           worker_init_fn=_seed_worker, **common)
+        # One worker per test set overlaps decoding with the model; more would only hold memory.
+        common.update(num_workers=min(workers, 1), persistent_workers=workers > 0)
+        self.loader_test = [DataLoader(ts, batch_size=1, shuffle=False, **common) for ts in test_sets]
+
+    def _train_set(self, dir_data: Path, rank: int) -> TrainPatches:
+        args = self.args
+        scale = args.scale[0]
+        pairs = []
+        for name in args.data_train:
+            if name == 'DIV2K':
+                root = div2k.root_of(dir_data)
+                entries = div2k.div2k_entries(dir_data, args.train_range, [scale])
+            elif name == 'Sample':
+                sample.ensure_sample(dir_data, say=say)
+                root = sample.train_root(dir_data)
+                entries = benchmark.folder_entries('Sample', root, [scale])
+            else:
+                raise UserError(f'--data_train {name}: not a training set')
+            pairs += scan_pairs(name=name, root=root, entries=entries, scales=[scale], store=self.store,
+                                training=True, patch_size=args.patch_size)
+        return TrainPatches(name='+'.join(args.data_train), pairs=pairs, store=self.store, scale=scale,
+                            patch_size=args.patch_size, n_colors=args.n_colors, rgb_range=args.rgb_range,
+                            augment=not args.no_augment, length=args.batch_size * args.test_every,
+                            seed=_mix_seed(args.seed, rank, 1))
+
+    def _test_set(self, dir_data: Path, name: str):
+        args = self.args
+        if name == 'Demo':
+            return demo_set(Path(args.dir_demo), store=self.store, n_colors=args.n_colors, rgb_range=args.rgb_range)
+        if name == 'DIV2K':
+            root, is_benchmark = div2k.root_of(dir_data), False
+            entries = div2k.div2k_entries(dir_data, args.test_range, args.scale)
+        elif name == 'Sample':
+            sample.ensure_sample(dir_data, say=say)
+            root, is_benchmark = sample.test_root(dir_data), True
+            entries = benchmark.folder_entries(name, root, args.scale)
+        elif name in benchmark.BENCHMARK_SETS:
+            root, is_benchmark = benchmark.root_of(dir_data, name), True
+            entries = benchmark.folder_entries(name, root, args.scale)
+        else:
+            raise UserError(f'--data_test {name}: not a test set')
+        pairs = scan_pairs(name=name, root=root, entries=entries, scales=args.scale, store=self.store, training=False)
+        return TestImages(name=name, benchmark=is_benchmark, pairs=pairs, store=self.store, scales=args.scale,
+                          n_colors=args.n_colors, rgb_range=args.rgb_range)

@@ -1,0 +1,257 @@
+"""Pairs of HR and LR images checked once at scan time, and the three kinds of torch datasets over them.
+
+A data set module (div2k, benchmark, sample) only says where files should be: a list of
+``(HR path, [expected LR path per scale])``. :func:`scan_pairs` then makes missing LR images, builds
+the ``--ext sep`` cache, reads every header, and checks sizes, so that bad data stops the run at
+start-up with a message naming the file rather than in the middle of an epoch.
+"""
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset
+
+from data.common import DataError, augment, describe_conversion, random_patch, set_channel, to_tensor
+from data.storage import ImageStore, existing_lr, make_lr
+
+
+class DataWarning(UserWarning):
+    """Data that was used after a fix-up (converted pixel format, cropped HR image)."""
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def say(msg: str) -> None:
+    if is_main_process():
+        print(msg, flush=True)
+
+
+def warn(msg: str) -> None:
+    if is_main_process():
+        warnings.warn(msg, DataWarning, stacklevel=3)
+
+
+@dataclass(frozen=True)
+class ImagePair:
+    """One HR image and its LR images, one per scale (in ``--scale`` order)."""
+
+    name: str  # the HR file's stem: '0801', 'baby'
+    hr: Path
+    lr: tuple[Path, ...]
+    hr_size: tuple[int, int]  # (height, width) on disk
+    lr_sizes: tuple[tuple[int, int], ...]
+
+
+def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, list[Path]]], scales: list[int],
+               store: ImageStore, training: bool, patch_size: int = 0) -> list[ImagePair]:
+    """Check and complete the pairs of a data set; DataError naming the file at the first problem.
+
+    Args:
+        name: data set name for messages.
+        root: the data set folder (the ``--ext sep`` cache goes to ``root/bin``).
+        entries: ``(HR path, [expected LR path for each scale])``; HR paths must exist.
+        scales: the scales, in the order of the LR paths.
+        store: reads headers and builds the decoded cache.
+        training: sizes must match exactly (``LR * scale == HR``) and hold a patch; for testing an HR
+            image larger than ``LR * scale`` is cropped (with one warning per data set).
+        patch_size: HR patch size (training only).
+    """
+    lr_paths: list[list[Path]] = []
+    missing: list[tuple[int, int, Path, Path]] = []
+    for i, (hr, expected) in enumerate(entries):
+        found = []
+        for j, lr in enumerate(expected):
+            existing = existing_lr(lr, hr)
+            if existing is None:
+                missing.append((i, j, hr, lr))
+            found.append(existing)
+        lr_paths.append(found)
+    if missing:
+        say(f'{name}: {len(missing)} LR image(s) missing (e.g. {missing[0][3]}); making them once from the HR '
+            f'images with MATLAB-style bicubic downscaling')
+        redirected = set()
+        for i, j, hr, lr in missing:
+            lr_paths[i][j] = made = make_lr(hr, lr, scales[j])
+            if made != lr and made.parent not in redirected:
+                redirected.add(made.parent)
+                say(f'{name}: {lr.parent} is read-only; its LR images go to {made.parent}')
+
+    converted: dict[str, list[str]] = {}
+    cropped: list[str] = []
+    built = 0
+    pairs = []
+
+    def inspect(path: Path):
+        nonlocal built
+        info, was_built = store.inspect(path, root)
+        if was_built:
+            if built == 0:
+                say(f'{name}: decoding images into the --ext sep cache (once), e.g. {store.cache_path(path)}')
+            built += 1
+        if info.conversion is not None:
+            converted.setdefault(info.conversion, []).append(path.name)
+        return info.height, info.width
+
+    for (hr, _), lrs in zip(entries, lr_paths, strict=True):
+        hr_size = inspect(hr)
+        lr_sizes = []
+        for scale, lr in zip(scales, lrs, strict=True):
+            lh, lw = inspect(lr)
+            _check_sizes(name, hr, hr_size, lr, (lh, lw), scale, training, patch_size, cropped)
+            lr_sizes.append((lh, lw))
+        pairs.append(ImagePair(name=hr.stem, hr=hr, lr=tuple(lrs), hr_size=hr_size, lr_sizes=tuple(lr_sizes)))
+
+    if converted:
+        warn(describe_conversion(name, converted))
+    if cropped:
+        more = f' and {len(cropped) - 1} more' if len(cropped) > 1 else ''
+        warn(f'{name}: HR images larger than scale x LR size are cropped at the bottom/right to fit: '
+             f'{cropped[0]}{more}')
+    if built:
+        say(f'{name}: {built} image(s) cached')
+    return pairs
+
+
+def _check_sizes(name: str, hr: Path, hr_size: tuple[int, int], lr: Path, lr_size: tuple[int, int], scale: int,
+                 training: bool, patch_size: int, cropped: list[str]) -> None:
+    (hh, hw), (lh, lw) = hr_size, lr_size
+    if (lh * scale, lw * scale) != (hh, hw):
+        pair = f'{lr} ({lw}x{lh}) x{scale} = {lw * scale}x{lh * scale} but {hr} is {hw}x{hh}'
+        if training:
+            raise DataError(f'{name}: {pair}; training needs HR = LR x scale exactly (crop the HR image or remake '
+                            f'the LR image)')
+        if lh * scale > hh or lw * scale > hw:
+            raise DataError(f'{name}: {pair}; the LR image is too large for its HR image')
+        cropped.append(f'{hr.name} {hw}x{hh} -> {lw * scale}x{lh * scale}')
+    if training and min(lh, lw) < patch_size // scale:
+        raise DataError(f'{name}: {lr} ({lw}x{lh}) is smaller than the LR patch {patch_size // scale}x'
+                        f'{patch_size // scale} (--patch_size {patch_size} / --scale {scale})')
+
+
+class TrainPatches(Dataset):
+    """Random aligned (LR, HR) patches: an epoch is ``length`` samples cycling through the images.
+
+    Args:
+        name: data set name(s), for messages.
+        pairs: the checked image pairs, scanned for ``scale`` alone.
+        store: reads the images.
+        scale: the upscaling factor.
+        patch_size: HR patch size (a multiple of ``scale``).
+        n_colors: 1 (Y) or 3 (RGB).
+        rgb_range: values are ``x * rgb_range / 255``.
+        augment: random flips and 90-degree rotations.
+        length: samples per epoch (``batch_size * test_every``).
+        seed: seed of the patch positions and augmentations in the main process; each DataLoader
+            worker is reseeded through :meth:`reseed`.
+    """
+
+    def __init__(self, *, name: str, pairs: list[ImagePair], store: ImageStore, scale: int,
+                 patch_size: int, n_colors: int, rgb_range: int, augment: bool, length: int, seed: int) -> None:
+        self.name = name
+        self.pairs = pairs
+        self.store = store
+        self.scale = scale
+        self.patch_size = patch_size
+        self.n_colors = n_colors
+        self.rgb_range = rgb_range
+        self.augment = augment
+        self.length = length
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        pair = self.pairs[index % len(self.pairs)]
+        lr = self.store.load(pair.lr[0])
+        hr = self.store.load(pair.hr)
+        lr, hr = random_patch(lr, hr, self.patch_size, self.scale, self.rng)
+        if self.augment:
+            lr, hr = augment(lr, hr, self.rng)
+        lr, hr = (to_tensor(set_channel(x, self.n_colors), self.rgb_range) for x in (lr, hr))
+        return lr, hr, pair.name
+
+
+class TestImages(Dataset):
+    """Whole images of one test set, no augmentation: ``(lr, hr, name)`` with HR cropped to ``LR * scale``.
+
+    Args:
+        name: 'Set5', 'DIV2K', 'Sample', ...
+        benchmark: True for the benchmark sets (PSNR on Y), False for DIV2K.
+        pairs: the checked image pairs.
+        store: reads the images.
+        scales: the scales of the pairs' LR lists.
+        n_colors: 1 (Y) or 3 (RGB).
+        rgb_range: values are ``x * rgb_range / 255``.
+    """
+
+    def __init__(self, *, name: str, benchmark: bool, pairs: list[ImagePair], store: ImageStore, scales: list[int],
+                 n_colors: int, rgb_range: int) -> None:
+        self.name = name
+        self.benchmark = benchmark
+        self.pairs = pairs
+        self.store = store
+        self.scales = list(scales)
+        self.n_colors = n_colors
+        self.rgb_range = rgb_range
+        self.idx_scale = 0
+
+    def set_scale(self, idx_scale: int) -> None:
+        if not 0 <= idx_scale < len(self.scales):
+            raise IndexError(f'{self.name}: no scale index {idx_scale} (scales {self.scales})')
+        self.idx_scale = idx_scale
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int):
+        pair = self.pairs[index]
+        scale = self.scales[self.idx_scale]
+        lr = self.store.load(pair.lr[self.idx_scale])
+        hr = self.store.load(pair.hr)
+        lh, lw = lr.shape[:2]
+        hr = hr[:lh * scale, :lw * scale]
+        lr, hr = (to_tensor(set_channel(np.asarray(x), self.n_colors), self.rgb_range) for x in (lr, hr))
+        return lr, hr, pair.name
+
+
+class DemoImages(Dataset):
+    """Every image of a folder as an LR input, without HR: ``(lr, empty tensor, name)``.
+
+    Args:
+        paths: the image files.
+        root: their folder (the ``--ext sep`` cache goes to ``root/bin``).
+        store: reads the images.
+        n_colors: 1 (Y) or 3 (RGB).
+        rgb_range: values are ``x * rgb_range / 255``.
+    """
+
+    name = 'Demo'
+    benchmark = False
+
+    def __init__(self, *, paths: list[Path], store: ImageStore, n_colors: int, rgb_range: int) -> None:
+        self.paths = paths
+        self.store = store
+        self.n_colors = n_colors
+        self.rgb_range = rgb_range
+        self.idx_scale = 0
+
+    def set_scale(self, idx_scale: int) -> None:
+        self.idx_scale = idx_scale
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        lr = to_tensor(set_channel(np.asarray(self.store.load(path)), self.n_colors), self.rgb_range)
+        return lr, torch.empty(0), path.stem

@@ -1,0 +1,457 @@
+"""data.Data: layouts, pairing, patches, caches, the Sample set, reproducibility and every bad-data error.
+
+Small DIV2K and benchmark trees are written to a temporary folder from scikit-image photographs, with
+LR images made by the independent MATLAB reference of test_data_imresize.py.
+"""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+import torch.distributed
+from PIL import Image
+from test_data_imresize import matlab_imresize_reference
+from torch.utils.data import DistributedSampler
+
+import data
+import option
+from data import sample
+from data.common import augment
+from data.imresize import crop_to_scale
+from data.srdata import DataWarning
+from errors import UserError
+
+PHOTOS = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket()]
+
+
+def photo(i: int, h: int = 96, w: int = 120) -> np.ndarray:
+    img = PHOTOS[i % len(PHOTOS)]
+    top, left = 37 * i % (img.shape[0] - h), 53 * i % (img.shape[1] - w)
+    return np.ascontiguousarray(img[top:top + h, left:left + w])
+
+
+def save(path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+
+
+def load(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def make_div2k(dir_data, numbers, part: str = 'train', scales=(2,), size=(96, 120)) -> dict:
+    images = {}
+    for n in numbers:
+        hr = photo(n, *size)
+        save(dir_data / 'DIV2K' / f'DIV2K_{part}_HR' / f'{n:04d}.png', hr)
+        for s in scales:
+            lr = matlab_imresize_reference(crop_to_scale(hr, s), s)
+            save(dir_data / 'DIV2K' / f'DIV2K_{part}_LR_bicubic' / f'X{s}' / f'{n:04d}x{s}.png', lr)
+        images[f'{n:04d}'] = hr
+    return images
+
+
+def make_benchmark(dir_data, name: str, images: dict, scales=(2,), with_lr: bool = True) -> None:
+    for stem, hr in images.items():
+        save(dir_data / 'benchmark' / name / 'HR' / f'{stem}.png', hr)
+        if with_lr:
+            for s in scales:
+                lr = matlab_imresize_reference(crop_to_scale(hr, s), s)
+                save(dir_data / 'benchmark' / name / 'LR_bicubic' / f'X{s}' / f'{stem}x{s}.png', lr)
+
+
+def parse(dir_data, *flags):
+    base = ['--dir_data', str(dir_data), '--n_threads', '0', '--ext', 'img', '--scale', '2', '--patch_size', '32',
+            '--batch_size', '4', '--test_every', '3', '--data_train', 'DIV2K', '--data_test', 'Set5',
+            '--data_range', '1-4/5-6', '--rgb_range', '255', '--cpu']
+    return option.parse_args(base + list(flags))
+
+
+def to8(t: torch.Tensor, rgb_range: float = 255) -> np.ndarray:
+    """(C, H, W) tensor in [0, rgb_range] -> (H, W, C) uint8, asserting it is on the 8-bit grid."""
+    x = t.double() * 255 / rgb_range
+    assert torch.allclose(x, x.round(), atol=1e-4)
+    return x.round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'user-cache'))
+
+
+@pytest.fixture(scope='session')
+def sample_dir(tmp_path_factory):
+    dir_data = tmp_path_factory.mktemp('sample-data')
+    sample.ensure_sample(dir_data)
+    return dir_data
+
+
+# ----------------------------------------------------------------------------------------------
+# layouts and pairing
+
+
+def test_div2k_pairs_and_data_range(tmp_path):
+    train = make_div2k(tmp_path, range(1, 7))
+    valid = make_div2k(tmp_path, [7], part='valid')
+    d = data.Data(parse(tmp_path, '--data_range', '2-3/5-7', '--data_test', 'DIV2K'))
+
+    pairs = d.loader_train.dataset.pairs
+    assert [p.name for p in pairs] == ['0002', '0003']
+    assert pairs[0].hr == tmp_path / 'DIV2K' / 'DIV2K_train_HR' / '0002.png'
+    assert pairs[0].lr == (tmp_path / 'DIV2K' / 'DIV2K_train_LR_bicubic' / 'X2' / '0002x2.png',)
+
+    loader = d.loader_test[0]
+    assert (loader.dataset.name, loader.dataset.benchmark, loader.batch_size) == ('DIV2K', False, 1)
+    seen = []
+    for lr, hr, name in loader:
+        seen.append(name[0])
+        expected = {**train, **valid}[name[0]]
+        assert np.array_equal(to8(hr[0]), expected)
+        assert np.array_equal(to8(lr[0]), matlab_imresize_reference(expected, 2))
+    assert seen == ['0005', '0006', '0007']  # 0007 from DIV2K_valid_HR
+
+    with pytest.raises(UserError, match=r'0008 \(--data_range: 5-9\)') as err:
+        data.Data(parse(tmp_path, '--data_range', '1-4/5-9', '--data_test', 'DIV2K'))
+    assert str(tmp_path / 'DIV2K' / 'DIV2K_train_HR' / '0008.png') in str(err.value)
+
+
+def test_benchmark_test_batches(tmp_path):
+    images = {f'img{i}': photo(i) for i in range(3)}
+    make_benchmark(tmp_path, 'Set5', images)
+    make_benchmark(tmp_path, 'Urban100', {'u': photo(5)})
+    d = data.Data(parse(tmp_path, '--data_test', 'Set5+Urban100', '--test_only', '--rgb_range', '1'))
+    assert d.loader_train is None
+    assert [(ld.dataset.name, ld.dataset.benchmark, len(ld)) for ld in d.loader_test] == \
+        [('Set5', True, 3), ('Urban100', True, 1)]
+    for lr, hr, name in d.loader_test[0]:
+        assert lr.dtype == torch.float32 and lr.shape == (1, 3, 48, 60) and hr.shape == (1, 3, 96, 120)
+        assert np.array_equal(to8(hr[0], 1), images[name[0]])
+        assert np.array_equal(to8(lr[0], 1), load(tmp_path / 'benchmark' / 'Set5' / 'LR_bicubic' / 'X2' /
+                                                  f'{name[0]}x2.png'))
+    d.loader_test[0].dataset.set_scale(0)
+    with pytest.raises(IndexError):
+        d.loader_test[0].dataset.set_scale(1)
+
+
+def test_y_channel_and_rgb_range(tmp_path):
+    img = photo(2)
+    make_benchmark(tmp_path, 'Set5', {'a': img})
+    d = data.Data(parse(tmp_path, '--test_only', '--n_colors', '1', '--rgb_range', '1'))
+    lr, hr, _ = next(iter(d.loader_test[0]))
+    assert hr.shape == (1, 1, 96, 120)
+    r, g, b = (img[..., c].astype(np.float64) for c in range(3))
+    y = np.floor(16 + (65.738 * r + 129.057 * g + 25.064 * b) / 256 + 0.5)
+    assert np.array_equal(to8(hr[0], 1)[..., 0], y.astype(np.uint8))
+
+
+def test_demo_folder(tmp_path):
+    demo = tmp_path / 'demo'
+    save(demo / 'b.png', photo(1, 40, 50))
+    save(demo / 'a.jpg', photo(2, 30, 36))
+    d = data.Data(parse(tmp_path, '--data_test', 'Demo', '--dir_demo', str(demo), '--test_only'))
+    ds = d.loader_test[0].dataset
+    assert (ds.name, ds.benchmark) == ('Demo', False)
+    batches = list(d.loader_test[0])
+    assert [n[0] for _, _, n in batches] == ['a', 'b']
+    assert batches[1][0].shape == (1, 3, 40, 50) and all(hr.numel() == 0 for _, hr, _ in batches)
+
+
+# ----------------------------------------------------------------------------------------------
+# training patches
+
+
+def test_training_batches_epoch_and_alignment(tmp_path):
+    make_div2k(tmp_path, range(1, 5))
+    make_benchmark(tmp_path, 'Set5', {'x': photo(9)})
+    for extra in ([], ['--no_augment']):
+        d = data.Data(parse(tmp_path, '--rgb_range', '1', '--test_every', '5', *extra))
+        loader = d.loader_train
+        assert len(loader) == 5 and len(loader.dataset) == 4 * 5
+        batches = list(loader)
+        assert len(batches) == 5
+        for lr, hr, names in batches:
+            assert lr.shape == (4, 3, 16, 16) and hr.shape == (4, 3, 32, 32) and hr.dtype == torch.float32
+            assert len(names) == 4
+            for k in range(4):
+                lr8, hr8 = to8(lr[k], 1), to8(hr[k], 1)
+                # LR made from the whole HR image; away from the patch border it is the same as
+                # downscaling the HR patch (within 1 grey level: transposed patches change the pass order).
+                diff = np.abs(matlab_imresize_reference(hr8, 2).astype(int) - lr8)[3:-3, 3:-3]
+                assert diff.max() <= 1
+
+
+def test_augment_keeps_pairs_aligned_and_covers_8_transforms():
+    rng = np.random.default_rng(0)
+    lr = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    hr = np.repeat(np.repeat(lr, 3, axis=0), 3, axis=1)  # HR pixel (y, x) comes from LR (y//3, x//3)
+    seen = set()
+    for _ in range(64):
+        la, ha = augment(lr, hr, rng)
+        assert np.array_equal(ha, np.repeat(np.repeat(la, 3, axis=0), 3, axis=1))
+        seen.add(la.tobytes())
+    assert len(seen) == 8
+
+
+def test_seeded_runs_give_identical_batches(tmp_path):
+    make_div2k(tmp_path, range(1, 5))
+    make_benchmark(tmp_path, 'Set5', {'x': photo(9)})
+
+    def first_batches(seed: int):
+        d = data.Data(parse(tmp_path, '--seed', str(seed)))
+        epoch1 = [b for _, b in zip(range(2), d.loader_train, strict=False)]
+        epoch2 = [b for _, b in zip(range(2), d.loader_train, strict=False)]
+        return epoch1, epoch2
+
+    a1, a2 = first_batches(3)
+    b1, b2 = first_batches(3)
+    c1, _ = first_batches(4)
+    for x, y in zip(a1 + a2, b1 + b2, strict=True):
+        assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) and x[2] == y[2]
+    assert not torch.equal(a1[0][1], c1[0][1])
+    assert not torch.equal(a1[0][1], a2[0][1])  # a new epoch draws new patches
+
+
+def test_distributed_ranks_get_their_own_patches(tmp_path, monkeypatch):
+    make_div2k(tmp_path, range(1, 5))
+    make_benchmark(tmp_path, 'Set5', {'x': photo(9)})
+    rank = {'value': 0}
+    monkeypatch.setattr(torch.distributed, 'is_initialized', lambda: True)
+    monkeypatch.setattr(torch.distributed, 'get_world_size', lambda: 2)
+    monkeypatch.setattr(torch.distributed, 'get_rank', lambda: rank['value'])
+    monkeypatch.setattr(torch.distributed, 'barrier', lambda: None)
+    loaders = []
+    for r in (0, 1):
+        rank['value'] = r
+        loaders.append(data.Data(parse(tmp_path, '--batch_size', '4', '--test_every', '6', '--seed', '5')).loader_train)
+    for ld in loaders:
+        assert isinstance(ld.sampler, DistributedSampler) and ld.sampler.seed == 5 and ld.sampler.shuffle
+        assert ld.batch_size == 2 and len(ld) == 6
+    idx0, idx1 = (list(ld.sampler) for ld in loaders)
+    assert set(idx0).isdisjoint(idx1) and len(idx0) == len(idx1) == 12
+    hr0, hr1 = (next(iter(ld))[1] for ld in loaders)
+    assert hr0.shape == (2, 3, 32, 32) and not torch.equal(hr0, hr1)
+    with pytest.raises(UserError, match='--batch_size 5'):
+        data.Data(parse(tmp_path, '--batch_size', '5'))
+
+
+# ----------------------------------------------------------------------------------------------
+# the --ext sep cache and made LR images
+
+
+def test_sep_cache_is_built_memory_mapped_reset_and_refreshed(tmp_path, capsys):
+    images = {f'i{k}': photo(k) for k in range(2)}
+    make_benchmark(tmp_path, 'Set5', images)
+    set5 = tmp_path / 'benchmark' / 'Set5'
+    d = data.Data(parse(tmp_path, '--test_only', '--ext', 'sep'))
+    assert 'cache' in capsys.readouterr().out
+    npy = set5 / 'bin' / 'HR' / 'i0.npy'
+    assert np.array_equal(np.load(npy), images['i0'])
+    assert np.array_equal(np.load(set5 / 'bin' / 'LR_bicubic' / 'X2' / 'i0x2.npy'),
+                          load(set5 / 'LR_bicubic' / 'X2' / 'i0x2.png'))
+    assert isinstance(d.store.load(set5 / 'HR' / 'i0.png'), np.memmap)
+
+    stamp = npy.stat().st_mtime_ns
+    data.Data(parse(tmp_path, '--test_only', '--ext', 'sep'))
+    assert npy.stat().st_mtime_ns == stamp and capsys.readouterr().out == ''
+
+    np.save(npy, np.zeros_like(images['i0']))  # a cache that is newer than its image is trusted ...
+    hr = next(iter(data.Data(parse(tmp_path, '--test_only', '--ext', 'sep')).loader_test[0]))[1]
+    assert hr.abs().sum() == 0
+    d = data.Data(parse(tmp_path, '--test_only', '--ext', 'sep_reset'))  # ... until sep_reset rebuilds it
+    assert np.array_equal(np.load(npy), images['i0'])
+    assert np.array_equal(to8(next(iter(d.loader_test[0]))[1][0]), images['i0'])
+
+    changed = images['i0'][::-1].copy()  # a new image, newer than its cache
+    save(set5 / 'HR' / 'i0.png', changed)
+    os.utime(set5 / 'HR' / 'i0.png', ns=(stamp + 10**9, npy.stat().st_mtime_ns + 10**9))
+    data.Data(parse(tmp_path, '--test_only', '--ext', 'sep'))
+    assert np.array_equal(np.load(npy), changed)
+
+
+def test_sep_cache_goes_to_user_cache_when_data_folder_is_read_only(tmp_path):
+    make_benchmark(tmp_path, 'Set5', {'a': photo(0)})
+    set5 = tmp_path / 'benchmark' / 'Set5'
+    (set5 / 'bin').write_text('not a folder')  # no cache can be written under Set5/
+    d = data.Data(parse(tmp_path, '--test_only', '--ext', 'sep'))
+    cached = d.store.cache_path(set5 / 'HR' / 'a.png')
+    assert cached == tmp_path / 'user-cache' / 'lcoan' / 'sep' / (set5 / 'HR' / 'a.npy').relative_to('/')
+    assert np.array_equal(np.load(cached), photo(0))
+
+
+def test_missing_lr_images_are_made_beside_or_in_user_cache(tmp_path, capsys):
+    hr = photo(1, 97, 121)  # not a multiple of the scale: cropped to 96x120 first
+    make_benchmark(tmp_path, 'Set5', {'odd': hr}, with_lr=False)
+    lr_path = tmp_path / 'benchmark' / 'Set5' / 'LR_bicubic' / 'X2' / 'oddx2.png'
+    with pytest.warns(DataWarning, match='cropped'):
+        d = data.Data(parse(tmp_path, '--test_only'))
+    assert 'missing' in capsys.readouterr().out
+    assert np.array_equal(load(lr_path), matlab_imresize_reference(hr[:96, :120], 2))
+    lr, hr_t, _ = next(iter(d.loader_test[0]))
+    assert lr.shape[-2:] == (48, 60) and hr_t.shape[-2:] == (96, 120)
+
+    shutil.rmtree(tmp_path / 'benchmark' / 'Set5' / 'LR_bicubic')
+    (tmp_path / 'benchmark' / 'Set5' / 'LR_bicubic').write_text('a file: nothing can be written under it')
+    with pytest.warns(DataWarning):
+        d = data.Data(parse(tmp_path, '--test_only'))
+    assert 'read-only' in capsys.readouterr().out
+    made = d.loader_test[0].dataset.pairs[0].lr[0]
+    assert made == tmp_path / 'user-cache' / 'lcoan' / 'lr' / lr_path.relative_to('/')
+
+    made.unlink()
+    (tmp_path / 'user-cache').rename(tmp_path / 'moved')
+    (tmp_path / 'user-cache').write_text('no cache folder either')
+    with pytest.raises(UserError, match='odd.png') as err:
+        data.Data(parse(tmp_path, '--test_only'))
+    assert str(lr_path) in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# the built-in Sample set
+
+
+def test_sample_set_holds_real_photographs(sample_dir):
+    train_hr = sample.train_root(sample_dir) / 'HR'
+    test_hr = sample.test_root(sample_dir) / 'HR'
+    assert np.array_equal(load(train_hr / 'astronaut.png'), crop_to_scale(skimage.data.astronaut(), 12))
+    assert np.array_equal(load(test_hr / 'chelsea.png'), skimage.data.chelsea()[40:232, 120:360])
+    train_names = {p.stem for p in train_hr.iterdir()}
+    test_names = {p.stem for p in test_hr.iterdir()}
+    assert len(train_names) == 7 and test_names == {'chelsea', 'camera', 'coins'} and not train_names & test_names
+    for root in (sample.train_root(sample_dir), sample.test_root(sample_dir)):
+        for hr_path in (root / 'HR').iterdir():
+            hr = load(hr_path)
+            assert hr.dtype == np.uint8 and hr.shape[2] == 3 and hr.std() > 20  # real content, not flat
+            for s in (2, 3, 4):
+                lr = load(root / 'LR_bicubic' / f'X{s}' / f'{hr_path.stem}x{s}.png')
+                assert (lr.shape[0] * s, lr.shape[1] * s) == hr.shape[:2]
+                if root.name == 'Sample':  # small: check against the independent reference too
+                    assert np.array_equal(lr, matlab_imresize_reference(hr, s))
+    d = data.Data(parse(sample_dir, '--data_train', 'Sample', '--data_test', 'Sample', '--patch_size', '64'))
+    assert d.loader_test[0].dataset.name == 'Sample' and d.loader_test[0].dataset.benchmark
+    assert len(d.loader_test[0]) == 3 and len(d.loader_train.dataset.pairs) == 7
+
+
+def test_sample_set_rebuilds_when_incomplete(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sample, 'TRAIN_PHOTOS', {'coins': ('coins', (0, 0, 48, 60))})
+    monkeypatch.setattr(sample, 'TEST_PHOTOS', {'camera': ('camera', (0, 0, 48, 60))})
+    sample.ensure_sample(tmp_path)
+    assert 'Sample' in capsys.readouterr().out
+    sample.ensure_sample(tmp_path)
+    assert capsys.readouterr().out == ''
+    lost = sample.test_root(tmp_path) / 'LR_bicubic' / 'X3' / 'camerax3.png'
+    lost.unlink()
+    sample.ensure_sample(tmp_path)
+    assert str(sample.test_root(tmp_path)) in capsys.readouterr().out and lost.is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# bad data
+
+
+def test_missing_and_empty_folders_name_the_expected_path(tmp_path):
+    with pytest.raises(UserError) as err:
+        data.Data(parse(tmp_path, '--test_only', '--data_test', 'Set14'))
+    msg = str(err.value)
+    assert str(tmp_path / 'benchmark' / 'Set14' / 'HR') in msg and 'LR_bicubic/X<s>/<image>x<s>.png' in msg
+
+    (tmp_path / 'benchmark' / 'Set14' / 'HR').mkdir(parents=True)
+    with pytest.raises(UserError, match='holds no images'):
+        data.Data(parse(tmp_path, '--test_only', '--data_test', 'Set14'))
+
+    with pytest.raises(UserError) as err:
+        data.Data(parse(tmp_path, '--test_only', '--data_test', 'DIV2K'))
+    assert str(tmp_path / 'DIV2K' / 'DIV2K_train_HR') in str(err.value) and 'X2/0001x2.png' in str(err.value)
+
+    with pytest.raises(UserError, match='--dir_demo'):
+        data.Data(parse(tmp_path, '--test_only', '--data_test', 'Demo', '--dir_demo', str(tmp_path / 'none')))
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(UserError, match='holds no images'):
+        data.Data(parse(tmp_path, '--test_only', '--data_test', 'Demo', '--dir_demo', str(tmp_path / 'empty')))
+
+
+def _truncated_png(path, img) -> None:
+    save(path, img)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:len(raw) // 2])
+
+
+def test_corrupt_and_truncated_images_name_the_file(tmp_path):
+    make_benchmark(tmp_path, 'Set5', {'good': photo(0), 'trunc': photo(1)})
+    set5 = tmp_path / 'benchmark' / 'Set5'
+    _truncated_png(set5 / 'HR' / 'trunc.png', photo(1))
+
+    d = data.Data(parse(tmp_path, '--test_only'))  # img: the header is fine, decoding fails at load time
+    with pytest.raises(UserError, match='trunc.png'):
+        list(d.loader_test[0])
+    with pytest.raises(UserError, match='trunc.png'):  # sep: at scan time
+        data.Data(parse(tmp_path, '--test_only', '--ext', 'sep'))
+
+    (set5 / 'HR' / 'trunc.png').unlink()
+    (set5 / 'HR' / 'junk.png').write_bytes(b'this is not an image')
+    with pytest.raises(UserError, match='junk.png'):  # no header at all: at scan time even for img
+        data.Data(parse(tmp_path, '--test_only'))
+
+
+def test_worker_error_reaches_the_user_as_one_line_naming_the_file(tmp_path):
+    make_div2k(tmp_path, range(1, 5))
+    make_benchmark(tmp_path, 'Set5', {'x': photo(9)})
+    bad = tmp_path / 'DIV2K' / 'DIV2K_train_HR' / '0002.png'
+    _truncated_png(bad, photo(2))
+    d = data.Data(parse(tmp_path, '--n_threads', '1'))
+    assert d.loader_train.num_workers == 1 and d.loader_train.timeout > 0 and d.loader_train.persistent_workers
+    with pytest.raises(UserError) as err:
+        for _ in d.loader_train:
+            pass
+    msg = str(err.value)
+    assert str(bad) in msg and 'truncated' in msg and '\n' not in msg and 'worker' in msg
+
+
+def test_image_formats_are_converted_with_one_warning(tmp_path):
+    rgb = photo(3)
+    gray = rgb[..., 1].copy()
+    hr = tmp_path / 'benchmark' / 'Set5' / 'HR'
+    hr.mkdir(parents=True)
+    Image.fromarray(gray).save(hr / 'gray.png')
+    Image.fromarray(np.dstack([rgb, np.full(gray.shape, 128, np.uint8)])).save(hr / 'rgba.png')
+    Image.fromarray(rgb).convert('P').save(hr / 'palette.png')
+    Image.fromarray(gray.astype(np.uint16) * 257 + 100).save(hr / 'deep.png')  # 16-bit grayscale
+    with pytest.warns(DataWarning) as record:
+        d = data.Data(parse(tmp_path, '--test_only'))
+    ours = [str(w.message) for w in record if issubclass(w.category, DataWarning)]
+    assert len(ours) == 1
+    for word in ('grayscale', 'RGBA', 'palette', '16-bit', 'gray.png', 'deep.png'):
+        assert word in ours[0]
+    batches = {name[0]: to8(hr_t[0]) for _, hr_t, name in d.loader_test[0]}
+    assert np.array_equal(batches['gray'], np.dstack([gray] * 3))
+    assert np.array_equal(batches['rgba'], rgb)
+    expected_deep = np.floor((gray.astype(np.float64) * 257 + 100) / 257 + 0.5).astype(np.uint8)
+    assert np.array_equal(batches['deep'], np.dstack([expected_deep] * 3))
+    palette = np.asarray(Image.fromarray(rgb).convert('P').convert('RGB'))
+    assert np.array_equal(batches['palette'], palette)
+
+
+def test_size_mismatch_crops_benchmarks_and_stops_training(tmp_path):
+    make_benchmark(tmp_path, 'Set5', {'a': photo(0)})
+    lr_path = tmp_path / 'benchmark' / 'Set5' / 'LR_bicubic' / 'X2' / 'ax2.png'
+    save(lr_path, load(lr_path)[:47])  # 47 x 2 = 94 < 96 HR rows
+    with pytest.warns(DataWarning, match='a.png 120x96 -> 120x94'):
+        d = data.Data(parse(tmp_path, '--test_only'))
+    assert next(iter(d.loader_test[0]))[1].shape[-2:] == (94, 120)
+
+    save(lr_path, photo(0, 49, 60))  # LR larger than HR / 2: cannot be fixed by cropping
+    with pytest.raises(UserError, match='ax2.png'):
+        data.Data(parse(tmp_path, '--test_only'))
+
+    make_div2k(tmp_path, range(1, 5))
+    hr_path = tmp_path / 'DIV2K' / 'DIV2K_train_HR' / '0003.png'
+    save(hr_path, photo(3, 98, 120))
+    with pytest.raises(UserError) as err:
+        data.Data(parse(tmp_path, '--data_test', 'DIV2K', '--data_range', '1-4/1-1'))
+    assert str(hr_path) in str(err.value) and '0003x2.png' in str(err.value)
+
+    save(hr_path, photo(3))
+    with pytest.raises(UserError, match='--patch_size 128'):
+        data.Data(parse(tmp_path, '--data_test', 'DIV2K', '--data_range', '1-4/1-1', '--patch_size', '128'))
