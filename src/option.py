@@ -174,7 +174,7 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
                  'rgb_range', 'n_GPUs', 'chop_size', 'chop_batch', 'dist_timeout'):
         if getattr(args, flag) <= 0:
             _fail(flag, getattr(args, flag), 'must be a positive integer')
-    for flag in ('n_threads', 'chop_overlap'):
+    for flag in ('n_threads', 'chop_overlap', 'seed'):
         if getattr(args, flag) < 0:
             _fail(flag, getattr(args, flag), 'must be >= 0')
     for flag in ('lr', 'res_scale', 'gamma', 'epsilon', 'skip_threshold'):

@@ -13,18 +13,20 @@ Sample (data.sample, written at first use), Demo (``--dir_demo``, data.demo). Ev
 when the loaders are built; bad data raises data.common.DataError (a UserError) naming the file.
 ``--ext sep`` caches decoded images as ``.npy`` (data.storage).
 
-Randomness: patch positions and augmentations come from the dataset's own generator, seeded from
-``--seed`` (and the rank) in the main process and, in each worker, from the seed torch gives that
-worker, itself drawn from ``Data.generator``; two runs with the same flags give the same batches.
+Randomness: the training order comes from an :class:`EpochSampler` (a DistributedSampler, also for
+one process) seeded with ``--seed`` and reset by ``set_epoch``; each patch's position and
+augmentation come from a generator seeded with (``--seed``, epoch, index). So two runs with the same
+flags give the same batches, whatever the number of (persistent) workers, and a resumed run
+continues with exactly the batches the interrupted one would have seen. Each rank takes its share
+of every global batch, so N processes see the same samples per step as one process would.
 """
 
 import contextlib
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
+from torch.utils.data import DataLoader, DistributedSampler
 
 from data import benchmark, div2k, sample
 from data.demo import demo_set
@@ -41,11 +43,11 @@ def _mix_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
-def _seed_worker(worker_id: int) -> None:
-    # torch gives each worker base_seed + worker_id, with base_seed drawn from the loader's generator.
-    info = get_worker_info()
-    if hasattr(info.dataset, 'reseed'):
-        info.dataset.reseed(info.seed)
+class EpochSampler(DistributedSampler):
+    """This rank's share of a per-epoch shuffle, as ``(epoch, index)`` keys for :class:`TrainPatches`."""
+
+    def __iter__(self):
+        return ((self.epoch, index) for index in super().__iter__())
 
 
 def _world() -> tuple[int, int]:
@@ -78,8 +80,6 @@ class Data:
         self.args = args
         # Under torch.distributed rank 0 rebuilds the sep cache; the others then read what it wrote.
         self.store = ImageStore(ext='sep' if args.ext == 'sep_reset' and rank != 0 else args.ext)
-        self.generator = torch.Generator()
-        self.generator.manual_seed(_mix_seed(args.seed, rank))
         dir_data = Path(args.dir_data)
 
         with _main_process_first(rank, world):
@@ -91,13 +91,10 @@ class Data:
                       pin_memory=str(args.device).startswith('cuda'), timeout=LOADER_TIMEOUT_S if workers else 0)
         self.loader_train = None
         if train_set is not None:
-            sampler = None
-            if world > 1:
-                sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
-                                             drop_last=True)
-            self.loader_train = DataLoader(train_set, batch_size=args.batch_size // world, shuffle=sampler is None,
-                                           sampler=sampler, drop_last=True, generator=self.generator,
-                                           worker_init_fn=_seed_worker, **common)
+            sampler = EpochSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
+                                   drop_last=True)
+            self.loader_train = DataLoader(train_set, batch_size=args.batch_size // world, sampler=sampler,
+                                           drop_last=True, **common)
         # One worker per test set overlaps decoding with the model; more would only hold memory.
         common.update(num_workers=min(workers, 1), persistent_workers=workers > 0)
         self.loader_test = [DataLoader(ts, batch_size=1, shuffle=False, **common) for ts in test_sets]
@@ -121,7 +118,7 @@ class Data:
         return TrainPatches(name='+'.join(args.data_train), pairs=pairs, store=self.store, scale=scale,
                             patch_size=args.patch_size, n_colors=args.n_colors, rgb_range=args.rgb_range,
                             augment=not args.no_augment, length=args.batch_size * args.test_every,
-                            seed=_mix_seed(args.seed, rank, 1))
+                            seed=_mix_seed(args.seed, 1))
 
     def _test_set(self, dir_data: Path, name: str):
         args = self.args

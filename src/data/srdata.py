@@ -147,8 +147,13 @@ class TrainPatches(Dataset):
         rgb_range: values are ``x * rgb_range / 255``.
         augment: random flips and 90-degree rotations.
         length: samples per epoch (``batch_size * test_every``).
-        seed: seed of the patch positions and augmentations in the main process; each DataLoader
-            worker is reseeded through :meth:`reseed`.
+        seed: base seed of the patch positions and augmentations.
+
+    Items are addressed as ``(epoch, index)`` (what :class:`data.EpochSampler` yields) or as a plain
+    ``index`` (epoch 0). The randomness of an item comes from its own generator seeded with
+    ``(seed, epoch, index)``, so a batch does not depend on the number of worker processes, on
+    whether they persist between epochs, on the process that loads it, or on an interrupted run
+    having been resumed.
     """
 
     def __init__(self, *, name: str, pairs: list[ImagePair], store: ImageStore, scale: int,
@@ -162,21 +167,20 @@ class TrainPatches(Dataset):
         self.rgb_range = rgb_range
         self.augment = augment
         self.length = length
-        self.reseed(seed)
-
-    def reseed(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        rng = np.random.default_rng([self.seed, epoch, index])
         pair = self.pairs[index % len(self.pairs)]
         lr = self.store.load(pair.lr[0])
         hr = self.store.load(pair.hr)
-        lr, hr = random_patch(lr, hr, self.patch_size, self.scale, self.rng)
+        lr, hr = random_patch(lr, hr, self.patch_size, self.scale, rng)
         if self.augment:
-            lr, hr = augment(lr, hr, self.rng)
+            lr, hr = augment(lr, hr, rng)
         lr, hr = (to_tensor(set_channel(x, self.n_colors), self.rgb_range) for x in (lr, hr))
         return lr, hr, pair.name
 

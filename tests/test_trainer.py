@@ -1,0 +1,490 @@
+"""Trainer, checkpoint folder and durable files: unit tests on small stand-ins, then main.py end to end."""
+
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+import option
+import utility
+from errors import UserError
+from loss import Loss
+from trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = (skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea())
+
+
+# ----------------------------------------------------------------------------------------------
+# stand-ins for data.Data and model.Model
+
+
+class PairSet(Dataset):
+    """(lr, hr, name) crops of photographs; lr is the 2x box-downsampled hr on the 8-bit grid."""
+
+    def __init__(self, name: str, n: int, size: int, benchmark: bool = True, offset: int = 0) -> None:
+        self.name, self.benchmark = name, benchmark
+        self.items = []
+        for i in range(n):
+            photo = PHOTOS[i % len(PHOTOS)]
+            y, x = 50 + 17 * (i + offset), 80 + 23 * (i + offset)
+            hr = torch.from_numpy(photo[y:y + size, x:x + size].copy()).permute(2, 0, 1).float() / 255
+            lr = utility.quantize(F.avg_pool2d(hr[None], 2)[0], 1)
+            self.items.append((lr, hr, f'{name.lower()}{i:02d}'))
+
+    def set_scale(self, idx_scale: int) -> None:
+        assert idx_scale == 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(3, 12, 3, padding=1)
+        self.up = nn.PixelShuffle(2)
+        with torch.no_grad():  # start close to nearest-neighbour upsampling
+            self.body.weight.mul_(0.01)
+            self.body.bias.zero_()
+        self.register_buffer('seen', torch.zeros(()))  # stands in for the centroid buffers
+
+    def forward(self, x):
+        if self.training:
+            self.seen += 1
+        return F.interpolate(x, scale_factor=2, mode='nearest') + self.up(self.body(x))
+
+
+class Wrapper(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = Net()
+
+    def forward(self, lr, idx_scale=0):
+        return self.model(lr)
+
+    def get_model(self):
+        return self.model
+
+
+def make_args(tmp_path, *extra) -> SimpleNamespace:
+    return option.parse_args(['--template', 'demo', '--save_dir', str(tmp_path), '--save', 'run', '--cpu',
+                              '--n_threads', '0', '--epochs', '3', '--print_every', '2', '--lr', '1e-3',
+                              '--batch_size', '2', *map(str, extra)])
+
+
+def make_data(train_items=None, batch_size=2) -> SimpleNamespace:
+    train = train_items if train_items is not None else PairSet('Train', 8, 16)
+    generator = torch.Generator()
+    return SimpleNamespace(
+        loader_train=DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator),
+        loader_test=[DataLoader(PairSet('Set5', 2, 32, offset=9), batch_size=1)])
+
+
+def make_trainer(args, data=None, seed=0):
+    torch.manual_seed(seed)
+    ckp = utility.checkpoint(args)
+    model = Wrapper()
+    loss = Loss(args, ckp) if not args.test_only else None
+    return Trainer(args, data or make_data(), model, loss, ckp), ckp, model
+
+
+def run_epochs(trainer, n):
+    for _ in range(n):
+        trainer.train()
+        trainer.test()
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.get_model().state_dict().items()}
+
+
+def log_text(ckp):
+    return ckp.get_path('log.txt').read_text()
+
+
+# ----------------------------------------------------------------------------------------------
+# optimisation
+
+
+@pytest.mark.parametrize('name, extra, cls, expected', [
+    ('ADAM', ['--betas', '0.8+0.99', '--epsilon', '1e-6', '--weight_decay', '1e-4'], torch.optim.Adam,
+     {'betas': (0.8, 0.99), 'eps': 1e-6, 'weight_decay': 1e-4, 'lr': 1e-3}),
+    ('SGD', ['--momentum', '0.5'], torch.optim.SGD, {'momentum': 0.5, 'weight_decay': 0, 'lr': 1e-3}),
+    ('RMSprop', ['--epsilon', '1e-7'], torch.optim.RMSprop, {'eps': 1e-7, 'lr': 1e-3}),
+])
+def test_optimizer_choices(tmp_path, name, extra, cls, expected):
+    args = make_args(tmp_path, '--optimizer', name, *extra)
+    opt = utility.make_optimizer(args, Net().parameters())
+    assert type(opt) is cls
+    group = opt.param_groups[0]
+    assert {k: group[k] for k in expected} == expected
+    assert len(group['params']) == 2  # the buffer is not optimised
+
+
+def test_multistep_schedule_and_gradient_clipping(tmp_path):
+    args = make_args(tmp_path, '--optimizer', 'SGD', '--momentum', '0', '--lr', '1', '--decay', '1-2',
+                     '--gamma', '0.1', '--gclip', '1e-3', '--epochs', '2')
+    trainer, ckp, model = make_trainer(args, make_data(PairSet('Train', 2, 16), batch_size=2))
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    trainer.train()
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    # One SGD step of lr 1 with the gradient clipped to norm 1e-3 moves the weights by exactly 1e-3.
+    assert (after - before).norm().item() == pytest.approx(1e-3, rel=1e-4)
+    assert trainer.optimizer.param_groups[0]['lr'] == pytest.approx(0.1)
+    trainer.test()
+    trainer.train()
+    assert trainer.optimizer.param_groups[0]['lr'] == pytest.approx(0.01)
+    text = log_text(ckp)
+    assert '[Epoch 1]\tLearning rate: 1.00e+00' in text and '[Epoch 2]\tLearning rate: 1.00e-01' in text
+
+
+def test_nan_and_huge_loss_batches_are_skipped(tmp_path):
+    normal = PairSet('Train', 2, 16)
+    lr, hr, name = normal[0]
+    bad_nan = (lr, torch.full_like(hr, math.nan), 'nan')
+    bad_huge = (lr, hr * 1e4, 'huge')
+    args = make_args(tmp_path, '--skip_threshold', '10', '--epochs', '1')
+    data = make_data([normal[0], bad_nan, bad_huge, normal[1]], batch_size=1)
+    data.loader_train = DataLoader(data.loader_train.dataset, batch_size=1, shuffle=False)
+    trainer, ckp, model = make_trainer(args, data)
+    trainer.train()
+    assert trainer.skipped == 2
+    assert all(torch.isfinite(v).all() for v in model.get_model().state_dict().values())
+
+    # The same run without the bad batches ends with bit-identical weights and loss log.
+    ref_args = make_args(tmp_path / 'ref', '--skip_threshold', '10', '--epochs', '1')
+    ref_data = make_data([normal[0], normal[1]], batch_size=1)
+    ref_data.loader_train = DataLoader(ref_data.loader_train.dataset, batch_size=1, shuffle=False)
+    ref, _, ref_model = make_trainer(ref_args, ref_data)
+    ref.train()
+    for k, v in weights(ref_model).items():  # buffers too: 'seen' counts the kept forward passes
+        assert torch.equal(v, model.get_model().state_dict()[k]), k
+    assert torch.equal(trainer.loss.log, ref.loss.log)
+    text = log_text(ckp)
+    assert '[Epoch 1, batch 2] skipped: loss is nan (1 skipped in this run)' in text
+    assert '[Epoch 1, batch 3] skipped: loss' in text and 'exceeds --skip_threshold 10' in text
+    assert ', 2 of 4 batches skipped' in text
+    trainer.test()
+    assert utility.load_state(ckp.get_path('training_state.pt'))['skipped'] == 2
+
+
+@pytest.mark.parametrize('gclip', [0, 0.5])
+def test_nonfinite_gradient_batch_is_skipped(tmp_path, gclip):
+    items = PairSet('Train', 2, 16)
+
+    def trainer_on(folder, dataset):
+        args = make_args(folder, '--epochs', '1', '--gclip', gclip)
+        data = make_data(dataset, batch_size=1)
+        data.loader_train = DataLoader(dataset, batch_size=1, shuffle=False)
+        return make_trainer(args, data)
+
+    trainer, ckp, model = trainer_on(tmp_path, [items[0], items[1]])
+    calls, forward = [], model.forward
+
+    def poisoned(lr, idx_scale=0):  # a finite loss whose gradient overflows on the second batch
+        sr = forward(lr, idx_scale)
+        calls.append(1)
+        if len(calls) == 2:
+            sr.register_hook(lambda g: g * math.inf)
+        return sr
+    model.forward = poisoned
+    trainer.train()
+    assert trainer.skipped == 1
+    assert '[Epoch 1, batch 2] skipped: gradient norm is nan' in log_text(ckp)
+
+    ref, _, ref_model = trainer_on(tmp_path / 'ref', [items[0]])
+    ref.train()
+    for k, v in weights(ref_model).items():
+        assert torch.equal(v, model.get_model().state_dict()[k]), k
+
+
+def test_nonfinite_weights_are_never_saved(tmp_path):
+    trainer, ckp, model = make_trainer(make_args(tmp_path, '--epochs', '2'))
+    run_epochs(trainer, 1)
+    latest = ckp.get_path('model', 'model_latest.pt').read_bytes()
+    with torch.no_grad():
+        model.get_model().body.weight[0, 0, 0, 0] = math.nan
+    with pytest.raises(RuntimeError, match='refusing to save the model: body.weight holds NaN'):
+        trainer.save(2, is_best=False)
+    assert ckp.get_path('model', 'model_latest.pt').read_bytes() == latest
+
+
+@pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason='no CUDA'))])
+@pytest.mark.parametrize('precision, dtype', [('half', torch.float16), ('bf16', torch.bfloat16)])
+def test_mixed_precision_training(tmp_path, device, precision, dtype):
+    args = make_args(tmp_path, '--precision', precision, '--epochs', '1')
+    args.cpu, args.device = device == 'cpu', device
+    trainer, ckp, model = make_trainer(args)
+    seen = []
+    model.get_model().body.register_forward_hook(lambda mod, inp, out: seen.append((mod.training, out.dtype)))
+    run_epochs(trainer, 1)
+    assert {dt for training, dt in seen if training} == {dtype}  # autocast in training too
+    assert trainer.scaler.is_enabled() == (precision == 'half')
+    assert trainer.skipped == 0 and torch.isfinite(trainer.loss.log).all()
+    state = utility.load_state(ckp.get_path('training_state.pt'))
+    assert (state['scaler'] is not None) == (precision == 'half')
+    assert all(v.dtype == torch.float32 for k, v in state['model'].items() if k != 'seen')
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+
+
+def test_atomic_save_keeps_the_old_file_when_the_writer_dies(tmp_path, monkeypatch):
+    path = tmp_path / 'model_latest.pt'
+    utility.atomic_save({'w': torch.arange(4)}, path)
+    old = path.read_bytes()
+
+    def dying_save(obj, f):
+        f.write(b'PK\x03\x04 half a checkpoint')
+        raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of the write
+
+    monkeypatch.setattr(torch, 'save', dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        utility.atomic_save({'w': torch.zeros(4)}, path)
+    assert path.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == ['model_latest.pt']
+    monkeypatch.undo()
+    assert torch.equal(utility.load_state(path)['w'], torch.arange(4))
+
+
+def test_load_state_errors_name_the_file(tmp_path):
+    with pytest.raises(UserError, match=f'^{tmp_path / "missing.pt"}: no such checkpoint file$'):
+        utility.load_state(tmp_path / 'missing.pt')
+    good = tmp_path / 'good.pt'
+    utility.atomic_save({'w': torch.ones(1000)}, good)
+    torn = tmp_path / 'torn.pt'
+    torn.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(UserError, match=f'^{torn}: not a readable checkpoint'):
+        utility.load_state(torn)
+    unsafe = tmp_path / 'unsafe.pt'
+    torch.save({'f': SimpleNamespace()}, unsafe)  # needs weights_only=False: refused
+    with pytest.raises(UserError, match=f'^{unsafe}: not a readable checkpoint'):
+        utility.load_state(unsafe)
+
+
+def test_rng_state_loads_with_weights_only(tmp_path):
+    gen = torch.Generator().manual_seed(5)
+    utility.seed_everything(3, gen)
+    torch.randn(3), np.random.rand(), __import__('random').random(), np.random.randn()
+    utility.atomic_save(utility.get_rng_state(gen), tmp_path / 'rng.pt')
+    expected = (torch.randn(3), np.random.rand(2), __import__('random').random(), torch.randn(2, generator=gen))
+    utility.seed_everything(99)
+    utility.set_rng_state(utility.load_state(tmp_path / 'rng.pt'), gen)
+    got = (torch.randn(3), np.random.rand(2), __import__('random').random(), torch.randn(2, generator=gen))
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+    assert got[2] == expected[2] and torch.equal(got[3], expected[3])
+
+
+def test_run_folder_checks(tmp_path):
+    with pytest.raises(UserError, match="^--load 'nope': no run folder"):
+        utility.checkpoint(make_args(tmp_path, '--load', 'nope'))
+    with pytest.raises(UserError, match='^--resume -1: needs --load'):
+        utility.checkpoint(make_args(tmp_path, '--resume', '-1'))
+    with pytest.raises(UserError, match="^--save '../x': a run name, not a path"):
+        utility.checkpoint(make_args(tmp_path, '--save', '../x'))
+    trainer, ckp, _ = make_trainer(make_args(tmp_path, '--epochs', '1'))
+    run_epochs(trainer, 1)
+    ckp.done()
+    stale = ckp.get_path('model', '.model_latest.pt.tmp-999')  # left by a writer killed mid-write
+    stale.write_bytes(b'PK')
+    utility.checkpoint(make_args(tmp_path, '--load', 'run', '--test_only')).done()
+    assert not stale.exists()
+    with pytest.raises(UserError, match="^--save 'run': .* holds a run already; continue it with --load run"):
+        utility.checkpoint(make_args(tmp_path))
+    with pytest.raises(UserError, match="^--pre_train 'x.pt' and --resume -1: choose one"):
+        utility.checkpoint(make_args(tmp_path, '--load', 'run', '--resume', '-1', '--pre_train', 'x.pt'))
+    with pytest.raises(UserError, match='^--reset and --resume -1: choose one'):
+        utility.checkpoint(make_args(tmp_path, '--load', 'run', '--resume', '-1', '--reset'))
+    fresh = utility.checkpoint(make_args(tmp_path, '--reset'))
+    assert not fresh.get_path('training_state.pt').exists()
+    assert fresh.get_path('log.txt').read_text() == ''
+    fresh.done()
+
+
+def test_outputs_and_in_process_resume(tmp_path):
+    args = make_args(tmp_path, '--save_results', '--save_gt', '--save_models', '--loss', '1*L1+0.5*MSE')
+    trainer, ckp, model = make_trainer(args)
+    run_epochs(trainer, 2)
+    ckp.done()
+    d = ckp.dir
+    for name in ('config.txt', 'log.txt', 'training_state.pt', 'loss_log.csv', 'psnr_log.csv', 'loss_L1.png',
+                 'loss_MSE.png', 'loss_Total.png', 'psnr_Set5.png', 'metrics_Set5_x2.csv',
+                 'model/model_latest.pt', 'model/model_best.pt', 'model/model_1.pt', 'model/model_2.pt',
+                 'state/training_state_1.pt', 'state/training_state_2.pt',
+                 'results-Set5/set500_x2_SR.png', 'results-Set5/set500_x2_LR.png', 'results-Set5/set501_x2_HR.png'):
+        assert (d / name).is_file(), name
+    assert 'loss: 1*L1+0.5*MSE' in (d / 'config.txt').read_text()
+    assert (d / 'loss_log.csv').read_text().splitlines()[0] == 'epoch,L1,MSE,Total'
+    rows = (d / 'metrics_Set5_x2.csv').read_text().splitlines()
+    assert rows[0] == 'image,psnr,ssim' and rows[1].startswith('set500,') and len(rows) == 3
+    psnr = float(rows[1].split(',')[1])
+    assert 20 < psnr < 60
+    assert '[Set5 x2]\tPSNR: ' in log_text(ckp) and '(Best: ' in log_text(ckp)
+    # print_every lines: samples, each term's running mean, model + data time.
+    assert len(re.findall(r'^\[4/8\]\t\[L1: \d\.\d{4}\]\[MSE: \d\.\d{4}\]\[Total: \d\.\d{4}\]\t\d+\.\d\+\d+\.\ds$',
+                          log_text(ckp), flags=re.M)) == 2
+    assert torch.equal(utility.load_state(d / 'model/model_2.pt')['body.weight'], model.get_model().body.weight)
+
+    # Resume from the latest state with a different --lr: the run's schedule and logs are kept.
+    resumed, rckp, rmodel = make_trainer(make_args(tmp_path, '--load', 'run', '--resume', '-1', '--lr', '5',
+                                                   '--loss', '1*L1+0.5*MSE'), seed=123)
+    assert resumed.epoch == 2
+    assert resumed.optimizer.param_groups[0]['lr'] == trainer.optimizer.param_groups[0]['lr']
+    assert torch.equal(resumed.loss.log, trainer.loss.log) and torch.equal(resumed.psnr_log, trainer.psnr_log)
+    text = log_text(rckp)
+    assert 'after epoch 2: learning rate in use 1.00e-03' in text
+    assert '--lr/--decay/--gamma given now are not used' in text
+    # Epoch 3 of the resumed run equals epoch 3 of the uninterrupted one.
+    run_epochs(trainer, 1)
+    run_epochs(resumed, 1)
+    assert torch.equal(resumed.loss.log, trainer.loss.log)
+    for k, v in weights(model).items():
+        assert torch.equal(v, rmodel.get_model().state_dict()[k]), k
+    assert resumed.terminate()
+    rckp.done()
+
+    # --resume N starts from epoch N's model and state; a changed --loss is refused.
+    from_1, ckp1, model1 = make_trainer(make_args(tmp_path, '--load', 'run', '--resume', '1', '--loss',
+                                                  '1*L1+0.5*MSE'))
+    assert from_1.epoch == 1 and from_1.loss.log.shape == (1, 3)
+    assert torch.equal(model1.get_model().body.weight, utility.load_state(d / 'model/model_1.pt')['body.weight'])
+    ckp1.done()
+    with pytest.raises(UserError, match="^--loss '1\\*L1': the run in .* was trained with terms L1\\+MSE\\+Total"):
+        make_trainer(make_args(tmp_path, '--load', 'run', '--resume', '-1'))
+
+
+def test_test_only_prints_a_table(tmp_path, capsys):
+    trainer, ckp, _ = make_trainer(make_args(tmp_path, '--test_only'))
+    assert trainer.terminate()
+    ckp.done()
+    out = capsys.readouterr().out
+    assert 'PSNR (dB) / SSIM' in out
+    row = next(line for line in out.splitlines() if line.startswith('Set5 '))
+    psnr, ssim = (float(v) for v in row.split('|')[1].split('/'))
+    assert 20 < psnr < 60 and 0.5 < ssim <= 1
+    assert (ckp.dir / 'metrics_Set5_x2.csv').is_file() and not (ckp.dir / 'training_state.pt').exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# end to end: main.py in a subprocess on the built-in Sample data with a tiny LCoAN
+
+TINY = ['--template', 'demo', '--cpu', '--n_resgroups', '1', '--n_resblocks', '1', '--n_feats', '8',
+        '--n_clusters', '4', '--window_size', '32', '--patch_size', '32', '--batch_size', '2', '--test_every', '4',
+        '--epochs', '3', '--print_every', '1']
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+
+
+def main_cmd(base: Path, *flags) -> list[str]:
+    return [sys.executable, 'main.py', *TINY, '--dir_data', str(base / 'data'), '--save_dir', str(base / 'exp'),
+            *map(str, flags)]
+
+
+def run_main(base: Path, *flags) -> subprocess.CompletedProcess:
+    return subprocess.run(main_cmd(base, *flags), cwd=ROOT / 'src', env=ENV, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope='module')
+def e2e(tmp_path_factory):
+    """Base folder holding the Sample data and run 'a': 3 epochs, straight through."""
+    base = tmp_path_factory.mktemp('e2e')
+    done = run_main(base, '--save', 'a')
+    assert done.returncode == 0, done.stdout + done.stderr
+    return base
+
+
+def net_state(path: Path) -> dict:
+    return utility.load_state(path)
+
+
+def test_e2e_run_writes_its_files_and_seed_makes_runs_bit_identical(e2e):
+    a = e2e / 'exp' / 'a'
+    for name in ('config.txt', 'log.txt', 'loss_log.csv', 'psnr_log.csv', 'metrics_Sample_x2.csv', 'loss_L1.png',
+                 'psnr_Sample.png', 'training_state.pt', 'model/model_latest.pt', 'model/model_best.pt'):
+        assert (a / name).is_file(), name
+    assert sorted(p.name for p in (a / 'results-Sample').iterdir()) == [
+        'camera_x2_SR.png', 'chelsea_x2_SR.png', 'coins_x2_SR.png']
+    state = utility.load_state(a / 'training_state.pt')
+    assert state['epoch'] == 3 and state['loss_log'].shape == (3, 1)
+    assert torch.isfinite(state['psnr_log']).all() and (state['psnr_log'] > 10).all()
+    log = (a / 'log.txt').read_text()
+    assert log.count('[Sample x2]\tPSNR: ') == 3 and '[Epoch 3]\tLearning rate: 5.00e-04' in log
+    assert 'patch_size: 32' in (a / 'config.txt').read_text()
+
+    b = run_main(e2e, '--save', 'b')
+    assert b.returncode == 0, b.stdout + b.stderr
+    state_b = utility.load_state(e2e / 'exp' / 'b' / 'training_state.pt')
+    assert torch.equal(state_b['loss_log'], state['loss_log'])
+    assert torch.equal(state_b['psnr_log'], state['psnr_log'])
+    model_a, model_b = net_state(a / 'model/model_latest.pt'), net_state(e2e / 'exp/b/model/model_latest.pt')
+    assert model_a.keys() == model_b.keys()
+    assert all(torch.equal(model_a[k], model_b[k]) for k in model_a)
+
+
+def test_e2e_kill_9_mid_epoch_then_resume_reproduces_the_losses(e2e):
+    proc = subprocess.Popen(main_cmd(e2e, '--save', 'c'), cwd=ROOT / 'src', env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen, in_epoch_2 = [], False
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            in_epoch_2 = in_epoch_2 or line.startswith('[Epoch 2]')
+            if in_epoch_2 and line.startswith('[4/8]'):  # second of four batches of epoch 2 done
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, ''.join(seen)
+    c = e2e / 'exp' / 'c'
+    assert utility.load_state(c / 'training_state.pt')['epoch'] == 1
+
+    resumed = run_main(e2e, '--load', 'c', '--resume', '-1')
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert 'after epoch 1: learning rate in use 5.00e-04' in resumed.stdout
+    ref = utility.load_state(e2e / 'exp' / 'a' / 'training_state.pt')
+    got = utility.load_state(c / 'training_state.pt')
+    assert got['epoch'] == 3
+    assert torch.equal(got['loss_log'], ref['loss_log'])
+    assert torch.equal(got['psnr_log'], ref['psnr_log'])
+    assert all(torch.equal(got['model'][k], ref['model'][k]) for k in ref['model'])
+
+
+def test_e2e_test_only_prints_the_table(e2e):
+    a = e2e / 'exp' / 'a'
+    done = run_main(e2e, '--test_only', '--save', 't', '--pre_train', a / 'model' / 'model_latest.pt')
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    head = lines.index('PSNR (dB) / SSIM')
+    assert lines[head + 1].split('|')[1].strip() == 'x2'
+    row = lines[head + 3]
+    assert row.startswith('Sample ')
+    psnr, ssim = (float(v) for v in row.split('|')[1].split('/'))
+    last = utility.load_state(a / 'training_state.pt')['psnr_log'][-1, 0, 0].item()
+    assert psnr == pytest.approx(last, abs=0.005) and 0 < ssim < 1
+    assert (e2e / 'exp' / 't' / 'metrics_Sample_x2.csv').is_file()
+
+
+def test_e2e_bad_loss_is_a_one_line_error(e2e):
+    done = run_main(e2e, '--save', 'bad', '--loss', '1*L1+1*Foo')
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("error: --loss '1*L1+1*Foo': unknown loss term 'Foo'; "
+                                   'allowed: L1, MSE, Charbonnier')
