@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     g('--save_results', action='store_true', help='write the SR images of the test sets')
     g('--save_gt', action='store_true', help='with --save_results, write LR and HR too')
     g('--ssim', action='store_true', help='kept for compatibility: SSIM is always computed')
+    g('--compare_bicubic', action='store_true',
+      help='also score bicubic upscaling; the final evaluation prints a per-image table, bicubic vs model')
     return parser
 
 

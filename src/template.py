@@ -16,9 +16,9 @@ TEMPLATES = {
     'demo': dict(
         model='LCoAN', n_resgroups=2, n_resblocks=2, n_feats=32, reduction=2, n_clusters=16,
         window_size=96, ema_decay=0.99, res_scale=0.1, rgb_range=1, scale='2', patch_size=64,
-        batch_size=8, test_every=50, epochs=6, lr=5e-4, decay='4', data_train='Sample',
+        batch_size=8, test_every=50, epochs=12, lr=5e-4, decay='8', data_train='Sample',
         data_test='Sample', ext='sep', n_threads=1, print_every=25, save='demo',
-        save_results=True,
+        save_results=True, compare_bicubic=True,
     ),
 }
 

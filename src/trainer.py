@@ -23,6 +23,7 @@ from torch.nn.utils import clip_grad_norm_, get_total_norm
 from tqdm import tqdm
 
 import utility
+from data.imresize import bicubic_upscale
 from errors import UserError
 
 # Weight of the newest accepted batch in the running loss that --skip_threshold compares against.
@@ -215,8 +216,13 @@ class Trainer:
                     lr, hr = self.prepare(lr, hr)
                     sr = utility.quantize(self.model(lr, idx_scale).float(), args.rgb_range)
                     if hr.numel() > 0:
-                        rows.append((filename, utility.calc_psnr(sr, hr, scale, args.rgb_range, benchmark),
-                                     utility.calc_ssim(sr, hr, scale, args.rgb_range, benchmark)))
+                        row = [filename, utility.calc_psnr(sr, hr, scale, args.rgb_range, benchmark),
+                               utility.calc_ssim(sr, hr, scale, args.rgb_range, benchmark)]
+                        if args.compare_bicubic:
+                            bicubic = utility.quantize(bicubic_upscale(lr.float(), scale), args.rgb_range)
+                            row += [utility.calc_psnr(bicubic, hr, scale, args.rgb_range, benchmark),
+                                    utility.calc_ssim(bicubic, hr, scale, args.rgb_range, benchmark)]
+                        rows.append(row)
                     if args.save_results:
                         images = {'SR': sr}
                         if args.save_gt:
@@ -225,8 +231,21 @@ class Trainer:
                 if rows:
                     psnr[idx_data, idx_scale] = sum(r[1] for r in rows) / len(rows)
                     ssim[idx_data, idx_scale] = sum(r[2] for r in rows) / len(rows)
-                    self.ckp.write_csv(f'metrics_{name}_x{scale}.csv', ('image', 'psnr', 'ssim'), rows)
+                    header = ['image', 'psnr', 'ssim'] + ['bicubic_psnr', 'bicubic_ssim'] * args.compare_bicubic
+                    self.ckp.write_csv(f'metrics_{name}_x{scale}.csv', header, rows)
+                    if args.compare_bicubic and (args.test_only or self.epoch >= args.epochs):
+                        self.ckp.write_log(self.comparison_table(name, scale, rows))
         return psnr, ssim
+
+    def comparison_table(self, name: str, scale: int, rows: list) -> str:
+        """Per-image PSNR/SSIM of bicubic upscaling and of the model, with their averages."""
+        width = max(len('average'), *(len(r[0]) for r in rows))
+        head = f'{"image":<{width}} | {"bicubic":^16} | {self.args.model:^16} | gain (dB)'
+        lines = [f'\n{name} x{scale}: PSNR (dB) / SSIM', head, '-' * len(head)]
+        mean = [sum(r[k] for r in rows) / len(rows) for k in range(1, 5)]
+        for label, (p, s, bp, bs) in [(r[0], r[1:5]) for r in rows] + [('average', mean)]:
+            lines.append(f'{label:<{width}} | {bp:7.2f} / {bs:.4f} | {p:7.2f} / {s:.4f} | {p - bp:+.2f}')
+        return '\n'.join(lines)
 
     def test(self) -> None:
         """Evaluate on every test set and scale (rank 0; the others wait), log, and checkpoint."""

@@ -55,3 +55,11 @@ def bicubic_downscale(img: np.ndarray, scale: int) -> np.ndarray:
     x = _resize_pass(x, (h // scale, w // scale))
     x = x.permute(1, 2, 0) if x.ndim == 3 else x
     return np.ascontiguousarray(x.numpy())
+
+
+def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """MATLAB ``imresize(lr, scale, 'bicubic')`` of float images (N, C, h, w), in float (no rounding).
+
+    The usual baseline row of SR tables; quantise the result like any SR output before metrics.
+    """
+    return bicubic_pytorch.imresize(lr, scale=scale, antialiasing=True)
