@@ -1,10 +1,15 @@
 """torch.distributed: two CPU processes (gloo) train exactly like one process on the whole batch."""
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
+
+import utility
 
 WORKER = Path(__file__).resolve().parent / 'helpers' / 'ddp_worker.py'
 TINY = ['--scale', '2', '--n_resgroups', '3', '--n_resblocks', '1', '--n_feats', '16', '--reduction', '2',
@@ -35,3 +40,90 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
     # The centroids were initialised from the gathered samples and then moved by the moving average.
     assert bool(rank0['body.0.attention.0.kmeans.initted'])
     assert torch.allclose(rank0['body.0.attention.0.kmeans.means'].norm(dim=-1), torch.ones(1, 8))
+
+
+# ----------------------------------------------------------------------------------------------
+# main.py --n_GPUs 2 on the CPU: two gloo processes spawned by main.py itself
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN_TINY = ['--template', 'demo', '--cpu', '--n_GPUs', '2', '--n_threads', '0', '--n_resgroups', '1',
+             '--n_resblocks', '1', '--n_feats', '8', '--n_clusters', '4', '--window_size', '32', '--patch_size', '32',
+             '--batch_size', '4', '--test_every', '3', '--print_every', '1', '--dist_timeout', '60']
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+
+
+def main_cmd(base: Path, *flags) -> list[str]:
+    return [sys.executable, 'main.py', *MAIN_TINY, '--dir_data', str(base / 'data'), '--save_dir', str(base / 'exp'),
+            *map(str, flags)]
+
+
+def run_main(base: Path, *flags) -> subprocess.CompletedProcess:
+    return subprocess.run(main_cmd(base, *flags), cwd=ROOT / 'src', env=ENV, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_two_process_run_resumes_exactly(tmp_path):
+    straight = run_main(tmp_path, '--save', 'straight', '--epochs', '3')
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+    first = run_main(tmp_path, '--save', 'resumed', '--epochs', '2')
+    assert first.returncode == 0, first.stdout + first.stderr
+    resumed = run_main(tmp_path, '--load', 'resumed', '--resume', '-1', '--epochs', '3')
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+
+    # Rank 0 alone writes: one log line per batch, not two.
+    log = (tmp_path / 'exp' / 'straight' / 'log.txt').read_text()
+    assert log.count('[Epoch 3]\tLearning rate') == 1 and log.count('[Sample x2]\tPSNR') == 3
+    ref = utility.load_state(tmp_path / 'exp' / 'straight' / 'training_state.pt')
+    got = utility.load_state(tmp_path / 'exp' / 'resumed' / 'training_state.pt')
+    assert got['epoch'] == ref['epoch'] == 3
+    assert torch.equal(got['loss_log'], ref['loss_log'])
+    assert all(torch.equal(got['model'][k], ref['model'][k]) for k in ref['model'])
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            fields = stat.read_text().rsplit(')', 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def _ranks(pid: int) -> list[int]:
+    """The spawned training processes among ``pid``'s children (not multiprocessing's resource tracker)."""
+    ranks = []
+    for child in _children(pid):
+        try:
+            cmdline = (Path('/proc') / str(child) / 'cmdline').read_bytes()
+        except OSError:
+            continue
+        if b'spawn_main' in cmdline:
+            ranks.append(child)
+    return ranks
+
+
+def test_a_killed_rank_ends_the_run_with_an_error(tmp_path):
+    proc = subprocess.Popen(main_cmd(tmp_path, '--save', 'killed', '--epochs', '50'), cwd=ROOT / 'src', env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith('[Epoch 2]'):
+                ranks = _ranks(proc.pid)
+                assert len(ranks) == 2, ''.join(seen)
+                os.kill(ranks[-1], signal.SIGKILL)
+                break
+        start = time.monotonic()
+        rest, _ = proc.communicate(timeout=120)
+        elapsed = time.monotonic() - start
+    finally:
+        proc.kill()
+    output = ''.join(seen) + rest
+    assert proc.returncode == 1, output
+    assert 'terminated with signal SIGKILL; the other processes were stopped' in output
+    assert elapsed < 60
+    assert not [p for p in _children(proc.pid)]

@@ -334,9 +334,10 @@ def test_outputs_and_in_process_resume(tmp_path):
     assert 'loss: 1*L1+0.5*MSE' in (d / 'config.txt').read_text()
     assert (d / 'loss_log.csv').read_text().splitlines()[0] == 'epoch,L1,MSE,Total'
     rows = (d / 'metrics_Set5_x2.csv').read_text().splitlines()
-    assert rows[0] == 'image,psnr,ssim' and rows[1].startswith('set500,') and len(rows) == 3
-    psnr = float(rows[1].split(',')[1])
-    assert 20 < psnr < 60
+    # The demo template scores bicubic upscaling beside the model (--compare_bicubic).
+    assert rows[0] == 'image,psnr,ssim,bicubic_psnr,bicubic_ssim' and rows[1].startswith('set500,') and len(rows) == 3
+    psnr, _, bicubic_psnr, bicubic_ssim = (float(v) for v in rows[1].split(',')[1:])
+    assert 20 < psnr < 60 and 20 < bicubic_psnr < 60 and 0.5 < bicubic_ssim <= 1
     assert '[Set5 x2]\tPSNR: ' in log_text(ckp) and '(Best: ' in log_text(ckp)
     # print_every lines: samples, each term's running mean, model + data time.
     assert len(re.findall(r'^\[4/8\]\t\[L1: \d\.\d{4}\]\[MSE: \d\.\d{4}\]\[Total: \d\.\d{4}\]\t\d+\.\d\+\d+\.\ds$',
@@ -375,11 +376,16 @@ def test_test_only_prints_a_table(tmp_path, capsys):
     trainer, ckp, _ = make_trainer(make_args(tmp_path, '--test_only'))
     assert trainer.terminate()
     ckp.done()
-    out = capsys.readouterr().out
-    assert 'PSNR (dB) / SSIM' in out
-    row = next(line for line in out.splitlines() if line.startswith('Set5 '))
+    lines = capsys.readouterr().out.splitlines()
+    row = lines[lines.index('PSNR (dB) / SSIM') + 3]
+    assert row.startswith('Set5 ')
     psnr, ssim = (float(v) for v in row.split('|')[1].split('/'))
     assert 20 < psnr < 60 and 0.5 < ssim <= 1
+    # The per-image comparison with bicubic (demo template): its average row repeats the model's mean.
+    average = next(line for line in lines if line.startswith('average '))
+    bicubic, model, gain = (cell.strip() for cell in average.split('|')[1:])
+    assert float(model.split('/')[0]) == pytest.approx(psnr, abs=0.006)
+    assert float(gain) == pytest.approx(float(model.split('/')[0]) - float(bicubic.split('/')[0]), abs=0.011)
     assert (ckp.dir / 'metrics_Set5_x2.csv').is_file() and not (ckp.dir / 'training_state.pt').exists()
 
 

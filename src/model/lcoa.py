@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from model import common
 
-ATTENTION_IMPL = 'reference'
+ATTENTION_IMPL = 'fast'
 IMPLEMENTATIONS = {'reference': 'model.sparse_attention_reference', 'fast': 'model.sparse_attention'}
 KMEANS_INIT_ITERS = 10
 
@@ -218,4 +218,4 @@ class LearnableCollaborativeAttention(nn.Module):
         values = rearrange(self.conv_assembly(x), 'n c h w -> n (h w) c')
         out = attention_module(self.impl).apply_pattern(pattern, values)
         out = rearrange(out, 'n (h w) c -> n c h w', h=x.shape[2])
-        return out * self.res_scale + x, pattern
+        return torch.add(x, out, alpha=self.res_scale), pattern

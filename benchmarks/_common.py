@@ -1,0 +1,125 @@
+"""Shared benchmark plumbing: every measurement runs in a fresh Python process.
+
+A fresh process per measurement makes the peak resident memory (``ru_maxrss``) belong to that
+measurement alone and keeps allocator and thread-pool state from leaking between measurements.
+
+A *setup function* is named ``'module:function'``, where ``module`` is importable from
+``benchmarks/`` or ``src/`` (both are on the child's ``sys.path``). It is called with the given
+keyword arguments and returns a zero-argument callable: the code to time. Whatever the setup
+function does before returning is not timed (building models, making inputs).
+
+    result = run_in_subprocess('bench_attention:lcoa_chain', {'size': 96, 'impl': 'fast'},
+                               threads=2, repeats=5)
+    result['median_s'], result['peak_rss_mb']
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+SRC_DIR = BENCH_DIR.parent / 'src'
+_RESULT_PREFIX = 'BENCH_RESULT '
+_TIMING_ENV_PREFIXES = ('MALLOC_', 'THP_', 'OMP_', 'MKL_', 'KMP_', 'LD_PRELOAD')
+
+
+def add_src_to_path() -> None:
+    """Make ``src/`` importable (``from model import ...``), as when running from ``src/``."""
+    for path in (str(SRC_DIR), str(BENCH_DIR)):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo, else what ``platform`` knows."""
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads: int | None = None) -> dict:
+    """Where and when a benchmark ran: CPU, core count, torch and Python versions, threads, date."""
+    import torch
+
+    return {
+        'cpu': cpu_model(),
+        'logical_cpus': os.cpu_count(),
+        'platform': platform.platform(),
+        'python': platform.python_version(),
+        'torch': torch.__version__,
+        'threads': threads if threads is not None else torch.get_num_threads(),
+        'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+        # Allocator and threading settings change timings a lot (page faults, thread pools).
+        'env': {k: v for k, v in sorted(os.environ.items()) if k.startswith(_TIMING_ENV_PREFIXES)},
+    }
+
+
+def run_in_subprocess(fn_name: str, kwargs: dict, *, threads: int = 2, repeats: int = 5, warmup: int = 1,
+                      timeout_s: float | None = None) -> dict:
+    """Time the callable returned by setup function ``fn_name(**kwargs)`` in a fresh process.
+
+    Returns ``{'median_s', 'min_s', 'times_s', 'peak_rss_mb', 'threads'}``: the median and minimum
+    over ``repeats`` timed calls after ``warmup`` untimed ones, and the process's peak resident
+    memory (setup included). Raises ``RuntimeError`` with the child's stderr if it fails.
+    """
+    cmd = [sys.executable, str(Path(__file__).resolve()), '--child', fn_name, '--kwargs', json.dumps(kwargs),
+           '--threads', str(threads), '--repeats', str(repeats), '--warmup', str(warmup)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s, check=False)
+    results = [line for line in proc.stdout.splitlines() if line.startswith(_RESULT_PREFIX)]
+    if proc.returncode != 0 or not results:
+        raise RuntimeError(f'benchmark {fn_name}({kwargs}) failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}')
+    return json.loads(results[-1][len(_RESULT_PREFIX):])
+
+
+def _load(fn_name: str):
+    module_name, _, function = fn_name.partition(':')
+    if not function:
+        raise ValueError(f"setup function must be 'module:function', got {fn_name!r}")
+    return getattr(importlib.import_module(module_name), function)
+
+
+def _child(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description='Run one timed measurement (used by run_in_subprocess).')
+    parser.add_argument('--child', required=True)
+    parser.add_argument('--kwargs', required=True)
+    parser.add_argument('--threads', type=int, required=True)
+    parser.add_argument('--repeats', type=int, required=True)
+    parser.add_argument('--warmup', type=int, required=True)
+    args = parser.parse_args(argv)
+    add_src_to_path()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    fn = _load(args.child)(**json.loads(args.kwargs))
+    for _ in range(args.warmup):
+        fn()
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    result = {'median_s': statistics.median(times), 'min_s': min(times), 'times_s': times,
+              'peak_rss_mb': peak_kb / 1024, 'threads': args.threads}
+    print(_RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+if __name__ == '__main__':
+    _child(sys.argv[1:])

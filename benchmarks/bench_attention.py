@@ -1,0 +1,184 @@
+"""Benchmark of the non-local part: 10 attention modules on a 128 x S x S feature map (eval, fp32, CPU).
+
+Variants (each timed in a fresh process, so its peak RSS is its own):
+
+* ``lcoa_fast``: LCoAN's attention as the network runs it (collaborative attention: the first module
+  embeds, clusters and builds the pattern; all ten apply it to their own values), fast kernels
+  (``model.sparse_attention``);
+* ``lcoa_reference``: the same with the plain reference kernels (``model.sparse_attention_reference``);
+* ``nlsa``: an NLSA-style baseline after NLSN (Mei et al., CVPR 2021) with its defaults: 4 hash
+  rounds of LSH by random rotations, chunks of 144 that also attend to the adjacent chunks, query/key
+  reduction 4; every module hashes and attends on its own. Written plainly (reference kernels).
+
+Extra variants for ``--variants``: ``lcoa_fast_no_coa`` / ``lcoa_reference_no_coa`` (every module
+builds its own pattern) and ``nlsa_fast`` (NLSA on the fast kernels).
+
+Usage: ``python benchmarks/bench_attention.py [--size 96] [--repeats 5] [--threads 2] [--json OUT]``.
+Timings on a shared or busy machine are noise: measure on a quiet one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_src_to_path, machine_info, run_in_subprocess  # noqa: E402
+
+add_src_to_path()
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+PAPER = dict(n_feats=128, reduction=1, n_clusters=128, window_size=384, n_rounds=1, res_scale=0.1, ema_decay=0.999)
+NLSN = dict(reduction=4, n_hashes=4, chunk_size=144)
+
+VARIANTS = {
+    'lcoa_fast': ('lcoa_chain', dict(impl='fast', share_pattern=True)),
+    'lcoa_reference': ('lcoa_chain', dict(impl='reference', share_pattern=True)),
+    'nlsa': ('nlsa_chain', dict(impl='reference')),
+    'lcoa_fast_no_coa': ('lcoa_chain', dict(impl='fast', share_pattern=False)),
+    'lcoa_reference_no_coa': ('lcoa_chain', dict(impl='reference', share_pattern=False)),
+    'nlsa_fast': ('nlsa_chain', dict(impl='fast')),
+}
+DEFAULT_VARIANTS = ('lcoa_fast', 'lcoa_reference', 'nlsa')
+
+
+def _features(size: int, channels: int) -> torch.Tensor:
+    return torch.randn(1, channels, size, size)
+
+
+def lcoa_chain(*, size: int, impl: str, share_pattern: bool, modules: int = 10):
+    """Setup: ``modules`` LCoA modules (paper configuration) run one after the other."""
+    from model.lcoa import LearnableCollaborativeAttention
+
+    blocks = [LearnableCollaborativeAttention(impl=impl, **PAPER).eval() for _ in range(modules)]
+    x = _features(size, PAPER['n_feats'])
+    with torch.no_grad():
+        for block in blocks[:1] if share_pattern else blocks:
+            embed = block.conv_match(x).flatten(2).transpose(1, 2)
+            block.kmeans.initialise(embed)
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            h, pattern = x, None
+            for block in blocks:
+                h, new_pattern = block(h, pattern)
+                if share_pattern:
+                    pattern = new_pattern
+        return h
+
+    return run
+
+
+class NonLocalSparseAttention(nn.Module):
+    """NLSA after NLSN: LSH buckets by random rotations, sorted chunks attending to their neighbours.
+
+    Same windowed attention as LCoA (queries, L2-normalised keys, [self | previous | next] chunk,
+    rounds combined by a softmax over their log-sum-exp), with the clusters replaced by
+    ``n_hashes`` rounds of random-rotation hashing into ``min(L // chunk + (L // chunk) % 2, 128)``
+    buckets, drawn anew in every forward pass.
+
+    Args:
+        n_feats: channels of the features and the values.
+        reduction: query/key embedding has ``n_feats // reduction`` channels.
+        n_hashes: hashing rounds.
+        chunk_size: positions per chunk (the attention window).
+        res_scale: scale of the attention output before the residual sum.
+        impl: sparse-attention kernels, 'reference' or 'fast'.
+    """
+
+    def __init__(self, *, n_feats: int, reduction: int, n_hashes: int, chunk_size: int, res_scale: float,
+                 impl: str) -> None:
+        super().__init__()
+        from model.lcoa import attention_module
+
+        self.attention = attention_module(impl)
+        self.n_hashes = n_hashes
+        self.chunk_size = chunk_size
+        self.res_scale = res_scale
+        self.conv_match = nn.Conv2d(n_feats, n_feats // reduction, 3, padding=1)
+        self.conv_assembly = nn.Conv2d(n_feats, n_feats, 1)
+
+    def hash_codes(self, embed: torch.Tensor) -> torch.Tensor:
+        """Bucket of every position per round: embed (N, L, C) -> (N, n_hashes, L)."""
+        chunks = embed.shape[1] // self.chunk_size
+        n_buckets = max(2, min(chunks + chunks % 2, 128))
+        rotations = torch.randn(embed.shape[-1], self.n_hashes, n_buckets // 2, dtype=embed.dtype)
+        rotated = torch.einsum('nlc,chb->nhlb', embed, rotations)
+        return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        embed = self.conv_match(x).flatten(2).transpose(1, 2)
+        values = self.conv_assembly(x).flatten(2).transpose(1, 2)
+        pattern = self.attention.build_pattern(embed, self.hash_codes(embed), self.chunk_size)
+        out = self.attention.apply_pattern(pattern, values)
+        return out.transpose(1, 2).reshape(x.shape) * self.res_scale + x
+
+
+def nlsa_chain(*, size: int, impl: str, modules: int = 10):
+    """Setup: ``modules`` NLSA modules (NLSN defaults, 128 channels) run one after the other."""
+    blocks = [NonLocalSparseAttention(n_feats=PAPER['n_feats'], res_scale=PAPER['res_scale'], impl=impl, **NLSN).eval()
+              for _ in range(modules)]
+    x = _features(size, PAPER['n_feats'])
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            h = x
+            for block in blocks:
+                h = block(h)
+        return h
+
+    return run
+
+
+def _table(info: dict, size: int, repeats: int, results: dict, ratios: dict) -> str:
+    lines = [
+        f'Non-local part, 10 modules on 1 x 128 x {size} x {size}, eval, fp32, median of {repeats} after warm-up',
+        '',
+        f'machine: {info["cpu"]} ({info["logical_cpus"]} logical CPUs), torch {info["torch"]}, '
+        f'threads {info["threads"]}, {info["date"]}',
+        '',
+        '| variant | median (s) | min (s) | peak RSS (MB) |',
+        '|---|---:|---:|---:|',
+    ]
+    for name, r in results.items():
+        lines.append(f'| {name} | {r["median_s"]:.3f} | {r["min_s"]:.3f} | {r["peak_rss_mb"]:.0f} |')
+    if ratios:
+        lines += ['', '| ratio (median time) | value |', '|---|---:|']
+        lines += [f'| {name} | {value:.2f} |' for name, value in ratios.items()]
+    return '\n'.join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--size', type=int, default=96, help='feature map height and width')
+    parser.add_argument('--repeats', type=int, default=5, help='timed runs per variant (after one warm-up)')
+    parser.add_argument('--threads', type=int, default=2, help='torch intra-op threads')
+    parser.add_argument('--variants', nargs='+', default=list(DEFAULT_VARIANTS), choices=sorted(VARIANTS))
+    parser.add_argument('--json', type=Path, help='also write the results to this JSON file')
+    args = parser.parse_args(argv)
+
+    results = {}
+    for name in args.variants:
+        setup, kwargs = VARIANTS[name]
+        print(f'running {name} ...', file=sys.stderr, flush=True)
+        results[name] = run_in_subprocess(f'bench_attention:{setup}', dict(kwargs, size=args.size),
+                                          threads=args.threads, repeats=args.repeats)
+    ratios = {}
+    for num, den in (('lcoa_fast', 'lcoa_reference'), ('lcoa_fast', 'nlsa'), ('lcoa_reference', 'nlsa')):
+        if num in results and den in results:
+            ratios[f'{num} / {den}'] = results[num]['median_s'] / results[den]['median_s']
+    info = machine_info(args.threads)
+    print(_table(info, args.size, args.repeats, results, ratios))
+    report = {'machine': info, 'config': {'size': args.size, 'repeats': args.repeats, 'paper': PAPER, 'nlsn': NLSN},
+              'results': results, 'ratios': ratios}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + '\n')
+    return report
+
+
+if __name__ == '__main__':
+    main()

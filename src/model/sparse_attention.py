@@ -1,0 +1,409 @@
+"""Fast LCoA sparse attention: a learnable sparse pattern built once and applied to many value tensors.
+
+This is the hot path of LCoAN's non-local part. ``build_pattern`` runs once per forward pass (first
+residual group); ``apply_pattern`` runs in every residual group with that group's values
+(collaborative attention, CoA). ``sparse_attention_reference`` computes the same function the plain
+way and is the oracle of the tests.
+
+Per k-means round, positions are stably sorted by cluster id, the sorted sequence is padded to a
+whole number of windows (padded entry ``j`` repeats sorted entry ``(L - pad + j) mod L``) and every
+window attends to the keys and values of itself, the previous and the next window (cyclic), in
+that order. Queries are the sorted embeddings, keys their L2-normalised copies. Rounds are combined
+by a softmax over rounds of each position's log-sum-exp.
+
+Why it is faster and leaner than the straightforward version:
+
+* sort, padding, undo-sort and neighbour-window indices are computed once per pattern;
+* applying a pattern never copies the values three times: the output is three batched matrix
+  products of the weight blocks [self | prev | next] with window-shifted views of one gathered
+  copy of the values (only the small keys are laid out three times, once, to build the pattern);
+* every product is one batched BLAS call with a contiguous result, not a loop of small calls:
+  with few (and possibly shared) cores each call is one parallel region, not dozens;
+* channel-first values (the transposed view of a convolution's ``(N, C, H, W)`` output, e.g.
+  ``rearrange(x, 'n c h w -> n (h w) c')``) are gathered without a transposing copy, and the
+  output comes back in the same layout, so turning it back into ``(N, C, H, W)`` is free;
+* scratch buffers live in the pattern and are reused by every application (fresh large
+  allocations page-fault on every call on some machines);
+* two ``autograd.Function``s own the backward passes. Building saves only the embeddings and the
+  attention weights (the softmax backward needs nothing else; no raw scores are kept), applying
+  saves only the values tensor itself (no gathered or tripled copies); gathers are recomputed.
+
+Under autocast the matrix products run in the autocast dtype; softmax, log-sum-exp and the stored
+attention weights stay in float32 (float64 for float64 inputs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+NORMALIZE_EPS = 5e-5
+
+# Key/value block ``d`` of window ``k`` comes from window ``k + offset`` (cyclic): [self | prev | next].
+_NEIGHBOURS = ((0, 0), (1, -1), (2, 1))
+
+
+def _window_pairs(n_windows: int, offset: int) -> list[tuple[slice, slice]]:
+    """``(dst, src)`` window slices with ``src = dst + offset`` (cyclic)."""
+    if offset == 0 or n_windows == 1:
+        return [(slice(None), slice(None))]
+    last = n_windows - 1
+    if offset == -1:
+        return [(slice(1, None), slice(0, last)), (slice(0, 1), slice(last, None))]
+    return [(slice(0, last), slice(1, None)), (slice(last, None), slice(0, 1))]
+
+
+# The batched products below write into contiguous (row-major) results and read operands whose
+# matrices are row- or column-major with any leading dimension: that lets every call go to one
+# batched BLAS call (one parallel region) instead of a loop of small ones, which matters on few,
+# shared cores.
+
+def _mix(out: Tensor, weights: Tensor, v: Tensor) -> None:
+    """``out[k] = sum_d weights[k, :, block d] @ v[k + offset_d]``.
+
+    ``out`` (nW, w, c) contiguous, ``weights`` (nW, w, 3w), ``v`` (nW, w, c): the values are never
+    copied three times, each block multiplies a window-shifted view of them.
+    """
+    n_windows, w = v.shape[:2]
+    for d, offset in _NEIGHBOURS:
+        for dst, src in _window_pairs(n_windows, offset):
+            out[dst].baddbmm_(weights[dst, :, d * w:(d + 1) * w], v[src], beta=0 if d == 0 else 1)
+
+
+def _mix_transposed(out: Tensor, weights: Tensor, g: Tensor) -> None:
+    """``out[k + offset_d] (+)= weights[k, :, block d]^T @ g[k]``: the adjoint of :func:`_mix` in ``v``."""
+    n_windows, w = g.shape[:2]
+    for d, offset in _NEIGHBOURS:
+        for dst, src in _window_pairs(n_windows, -offset):
+            block = weights[src, :, d * w:(d + 1) * w].transpose(1, 2)
+            out[dst].baddbmm_(block, g[src], beta=0 if d == 0 else 1)
+
+
+def _take(src: Tensor, index: Tensor, out: Tensor) -> None:
+    """``out = src[index]`` for 2-D (positions, channels) tensors of any layout."""
+    if out.stride(0) == 1 and out.t().is_contiguous():  # channel-first buffer: gather columns of (C, L)
+        src, out, dim = src.t(), out.t(), 1
+    else:
+        dim = 0
+    if out.is_contiguous() and src.dtype == out.dtype:
+        torch.index_select(src, dim, index, out=out)
+    else:
+        out.copy_(src.index_select(dim, index))
+
+
+def _is_channels_first(x: Tensor) -> bool:
+    """Whether a (N, L, C) tensor is the transposed view of a contiguous (N, C, L) one."""
+    return not x.is_contiguous() and x.transpose(1, 2).is_contiguous()
+
+
+def _empty(shape: tuple[int, ...], channels_first: bool, like: Tensor, dtype: torch.dtype) -> Tensor:
+    """A fresh (..., L, C) tensor; channel-first means (..., C, L) memory.
+
+    Not a view (``empty_strided``): outputs of an autograd Function that are views forbid in-place ops.
+    """
+    if not channels_first:
+        return torch.empty(shape, dtype=dtype, device=like.device)
+    memory_shape = (*shape[:-2], shape[-1], shape[-2])
+    strides = [1] * len(memory_shape)
+    for i in range(len(memory_shape) - 2, -1, -1):
+        strides[i] = strides[i + 1] * memory_shape[i + 1]
+    strides[-1], strides[-2] = strides[-2], strides[-1]
+    return torch.empty_strided(shape, strides, dtype=dtype, device=like.device)
+
+
+def _compute_dtype(x: Tensor, weights_dtype: torch.dtype) -> torch.dtype:
+    """The matmul dtype: the autocast one if autocast is on, else the promoted input dtype."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return torch.promote_types(x.dtype, weights_dtype)
+
+
+def _softmax_(x: Tensor) -> None:
+    """Softmax over the last dim, in place where the kernel allows it (row-wise CPU kernel)."""
+    if x.device.type == 'cpu':
+        torch.ops.aten._softmax.out(x, -1, False, out=x)
+    else:
+        x.copy_(torch.softmax(x, dim=-1))
+
+
+class _Plan:
+    """Sort/pad/undo-sort indices of one pattern, plus scratch buffers reused by all its applications.
+
+    Slots ``b = n * rounds + r`` enumerate (batch item, round) pairs; ``P`` is the padded length.
+    """
+
+    def __init__(self, codes: Tensor, window_size: int):
+        n, rounds, length = codes.shape
+        self.batch, self.rounds, self.length, self.window = n, rounds, length, window_size
+        self.n_windows = -(-length // window_size)
+        self.padded = self.n_windows * window_size
+        pad = self.padded - length
+        device = codes.device
+        order = torch.sort(codes, dim=-1, stable=True).indices
+        positions = torch.arange(length, device=device)
+        # Padding repeats the last `pad` sorted entries; cyclic when pad > L (images smaller than a window).
+        extended = torch.cat([positions, torch.remainder(torch.arange(pad, device=device) + length - pad, length)])
+        # gather[b, j]: pixel at padded sorted slot j; order[b, j]: the same for j < L;
+        # rank[b, l]: sorted slot of pixel l.
+        self.gather = order[..., extended].reshape(n * rounds, self.padded)
+        self.order = order.reshape(n * rounds, length)
+        self.rank = torch.empty_like(self.order).scatter_(1, self.order, positions.expand_as(self.order))
+        # neighbours[k * 3w + d * w + i]: sorted slot of key i of block d of window k, i.e. of
+        # window k + offset_d: gathering with it lays the keys of each window out contiguously.
+        window_start = torch.arange(self.n_windows, device=device).view(-1, 1, 1)
+        offsets = torch.tensor([offset for _, offset in _NEIGHBOURS], device=device).view(1, -1, 1)
+        within = torch.arange(window_size, device=device).view(1, 1, -1)
+        self.neighbours = (torch.remainder(window_start + offsets, self.n_windows) * window_size + within).flatten()
+        self._scratch: dict[tuple, Tensor] = {}
+        self._weights_cast: dict[torch.dtype, Tensor] = {}
+
+    @property
+    def slots(self) -> int:
+        return self.batch * self.rounds
+
+    def scratch(self, name: str, rows: int, channels: int, dtype: torch.dtype, channels_first: bool,
+                like: Tensor) -> Tensor:
+        """A reusable (rows, channels) buffer; never handed out of this module."""
+        key = (name, rows, channels, dtype, channels_first, like.device)
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = _empty((rows, channels), channels_first, like, dtype)
+        return buf
+
+    def weights_as(self, weights: Tensor, dtype: torch.dtype) -> Tensor:
+        """The attention weights in the matmul dtype (cast once per pattern, not per application)."""
+        if weights.dtype == dtype:
+            return weights
+        cast = self._weights_cast.get(dtype)
+        if cast is None:
+            cast = self._weights_cast[dtype] = weights.detach().to(dtype)
+        return cast
+
+    def windows(self, x: Tensor, per_window: int | None = None) -> Tensor:
+        """(nW * per_window, c) -> (nW, per_window, c) view; ``per_window`` defaults to the window size."""
+        return x.unflatten(0, (self.n_windows, per_window or self.window))
+
+    def neighbour_keys(self, x: Tensor) -> Tensor:
+        """Sorted rows (P, c) -> (nW, 3w, c): each window's keys [self | prev | next], contiguous."""
+        return self.windows(x.index_select(0, self.neighbours), 3 * self.window)
+
+
+def _normalize_backward(x: Tensor, grad: Tensor) -> Tensor:
+    """Gradient of ``F.normalize(x, dim=-1, eps=NORMALIZE_EPS)`` w.r.t. ``x``."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    denom = norm.clamp_min(NORMALIZE_EPS)
+    unit = x / denom
+    radial = (unit * grad).sum(-1, keepdim=True) * (norm >= NORMALIZE_EPS)
+    return (grad - unit * radial) / denom
+
+
+class _BuildWeights(torch.autograd.Function):
+    """Embeddings (N, L, C) -> attention weights (slots, nW, w, 3w) and sorted log-sum-exp (slots, P)."""
+
+    @staticmethod
+    def forward(ctx, embed: Tensor, plan: _Plan, with_lse: bool, compute_dtype: torch.dtype):
+        ctx.set_materialize_grads(False)
+        # Row-major embeddings: the key normalisation then reduces over contiguous channels.
+        source = embed.contiguous()
+        float_dtype = torch.promote_types(embed.dtype, torch.float32)
+        w, n_windows = plan.window, plan.n_windows
+        weights = embed.new_empty((plan.slots, n_windows, w, 3 * w), dtype=float_dtype)
+        lse = embed.new_empty((plan.slots, plan.padded) if with_lse else (0,), dtype=float_dtype)
+        queries = plan.scratch('embed', plan.padded, embed.shape[-1], embed.dtype, False, embed)
+        raw_low = None
+        if compute_dtype != float_dtype:
+            raw_low = embed.new_empty((n_windows, w, 3 * w), dtype=compute_dtype)
+        with torch.autocast(embed.device.type, enabled=False):
+            for b in range(plan.slots):
+                _take(source[b // plan.rounds], plan.gather[b], queries)
+                keys = F.normalize(queries.to(float_dtype), p=2, dim=-1, eps=NORMALIZE_EPS).to(compute_dtype)
+                raw = weights[b] if raw_low is None else raw_low
+                torch.bmm(plan.windows(queries.to(compute_dtype)), plan.neighbour_keys(keys).transpose(1, 2), out=raw)
+                if raw_low is not None:
+                    weights[b].copy_(raw_low)
+                if with_lse:
+                    row_max = weights[b].amax(-1)
+                _softmax_(weights[b])
+                if with_lse:
+                    # The largest weight is exp(max - lse), so no second pass of exponentials is needed.
+                    lse[b] = (row_max - weights[b].amax(-1).log()).flatten()
+        ctx.save_for_backward(embed, weights)
+        ctx.plan, ctx.compute_dtype = plan, compute_dtype
+        return weights, lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_weights: Tensor | None, d_lse: Tensor | None):
+        embed, weights = ctx.saved_tensors
+        plan, cd = ctx.plan, ctx.compute_dtype
+        if not ctx.needs_input_grad[0] or (d_weights is None and d_lse is None):
+            return None, None, None, None
+        source = embed.contiguous()
+        channels = embed.shape[-1]
+        d_embed = torch.zeros(embed.shape, dtype=weights.dtype, device=embed.device)
+        queries = plan.scratch('embed', plan.padded, channels, embed.dtype, False, embed)
+        for b in range(plan.slots):
+            _take(source[b // plan.rounds], plan.gather[b], queries)
+            q_float = queries.to(weights.dtype)
+            keys = F.normalize(q_float, p=2, dim=-1, eps=NORMALIZE_EPS)
+            # Softmax backward: d_raw = W * (dW - sum(dW * W)) + W * d_lse.
+            w_b = weights[b]
+            if d_weights is None:
+                d_raw = w_b * d_lse[b].view(*w_b.shape[:2], 1)
+            else:
+                d_raw = d_weights[b] * w_b
+                coef = -d_raw.sum(-1, keepdim=True)
+                if d_lse is not None:
+                    coef += d_lse[b].view_as(coef)
+                d_raw.addcmul_(w_b, coef)
+            d_raw = d_raw.to(cd)
+            d_queries = torch.bmm(d_raw, plan.neighbour_keys(keys.to(cd))).flatten(0, 1)
+            d_neighbours = torch.bmm(d_raw.transpose(1, 2), plan.windows(queries.to(cd))).flatten(0, 1)
+            d_keys = torch.zeros_like(q_float).index_add_(0, plan.neighbours, d_neighbours.to(q_float.dtype))
+            d_total = _normalize_backward(q_float, d_keys).add_(d_queries)
+            d_embed[b // plan.rounds].index_add_(0, plan.gather[b], d_total)
+        return d_embed.to(embed.dtype), None, None, None
+
+
+class _ApplyWeights(torch.autograd.Function):
+    """Attention weights and values (N, L, Cv) -> per-round outputs in pixel order.
+
+    Output shape (N, L, Cv) for one round, (N, R, L, Cv) otherwise; same dtype and memory layout as the values.
+    """
+
+    @staticmethod
+    def forward(ctx, weights: Tensor, values: Tensor, plan: _Plan, compute_dtype: torch.dtype):
+        ctx.set_materialize_grads(False)
+        channels_first = _is_channels_first(values)
+        source = values.to(compute_dtype)
+        cv = values.shape[-1]
+        mixing = plan.weights_as(weights, compute_dtype)
+        # Sorted values keep the caller's layout (a cheap gather); the products write row-major.
+        gathered = plan.scratch('values', plan.padded, cv, compute_dtype, channels_first, values)
+        mixed = plan.scratch('mixed', plan.padded, cv, compute_dtype, False, values)
+        shape = (plan.batch, plan.length, cv) if plan.rounds == 1 else (plan.batch, plan.rounds, plan.length, cv)
+        out = _empty(shape, channels_first, values, values.dtype)
+        with torch.autocast(values.device.type, enabled=False):
+            for b in range(plan.slots):
+                n, r = divmod(b, plan.rounds)
+                _take(source[n], plan.gather[b], gathered)
+                _mix(plan.windows(mixed), mixing[b], plan.windows(gathered))
+                target = out[n] if plan.rounds == 1 else out[n, r]
+                if channels_first:
+                    unsorted = plan.scratch('unsorted', plan.length, cv, compute_dtype, False, values)
+                    torch.index_select(mixed, 0, plan.rank[b], out=unsorted)
+                    # Copy kernels are fastest with a contiguous destination: transpose both sides.
+                    target.t().copy_(unsorted.t())
+                else:
+                    _take(mixed, plan.rank[b], target)
+        ctx.save_for_backward(weights, values)
+        ctx.plan, ctx.compute_dtype = plan, compute_dtype
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out: Tensor | None):
+        weights, values = ctx.saved_tensors
+        plan, cd = ctx.plan, ctx.compute_dtype
+        want_weights, want_values = ctx.needs_input_grad[:2]
+        if d_out is None or not (want_weights or want_values):
+            return None, None, None, None
+        cv, length = values.shape[-1], plan.length
+        d_out = d_out.to(cd)
+        source = values.to(cd)
+        mixing = plan.weights_as(weights, cd)
+        d_weights = torch.empty_like(weights) if want_weights else None
+        d_raw_low = None
+        if want_weights and cd != weights.dtype:
+            d_raw_low = weights.new_empty(weights.shape[1:], dtype=cd)
+        d_values = torch.zeros(values.shape, dtype=cd, device=values.device) if want_values else None
+        # Backward-only buffers are fresh, not scratch: they should not outlive the backward pass.
+        d_sorted = values.new_empty((plan.padded, cv), dtype=cd)
+        for b in range(plan.slots):
+            n, r = divmod(b, plan.rounds)
+            # Padded rows were dropped in forward: their gradient is zero.
+            d_sorted[length:].zero_()
+            _take(d_out[n] if plan.rounds == 1 else d_out[n, r], plan.order[b], d_sorted[:length])
+            if want_weights:
+                neighbour_index = plan.gather[b][plan.neighbours]
+                neighbour_values = plan.windows(source[n].index_select(0, neighbour_index), 3 * plan.window)
+                target = d_weights[b] if d_raw_low is None else d_raw_low
+                torch.bmm(plan.windows(d_sorted), neighbour_values.transpose(1, 2), out=target)
+                if d_raw_low is not None:
+                    d_weights[b].copy_(d_raw_low)
+            if want_values:
+                d_gathered = torch.empty_like(d_sorted)
+                _mix_transposed(plan.windows(d_gathered), mixing[b], plan.windows(d_sorted))
+                d_values[n].index_add_(0, plan.gather[b], d_gathered)
+        if d_values is not None:
+            d_values = d_values.to(values.dtype)
+        return d_weights, d_values, None, None
+
+
+@dataclass(eq=False)
+class SparsePattern:
+    """A learnable sparse attention pattern, reusable for any number of value tensors.
+
+    Attributes:
+        weights: (N * rounds, nW, window, 3 * window) softmax weights of every sorted window over the
+            keys of [itself | previous | next window]; part of the autograd graph of the embeddings.
+        round_probs: (N, rounds, L) softmax over rounds of each position's log-sum-exp, None for one round.
+    """
+
+    weights: Tensor
+    round_probs: Tensor | None
+    plan: _Plan = field(repr=False)
+
+    @property
+    def n_rounds(self) -> int:
+        return self.plan.rounds
+
+    @property
+    def window_size(self) -> int:
+        return self.plan.window
+
+    @property
+    def length(self) -> int:
+        return self.plan.length
+
+
+def build_pattern(embed: Tensor, codes: Tensor, window_size: int) -> SparsePattern:
+    """The LCoA attention pattern of ``embed`` (N, L, C) grouped by k-means ``codes`` (N, R, L).
+
+    ``codes`` holds each position's cluster id per round; ``window_size`` is the attention window.
+    """
+    if embed.dim() != 3:
+        raise ValueError(f'embed must be (N, L, C), got shape {tuple(embed.shape)}')
+    n, length, _ = embed.shape
+    if codes.dim() != 3 or codes.shape[0] != n or codes.shape[2] != length or codes.shape[1] < 1:
+        raise ValueError(f'codes must be (N, R, L) = ({n}, R, {length}), got shape {tuple(codes.shape)}')
+    if window_size < 1 or length < 1:
+        raise ValueError(f'need window_size >= 1 and L >= 1, got {window_size} and {length}')
+    plan = _Plan(codes.detach(), window_size)
+    float_dtype = torch.promote_types(embed.dtype, torch.float32)
+    weights, lse = _BuildWeights.apply(embed, plan, plan.rounds > 1, _compute_dtype(embed, float_dtype))
+    round_probs = None
+    if plan.rounds > 1:
+        lse_pixels = lse.view(n, plan.rounds, plan.padded).gather(2, plan.rank.view(n, plan.rounds, length))
+        round_probs = torch.softmax(lse_pixels, dim=1)
+    return SparsePattern(weights, round_probs, plan)
+
+
+def apply_pattern(pattern: SparsePattern, values: Tensor) -> Tensor:
+    """Attend ``values`` (N, L, Cv) with ``pattern``; returns (N, L, Cv), rounds combined.
+
+    The result has the memory layout of ``values``: for the transposed view of a contiguous
+    (N, Cv, L) tensor it is again such a view, so ``out.transpose(1, 2).view(N, Cv, H, W)`` is free.
+    """
+    plan = pattern.plan
+    if values.dim() != 3 or values.shape[0] != plan.batch or values.shape[1] != plan.length:
+        raise ValueError(f'values must be ({plan.batch}, {plan.length}, Cv), got shape {tuple(values.shape)}')
+    compute_dtype = _compute_dtype(values, pattern.weights.dtype)
+    out = _ApplyWeights.apply(pattern.weights, values, plan, compute_dtype)
+    if pattern.round_probs is None:
+        return out
+    return (out * pattern.round_probs.unsqueeze(-1)).sum(1).to(values.dtype)

@@ -1,0 +1,219 @@
+"""The fast sparse attention (model.sparse_attention) equals the plain reference, forward and backward."""
+
+import pytest
+import torch
+
+from model import sparse_attention as fast
+from model import sparse_attention_reference as ref
+
+# (batch, rounds, length, embed channels, value channels, window)
+CASES = [
+    (1, 1, 24, 4, 5, 8),  # three whole windows, no padding
+    (2, 1, 30, 4, 3, 8),  # padding (30 = 3 * 8 + 6), batch 2
+    (1, 1, 3, 4, 3, 8),  # fewer positions than half a window: cyclic padding
+    (1, 1, 1, 2, 3, 4),  # a single position
+    (1, 1, 8, 3, 2, 8),  # one window: it is its own previous and next window
+    (1, 2, 16, 3, 2, 8),  # two windows (previous == next), two rounds
+    (2, 3, 19, 5, 4, 6),  # three rounds, padding, batch 2
+    (3, 2, 50, 6, 7, 7),  # several windows, rounds and batch items at once
+    # Matrices big enough for the batched BLAS paths (tiny ones take a naive kernel).
+    (2, 1, 150, 16, 12, 32),
+    (1, 2, 100, 8, 20, 48),
+]
+TOL = 1e-5
+
+
+def make_inputs(n, rounds, length, c, cv, *, n_values=3, channels_first=False, seed=0, dtype=torch.float32):
+    """Embeddings, cluster codes with many ties, and ``n_values`` value tensors (CoA)."""
+    g = torch.Generator().manual_seed(seed)
+    embed = (2 * torch.randn(n, length, c, generator=g)).to(dtype)
+    codes = torch.randint(0, 4, (n, rounds, length), generator=g)
+    if channels_first:  # the transposed view of a convolution's (N, C, H*W) output
+        values = [torch.randn(n, cv, length, generator=g).to(dtype).transpose(1, 2) for _ in range(n_values)]
+    else:
+        values = [torch.randn(n, length, cv, generator=g).to(dtype) for _ in range(n_values)]
+    return embed, codes, values
+
+
+def run(impl, embed, codes, values, window, *, grad_embed=True, grad_values=True):
+    """Outputs of one pattern applied to every value tensor, and the gradients of a weighted sum of them."""
+    embed = embed.detach().requires_grad_(grad_embed)
+    values = [v.detach().requires_grad_(grad_values) for v in values]
+    pattern = impl.build_pattern(embed, codes, window)
+    outs = [impl.apply_pattern(pattern, v) for v in values]
+    inputs = ([embed] if grad_embed else []) + (values if grad_values else [])
+    if not inputs:
+        return outs, []
+    g = torch.Generator().manual_seed(1)
+    loss = sum((o * torch.randn(o.shape, generator=g).to(o)).sum() for o in outs)
+    return [o.detach() for o in outs], torch.autograd.grad(loss, inputs)
+
+
+def max_diff(a, b):
+    return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize('channels_first', [False, True], ids=['row_major', 'channels_first'])
+@pytest.mark.parametrize('case', CASES, ids=[f'N{c[0]}R{c[1]}L{c[2]}C{c[3]}V{c[4]}w{c[5]}' for c in CASES])
+def test_fast_matches_reference_forward_and_gradients(case, channels_first):
+    n, rounds, length, c, cv, window = case
+    embed, codes, values = make_inputs(n, rounds, length, c, cv, channels_first=channels_first)
+    fast_out, fast_grads = run(fast, embed, codes, values, window)
+    ref_out, ref_grads = run(ref, embed, codes, values, window)
+    for out in fast_out:
+        assert out.shape == (n, length, cv) and out.dtype == torch.float32
+    # Each output is compared after all three applications: reused scratch buffers corrupt nothing.
+    assert max_diff(fast_out, ref_out) <= TOL
+    assert len(fast_grads) == 4
+    assert max_diff(fast_grads, ref_grads) <= TOL
+    assert all(g.abs().max() > 0 for g in fast_grads)
+
+
+@pytest.mark.parametrize('grad_embed,grad_values', [(True, False), (False, True), (False, False)])
+def test_gradients_for_only_some_inputs(grad_embed, grad_values):
+    embed, codes, values = make_inputs(2, 2, 21, 4, 3, n_values=2)
+    fast_out, fast_grads = run(fast, embed, codes, values, 8, grad_embed=grad_embed, grad_values=grad_values)
+    ref_out, ref_grads = run(ref, embed, codes, values, 8, grad_embed=grad_embed, grad_values=grad_values)
+    assert max_diff(fast_out, ref_out) <= TOL
+    assert len(fast_grads) == len(ref_grads)
+    if fast_grads:
+        assert max_diff(fast_grads, ref_grads) <= TOL
+
+
+@pytest.mark.parametrize('rounds,length,window', [(1, 5, 4), (2, 7, 3), (1, 2, 4)])
+def test_gradcheck_float64(rounds, length, window):
+    embed, codes, values = make_inputs(2, rounds, length, 3, 2, n_values=2, dtype=torch.float64)
+    embed.requires_grad_()
+    for v in values:
+        v.requires_grad_()
+
+    def attend(e, v0, v1):
+        pattern = fast.build_pattern(e, codes, window)
+        return fast.apply_pattern(pattern, v0), fast.apply_pattern(pattern, v1)
+
+    assert torch.autograd.gradcheck(attend, (embed, *values))
+
+
+def test_float64_stays_float64_and_matches_reference():
+    embed, codes, values = make_inputs(1, 2, 13, 3, 2, n_values=1, dtype=torch.float64)
+    pattern = fast.build_pattern(embed, codes, 4)
+    assert pattern.weights.dtype == torch.float64
+    out = fast.apply_pattern(pattern, values[0])
+    assert out.dtype == torch.float64
+    expected = ref.apply_pattern(ref.build_pattern(embed, codes, 4), values[0])
+    assert (out - expected).abs().max() < 1e-12
+
+
+def test_output_keeps_the_layout_and_dtype_of_the_values():
+    embed, codes, (rows, cols) = make_inputs(2, 1, 20, 4, 3, n_values=2, channels_first=False)
+    cols = cols.transpose(1, 2).contiguous().transpose(1, 2)
+    pattern = fast.build_pattern(embed, codes, 8)
+    assert fast.apply_pattern(pattern, rows).is_contiguous()
+    # Channel-first in, channel-first out: out.transpose(1, 2) is a free (N, C, L) view.
+    assert fast.apply_pattern(pattern, cols).transpose(1, 2).is_contiguous()
+    strided = torch.randn(2, 20, 6)[:, :, ::2]  # neither layout: handled like row-major
+    assert max_diff([fast.apply_pattern(pattern, strided)],
+                    [ref.apply_pattern(ref.build_pattern(embed, codes, 8), strided)]) <= TOL
+    half = fast.apply_pattern(pattern, rows.half())
+    assert half.dtype == torch.float16
+    expected = ref.apply_pattern(ref.build_pattern(embed, codes, 8), rows.half())
+    assert (half.float() - expected.float()).abs().max() < 1e-2
+
+
+def test_output_allows_in_place_ops_and_gradients_follow():
+    embed, codes, values = make_inputs(1, 1, 20, 4, 3, n_values=1, channels_first=True)
+    grads = {}
+    for impl in (fast, ref):
+        e, v = embed.clone().requires_grad_(), values[0].clone().requires_grad_()
+        out = impl.apply_pattern(impl.build_pattern(e, codes, 8), v)
+        out.mul_(torch.arange(3.0))
+        grads[impl] = torch.autograd.grad(out.square().sum(), [e, v])
+    assert max_diff(grads[fast], grads[ref]) <= TOL
+
+
+def test_in_place_softmax_equals_softmax_on_long_rows():
+    # The CPU kernel is row-wise, so aliasing input and output is safe; checked at the paper's 3 * 384 keys.
+    x = 3 * torch.randn(4, 5, 1152)
+    expected = torch.softmax(x, dim=-1)
+    fast._softmax_(x)
+    assert torch.equal(x, expected)
+
+
+def test_weights_of_one_window_are_a_softmax_over_its_keys():
+    # One cluster and one window: every query sees all keys three times ([self | prev | next]).
+    embed, _, (values,) = make_inputs(1, 1, 6, 3, 2, n_values=1)
+    codes = torch.zeros(1, 1, 6, dtype=torch.long)
+    pattern = fast.build_pattern(embed, codes, 6)
+    keys = torch.nn.functional.normalize(embed, dim=-1, eps=5e-5)
+    scores = embed @ keys.transpose(1, 2)
+    expected = torch.softmax(scores.repeat(1, 1, 3), dim=-1)
+    assert torch.allclose(pattern.weights[0, 0], expected[0], atol=1e-6)
+    assert torch.allclose(fast.apply_pattern(pattern, values), torch.softmax(scores, dim=-1) @ values, atol=1e-5)
+
+
+def test_autocast_bfloat16_keeps_softmax_in_float32_and_stays_close():
+    embed, codes, values = make_inputs(2, 2, 40, 8, 6, n_values=2)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        pattern = fast.build_pattern(embed, codes, 16)
+        outs = [fast.apply_pattern(pattern, v) for v in values]
+    assert pattern.weights.dtype == torch.float32
+    assert pattern.round_probs.dtype == torch.float32
+    ref_pattern = ref.build_pattern(embed, codes, 16)
+    for out, v in zip(outs, values, strict=True):
+        expected = ref.apply_pattern(ref_pattern, v)
+        assert out.shape == expected.shape
+        assert (out.float() - expected).abs().max() < 0.1 * expected.abs().max()
+
+
+def test_autocast_bfloat16_backward_runs_and_is_close():
+    embed, codes, values = make_inputs(1, 1, 30, 4, 3, n_values=1)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        _, fast_grads = run(fast, embed, codes, values, 8)
+    _, ref_grads = run(ref, embed, codes, values, 8)
+    for got, want in zip(fast_grads, ref_grads, strict=True):
+        assert got.dtype == torch.float32
+        assert (got - want).abs().max() < 0.1 * want.abs().max()
+
+
+def test_mismatched_shapes_are_rejected():
+    embed, codes, (values,) = make_inputs(1, 1, 10, 3, 2, n_values=1)
+    with pytest.raises(ValueError, match='codes must be'):
+        fast.build_pattern(embed, codes[:, :, :9], 4)
+    with pytest.raises(ValueError, match='window_size'):
+        fast.build_pattern(embed, codes, 0)
+    pattern = fast.build_pattern(embed, codes, 4)
+    with pytest.raises(ValueError, match='values must be'):
+        fast.apply_pattern(pattern, values[:, :9])
+
+
+def test_lcoa_modules_with_fast_kernels_match_reference_kernels():
+    from model import lcoa
+
+    def chain(impl):
+        torch.manual_seed(3)
+        blocks = [lcoa.LearnableCollaborativeAttention(n_feats=6, reduction=2, n_clusters=3, window_size=8,
+                                                       n_rounds=2, ema_decay=0.9, res_scale=0.1, impl=impl)
+                  for _ in range(3)]
+        h, pattern = torch.randn(2, 6, 5, 7), None
+        for block in blocks:  # the first block builds the pattern, all of them apply it (CoA)
+            h, pattern = block(h, pattern)
+        params = [p for block in blocks for p in block.parameters()]
+        return h.detach(), torch.autograd.grad(h.square().sum(), params, allow_unused=True)
+
+    fast_out, fast_grads = chain('fast')
+    ref_out, ref_grads = chain('reference')
+    assert (fast_out - ref_out).abs().max() <= TOL
+    assert sum(g is not None for g in fast_grads) == 8  # conv_match of block 0, conv_assembly of all
+    assert max_diff([g for g in fast_grads if g is not None], [g for g in ref_grads if g is not None]) <= TOL
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('case', CASES[:3] + CASES[-2:])
+def test_cuda_matches_reference(case):
+    n, rounds, length, c, cv, window = case
+    embed, codes, values = make_inputs(n, rounds, length, c, cv, channels_first=True)
+    embed, codes, values = embed.cuda(), codes.cuda(), [v.cuda() for v in values]
+    fast_out, fast_grads = run(fast, embed, codes, values, window)
+    ref_out, ref_grads = run(ref, embed, codes, values, window)
+    assert max_diff(fast_out, ref_out) <= TOL
+    assert max_diff(fast_grads, ref_grads) <= TOL
