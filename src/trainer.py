@@ -25,6 +25,7 @@ from tqdm import tqdm
 import utility
 from data.imresize import bicubic_upscale
 from errors import UserError
+from model import checkpoint_io
 
 # Weight of the newest accepted batch in the running loss that --skip_threshold compares against.
 RUNNING_LOSS_MOMENTUM = 0.1
@@ -357,10 +358,9 @@ class Trainer:
         self.ckp.write_log(f'Saved epoch {epoch} to {self.ckp.dir}' + (' (best)' if is_best else ''))
 
     def _load_network(self, net_state: dict, path) -> None:
-        try:
-            self.model.get_model().load_state_dict(net_state)
-        except RuntimeError as e:
-            raise UserError(f'{path}: does not fit this model ({str(e).splitlines()[0]})') from None
+        # A resumed run continues the same network: no upsampler swap, and mismatches name their keys.
+        checkpoint_io.load_into(self.model.get_model(), net_state, source=f'--load {path}',
+                                log=self.ckp.write_log, allow_new_upsampler=False)
 
     def _resume(self) -> None:
         args, ckp = self.args, self.ckp

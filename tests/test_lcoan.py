@@ -146,3 +146,18 @@ def test_make_model_from_options(tmp_path):
     assert net.tail[0][0].out_channels == 9 * args.n_feats
     with torch.no_grad():
         assert net(torch.rand(1, 3, 5, 6)).shape == (1, 3, 15, 18)
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4])
+def test_inference_tail_in_strips_equals_whole_tail(scale, monkeypatch):
+    net = tiny(scale).eval()
+    x = torch.rand(1, 3, 41, 23)
+    with torch.no_grad():
+        net.train()(x)  # initialise the centroids
+        net.eval()
+        monkeypatch.setattr(lcoan, 'TAIL_STRIP_ROWS', 8)  # 6 strips, the last one short
+        strips = net(x)
+        monkeypatch.setattr(lcoan, 'TAIL_STRIP_ROWS', 1000)
+        whole = net(x)
+    assert strips.shape == (1, 3, 41 * scale, 23 * scale)
+    assert torch.allclose(strips, whole, rtol=0, atol=1e-6)

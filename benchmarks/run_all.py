@@ -1,0 +1,44 @@
+"""Run every benchmark in turn (``make bench``); each prints its own table.
+
+The numbers recorded in ``benchmarks/RESULTS.md`` come from these commands on a quiet machine:
+nothing else should run while they do (two cores shared with anything else skew timings 1.5-10x).
+Pass ``--quick`` for a smoke run with small sizes and one repeat.
+"""
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--quick', action='store_true', help='small sizes, one repeat: checks that all scripts run')
+    parser.add_argument('--threads', default='2')
+    opts = parser.parse_args()
+    threads = ['--threads', opts.threads]
+    if opts.quick:
+        runs = [
+            ['bench_attention.py', '--size', '32', '--repeats', '1', *threads],
+            ['bench_model.py', '--sizes', '24', '--scales', '2', '--chop_lr', '128', '--repeats', '1', *threads],
+            ['bench_data.py', '--images', '2', '--size', '480x320', '--samples', '8', '--repeats', '1'],
+        ]
+    else:
+        runs = [
+            ['bench_attention.py', '--size', '96', '--repeats', '5', *threads, '--variants', 'lcoa_fast',
+             'lcoa_reference', 'nlsa', 'lcoa_fast_no_coa', 'lcoa_reference_no_coa'],
+            ['bench_model.py', '--repeats', '3', *threads],
+            ['bench_data.py'],
+        ]
+    for run in runs:
+        print(f'\n$ python benchmarks/{" ".join(run)}', flush=True)
+        done = subprocess.run([sys.executable, str(HERE / run[0]), *run[1:]], check=False)
+        if done.returncode:
+            return done.returncode
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
