@@ -8,8 +8,11 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	touch $(STAMP)
 
+# The demo starts over each time; `make demo ARGS="--load demo --resume -1 --epochs 20"` continues it.
+ARGS ?= --reset
+
 demo: $(STAMP)
-	cd src && ../$(PY) main.py --template demo --dir_data ../dataset --save_dir ../experiment
+	cd src && ../$(PY) main.py --template demo --dir_data ../dataset --save_dir ../experiment $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks Figs

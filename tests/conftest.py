@@ -1,8 +1,24 @@
 """Shared test set-up: ``src/`` is importable as in ``python main.py`` run from ``src/``."""
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / 'src'
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
+
+# main.py in a subprocess: one thread per process (tests run several), unbuffered output to read live.
+MAIN_ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+
+
+def main_command(base: Path, *flags) -> list[str]:
+    """``python main.py FLAGS`` with data under ``base/data`` and runs under ``base/exp`` (run from src/)."""
+    return [sys.executable, 'main.py', *map(str, flags), '--dir_data', str(base / 'data'),
+            '--save_dir', str(base / 'exp')]
+
+
+def run_main(base: Path, *flags, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(main_command(base, *flags), cwd=SRC, env=MAIN_ENV, capture_output=True, text=True,
+                          timeout=timeout)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
+import conftest
 import utility
+from conftest import MAIN_ENV, SRC, main_command
 
 WORKER = Path(__file__).resolve().parent / 'helpers' / 'ddp_worker.py'
 TINY = ['--scale', '2', '--n_resgroups', '3', '--n_resblocks', '1', '--n_feats', '16', '--reduction', '2',
@@ -45,21 +47,17 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # main.py --n_GPUs 2 on the CPU: two gloo processes spawned by main.py itself
 
-ROOT = Path(__file__).resolve().parents[1]
 MAIN_TINY = ['--template', 'demo', '--cpu', '--n_GPUs', '2', '--n_threads', '0', '--n_resgroups', '1',
              '--n_resblocks', '1', '--n_feats', '8', '--n_clusters', '4', '--window_size', '32', '--patch_size', '32',
              '--batch_size', '4', '--test_every', '3', '--print_every', '1', '--dist_timeout', '60']
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
 
 
 def main_cmd(base: Path, *flags) -> list[str]:
-    return [sys.executable, 'main.py', *MAIN_TINY, '--dir_data', str(base / 'data'), '--save_dir', str(base / 'exp'),
-            *map(str, flags)]
+    return main_command(base, *MAIN_TINY, *flags)
 
 
 def run_main(base: Path, *flags) -> subprocess.CompletedProcess:
-    return subprocess.run(main_cmd(base, *flags), cwd=ROOT / 'src', env=ENV, capture_output=True, text=True,
-                          timeout=600)
+    return conftest.run_main(base, *MAIN_TINY, *flags)
 
 
 def test_two_process_run_resumes_exactly(tmp_path):
@@ -106,7 +104,7 @@ def _ranks(pid: int) -> list[int]:
 
 
 def test_a_killed_rank_ends_the_run_with_an_error(tmp_path):
-    proc = subprocess.Popen(main_cmd(tmp_path, '--save', 'killed', '--epochs', '50'), cwd=ROOT / 'src', env=ENV,
+    proc = subprocess.Popen(main_cmd(tmp_path, '--save', 'killed', '--epochs', '50'), cwd=SRC, env=MAIN_ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     try:

@@ -5,7 +5,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,13 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+import conftest
 import option
 import utility
+from conftest import MAIN_ENV, SRC, main_command
 from errors import UserError
 from loss import Loss
 from trainer import Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = (skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea())
 
 
@@ -395,17 +395,14 @@ def test_test_only_prints_a_table(tmp_path, capsys):
 TINY = ['--template', 'demo', '--cpu', '--n_resgroups', '1', '--n_resblocks', '1', '--n_feats', '8',
         '--n_clusters', '4', '--window_size', '32', '--patch_size', '32', '--batch_size', '2', '--test_every', '4',
         '--epochs', '3', '--print_every', '1']
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
 
 
 def main_cmd(base: Path, *flags) -> list[str]:
-    return [sys.executable, 'main.py', *TINY, '--dir_data', str(base / 'data'), '--save_dir', str(base / 'exp'),
-            *map(str, flags)]
+    return main_command(base, *TINY, *flags)
 
 
 def run_main(base: Path, *flags) -> subprocess.CompletedProcess:
-    return subprocess.run(main_cmd(base, *flags), cwd=ROOT / 'src', env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    return conftest.run_main(base, *TINY, *flags, timeout=300)
 
 
 @pytest.fixture(scope='module')
@@ -446,7 +443,7 @@ def test_e2e_run_writes_its_files_and_seed_makes_runs_bit_identical(e2e):
 
 
 def test_e2e_kill_9_mid_epoch_then_resume_reproduces_the_losses(e2e):
-    proc = subprocess.Popen(main_cmd(e2e, '--save', 'c'), cwd=ROOT / 'src', env=ENV, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(main_cmd(e2e, '--save', 'c'), cwd=SRC, env=MAIN_ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     seen, in_epoch_2 = [], False
     try:
