@@ -51,11 +51,13 @@ def _features(size: int, channels: int) -> torch.Tensor:
 
 
 def lcoa_chain(*, size: int, impl: str, share_pattern: bool, modules: int = 10):
-    """Setup: ``modules`` LCoA modules (paper configuration) run one after the other."""
+    """Setup: ``modules`` LCoA modules (paper configuration) run one after the other, on channels-last
+    features as in the LCoAN network."""
     from model.lcoa import LearnableCollaborativeAttention
 
-    blocks = [LearnableCollaborativeAttention(impl=impl, **PAPER).eval() for _ in range(modules)]
-    x = _features(size, PAPER['n_feats'])
+    blocks = [LearnableCollaborativeAttention(impl=impl, **PAPER).eval().to(memory_format=torch.channels_last)
+              for _ in range(modules)]
+    x = _features(size, PAPER['n_feats']).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         for block in blocks[:1] if share_pattern else blocks:
             embed = block.conv_match(x).flatten(2).transpose(1, 2)

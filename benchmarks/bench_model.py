@@ -103,9 +103,10 @@ def chopped(*, scale: int, size: int, impl: str, chop_size: int = 96, chop_batch
 
 
 def conv_throughput(*, channels: int = 128, size: int = 96):
-    """Setup: one 3x3 conv ``channels`` -> ``channels`` on a ``size`` x ``size`` map (the body's conv)."""
-    conv = nn.Conv2d(channels, channels, 3, padding=1).eval()
-    x = torch.rand(1, channels, size, size)
+    """Setup: one 3x3 conv ``channels`` -> ``channels`` on a ``size`` x ``size`` map (the body's conv),
+    channels-last like the network's."""
+    conv = nn.Conv2d(channels, channels, 3, padding=1).eval().to(memory_format=torch.channels_last)
+    x = torch.rand(1, channels, size, size).contiguous(memory_format=torch.channels_last)
 
     def run():
         with torch.no_grad():
@@ -169,7 +170,7 @@ def main() -> None:
         measure(f'chop x4 LR {opts.chop_lr} fast', 'chopped', dict(scale=4, size=opts.chop_lr, impl='fast'),
                 repeats=1, warmup=0)
     if 'roofline' in only:
-        conv = measure('3x3 conv 128->128 on 96x96', 'conv_throughput', {}, repeats=20)
+        conv = measure('3x3 conv 128->128 on 96x96, channels-last', 'conv_throughput', {}, repeats=20)
         gflops = 2 * 128 * 128 * 9 * 96 * 96 / conv['median_s'] / 1e9
         results['conv_gflops_per_s'] = gflops
         lines.append(f'\nmeasured 3x3 conv throughput: {gflops:.0f} GFLOP/s')
