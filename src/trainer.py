@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils import clip_grad_norm_, get_total_norm
 from tqdm import tqdm
 
+import distributed
 import utility
 from data.imresize import bicubic_upscale
 from errors import UserError
@@ -85,7 +86,7 @@ class Trainer:
     def _seed_epoch(self, epoch: int) -> None:
         # The batches depend on (seed, epoch) alone (see data/__init__.py); these seeds cover the
         # randomness of the model and the loss.
-        seed = utility.derive_seed(self.args.seed, epoch, utility.rank())
+        seed = utility.derive_seed(self.args.seed, epoch, distributed.rank())
         utility.seed_everything(seed, self._loader_generator())
         sampler = getattr(self.loader_train, 'sampler', None)
         if hasattr(sampler, 'set_epoch'):
@@ -101,7 +102,7 @@ class Trainer:
 
     def _any_rank(self, flag: bool) -> bool:
         """True if ``flag`` is set on any process (all processes must skip the same batches)."""
-        if not utility.is_distributed():
+        if not distributed.is_initialized():
             return flag
         t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
@@ -253,7 +254,7 @@ class Trainer:
         if self.ckp.is_main:
             with torch.no_grad():
                 self._test_main()
-        utility.barrier()
+        distributed.barrier()
 
     def _test_main(self) -> None:
         args = self.args

@@ -26,13 +26,13 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
+import distributed
 from errors import UserError
 
 TRAINING_STATE = 'training_state.pt'
@@ -41,28 +41,6 @@ Y_COEFFS = (65.738, 129.057, 25.064)
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-
-
-# ----------------------------------------------------------------------------------------------
-# distributed helpers
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def is_main_process() -> bool:
-    """Rank 0, or the only process."""
-    return not is_distributed() or dist.get_rank() == 0
-
-
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,7 +339,7 @@ class checkpoint:  # lower case: EDSR's name, used the same way
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.is_main = is_main_process()
+        self.is_main = distributed.is_main()
         if args.load:
             _check_run_name('load', args.load)
             self.dir = Path(args.save_dir) / args.load
@@ -381,7 +359,7 @@ class checkpoint:  # lower case: EDSR's name, used the same way
         if args.reset:
             if self.is_main and self.dir.exists():
                 shutil.rmtree(self.dir)
-            barrier()
+            distributed.barrier()
         elif not args.test_only and args.resume == 0 and state_file.exists():
             flag, name = ('load', args.load) if args.load else ('save', args.save)
             raise UserError(f'--{flag} {name!r}: {self.dir} holds a run already; continue it with '

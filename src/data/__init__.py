@@ -24,23 +24,20 @@ of every global batch, so N processes see the same samples per step as one proce
 import contextlib
 from pathlib import Path
 
-import numpy as np
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+import distributed
 from data import benchmark, div2k, sample
 from data.demo import demo_set
 from data.srdata import TestImages, TrainPatches, say, scan_pairs
 from data.storage import ImageStore
 from errors import UserError
+from utility import derive_seed
 
 # A DataLoader worker that delivers nothing for this long counts as hung and fails the run. A batch
 # of patches from 2K images decodes in well under a second; this leaves room for a loaded machine.
 LOADER_TIMEOUT_S = 300
-
-
-def _mix_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
 class EpochSampler(DistributedSampler):
@@ -48,12 +45,6 @@ class EpochSampler(DistributedSampler):
 
     def __iter__(self):
         return ((self.epoch, index) for index in super().__iter__())
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 @contextlib.contextmanager
@@ -74,7 +65,7 @@ class Data:
     """
 
     def __init__(self, args) -> None:
-        rank, world = _world()
+        rank, world = distributed.rank(), distributed.world_size()
         if args.batch_size % world:
             raise UserError(f'--batch_size {args.batch_size}: must be divisible by the number of processes ({world})')
         self.args = args
@@ -118,7 +109,7 @@ class Data:
         return TrainPatches(name='+'.join(args.data_train), pairs=pairs, store=self.store, scale=scale,
                             patch_size=args.patch_size, n_colors=args.n_colors, rgb_range=args.rgb_range,
                             augment=not args.no_augment, length=args.batch_size * args.test_every,
-                            seed=_mix_seed(args.seed, 1))
+                            seed=derive_seed(args.seed, 1))
 
     def _test_set(self, dir_data: Path, name: str):
         args = self.args

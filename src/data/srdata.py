@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import Dataset
 
+import distributed
 from data.common import DataError, augment, describe_conversion, random_patch, set_channel, to_tensor
 from data.storage import ImageStore, existing_lr, make_lr
 
@@ -23,17 +23,13 @@ class DataWarning(UserWarning):
     """Data that was used after a fix-up (converted pixel format, cropped HR image)."""
 
 
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def say(msg: str) -> None:
-    if is_main_process():
+    if distributed.is_main():
         print(msg, flush=True)
 
 
 def warn(msg: str) -> None:
-    if is_main_process():
+    if distributed.is_main():
         warnings.warn(msg, DataWarning, stacklevel=3)
 
 

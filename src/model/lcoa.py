@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+import distributed
 from model import common
 
 ATTENTION_IMPL = 'fast'
@@ -39,19 +40,15 @@ def attention_module(impl: str) -> ModuleType:
 # Distributed helpers: with torch.distributed initialised, every rank must hold the same centroids, so the
 # statistics that move them are shared. Without it they are no-ops.
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
 def _all_reduce_sum(*tensors: Tensor) -> None:
-    if _distributed():
+    if distributed.is_initialized():
         for t in tensors:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
 def _gather_rows(rows: Tensor, across_ranks: bool) -> Tensor:
     """Concatenation, in rank order, of every rank's ``rows`` (M_rank, D); M_rank may differ between ranks."""
-    if not (across_ranks and _distributed()):
+    if not (across_ranks and distributed.is_initialized()):
         return rows
     world = dist.get_world_size()
     count = torch.tensor([rows.shape[0]], device=rows.device, dtype=torch.long)
@@ -67,7 +64,7 @@ def _gather_rows(rows: Tensor, across_ranks: bool) -> Tensor:
 
 def _shared_sample_indices(n_samples: int, n_clusters: int, device: torch.device, across_ranks: bool) -> Tensor:
     """Indices of the initial centroids among ``n_samples`` rows; drawn by rank 0 and broadcast to all ranks."""
-    across_ranks = across_ranks and _distributed()
+    across_ranks = across_ranks and distributed.is_initialized()
     if not across_ranks or dist.get_rank() == 0:
         if n_samples >= n_clusters:
             indices = torch.randperm(n_samples, device=device)[:n_clusters]
