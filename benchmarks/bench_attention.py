@@ -10,6 +10,11 @@ Variants (each timed in a fresh process, so its peak RSS is its own):
   rounds of LSH by random rotations, chunks of 144 that also attend to the adjacent chunks, query/key
   reduction 4; every module hashes and attends on its own. Written plainly (reference kernels).
 
+The run also times one batched matrix product of the shape LCoA's ``apply`` uses (the windows of
+one pattern times their values) and from it the *arithmetic floor* of the chain: its matrix-product
+and convolution FLOPs at that measured rate, i.e. the time with every product at this machine's
+peak.
+
 Extra variants for ``--variants``: ``lcoa_fast_no_coa`` / ``lcoa_reference_no_coa`` (every module
 builds its own pattern) and ``nlsa_fast`` (NLSA on the fast kernels).
 
@@ -136,6 +141,29 @@ def nlsa_chain(*, size: int, impl: str, modules: int = 10):
     return run
 
 
+def window_matmul(*, size: int):
+    """Setup: one batched product (nW, w, 3w) x (nW, 3w, C): every window's weights times its values."""
+    n_windows, w, c = _window_shape(size)
+    weights = torch.softmax(torch.randn(n_windows, w, 3 * w), dim=-1)
+    values = torch.randn(n_windows, 3 * w, c)
+    out = torch.empty(n_windows, w, c)
+    return lambda: torch.bmm(weights, values, out=out)
+
+
+def _window_shape(size: int) -> tuple[int, int, int]:
+    w = PAPER['window_size']
+    return -(-size * size // w), w, PAPER['n_feats']
+
+
+def chain_flops(size: int, modules: int = 10) -> float:
+    """FLOPs (2 per multiply-add) of the CoA chain: one 3x3 embedding conv and one scores product,
+    then per module a 1x1 value conv and one application of the weights."""
+    n_windows, w, c = _window_shape(size)
+    product = 2.0 * n_windows * w * 3 * w * c
+    pixels = size * size
+    return 2.0 * pixels * c * c * 9 + product + modules * (2.0 * pixels * c * c + product)
+
+
 def _table(info: dict, size: int, repeats: int, results: dict, ratios: dict) -> str:
     lines = [
         f'Non-local part, 10 modules on 1 x 128 x {size} x {size}, eval, fp32, median of {repeats} after warm-up',
@@ -169,14 +197,24 @@ def main(argv: list[str] | None = None) -> dict:
         print(f'running {name} ...', file=sys.stderr, flush=True)
         results[name] = run_in_subprocess(f'bench_attention:{setup}', dict(kwargs, size=args.size),
                                           threads=args.threads, repeats=args.repeats)
+    print('running window_matmul ...', file=sys.stderr, flush=True)
+    matmul = run_in_subprocess('bench_attention:window_matmul', {'size': args.size}, threads=args.threads, repeats=20)
+    n_windows, w, c = _window_shape(args.size)
+    gflops = 2.0 * n_windows * w * 3 * w * c / matmul['median_s'] / 1e9
+    floor_s = chain_flops(args.size) / (gflops * 1e9)
     ratios = {}
     for num, den in (('lcoa_fast', 'lcoa_reference'), ('lcoa_fast', 'nlsa'), ('lcoa_reference', 'nlsa')):
         if num in results and den in results:
             ratios[f'{num} / {den}'] = results[num]['median_s'] / results[den]['median_s']
     info = machine_info(args.threads)
     print(_table(info, args.size, args.repeats, results, ratios))
+    print(f'\nbatched window product ({n_windows} x {w} x {3 * w} x {c}): {gflops:.0f} GFLOP/s; '
+          f'chain: {chain_flops(args.size) / 1e9:.1f} GFLOP -> arithmetic floor {floor_s:.3f} s at that rate')
+    if 'lcoa_fast' in results:
+        print(f'lcoa_fast is {floor_s / results["lcoa_fast"]["median_s"]:.0%} of that floor')
     report = {'machine': info, 'config': {'size': args.size, 'repeats': args.repeats, 'paper': PAPER, 'nlsn': NLSN},
-              'results': results, 'ratios': ratios}
+              'results': results, 'ratios': ratios, 'window_matmul': dict(matmul, gflops=gflops),
+              'chain_gflop': chain_flops(args.size) / 1e9, 'floor_s': floor_s}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + '\n')
     return report

@@ -8,7 +8,10 @@ kernels (``model.sparse_attention`` vs the plain ``model.sparse_attention_refere
 Questions answered (``--only`` picks some):
 
 * ``infer``: eval forward at x2 and x4 for LR 48, 96 and 192 (``--sizes``), fast vs reference;
-* ``train``: one Adam step, x2, a batch of 2 LR patches of 48x48 (the issue's reference shape);
+* ``train``: one Adam step, x2, a batch of 2 LR patches of 48x48 (the issue's reference shape),
+  with and without the fast conv weight gradient (``model.conv``), and the reference kernels;
+* ``train16``: the same at the paper's batch of 16 patches, with and without the fast conv weight
+  gradient (slow: about 25 s a step);
 * ``chop``: ``Model`` wrapper with ``--chop`` on a large LR image at x4 (``--chop_lr``, default 1024);
 * ``roofline``: the model's conv FLOPs per image and this machine's measured 3x3-conv throughput,
   i.e. how long the convolutions alone must take at best.
@@ -72,8 +75,12 @@ def infer(*, scale: int, size: int, impl: str):
     return run
 
 
-def train_step(*, scale: int, size: int, batch: int, impl: str):
-    """Setup: forward + L1 backward + Adam step on ``batch`` LR patches ``size`` x ``size``."""
+def train_step(*, scale: int, size: int, batch: int, impl: str, fast_weight_grad: bool = True):
+    """Setup: forward + L1 backward + Adam step on ``batch`` LR patches ``size`` x ``size``;
+    ``fast_weight_grad=False`` makes every convolution plain ``nn.Conv2d`` (oneDNN's weight gradient)."""
+    from model import conv
+
+    conv.FAST_WEIGHT_GRAD = fast_weight_grad
     net = _network(scale, impl).train()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     lr = torch.rand(batch, 3, size, size)
@@ -143,7 +150,7 @@ def main() -> None:
     parser.add_argument('--sizes', default='48,96,192')
     parser.add_argument('--scales', default='2,4')
     parser.add_argument('--chop_lr', type=int, default=1024)
-    parser.add_argument('--only', default='infer,train,chop,roofline')
+    parser.add_argument('--only', default='infer,train,train16,chop,roofline')
     parser.add_argument('--json', type=Path)
     opts = parser.parse_args()
     only = set(opts.only.split(','))
@@ -166,6 +173,13 @@ def main() -> None:
     if 'train' in only:
         for impl in ('fast', 'reference'):
             measure(f'train step x2 2x48x48 {impl}', 'train_step', dict(scale=2, size=48, batch=2, impl=impl))
+        measure('train step x2 2x48x48 fast, oneDNN weight gradient', 'train_step',
+                dict(scale=2, size=48, batch=2, impl='fast', fast_weight_grad=False))
+    if 'train16' in only:
+        for fast_weight_grad in (True, False):
+            name = 'fast' if fast_weight_grad else 'fast, oneDNN weight gradient'
+            measure(f'train step x2 16x48x48 {name}', 'train_step',
+                    dict(scale=2, size=48, batch=16, impl='fast', fast_weight_grad=fast_weight_grad), repeats=2)
     if 'chop' in only:
         measure(f'chop x4 LR {opts.chop_lr} fast', 'chopped', dict(scale=4, size=opts.chop_lr, impl='fast'),
                 repeats=1, warmup=0)

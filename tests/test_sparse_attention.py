@@ -217,3 +217,25 @@ def test_cuda_matches_reference(case):
     ref_out, ref_grads = run(ref, embed, codes, values, window)
     assert max_diff(fast_out, ref_out) <= TOL
     assert max_diff(fast_grads, ref_grads) <= TOL
+
+
+@pytest.mark.parametrize('length,window', [(50, 7), (16, 8), (8, 8)], ids=['many_windows', 'two_windows', 'one_window'])
+def test_weights_are_the_references_with_key_blocks_in_prev_self_next_order(length, window):
+    embed, codes, _ = make_inputs(2, 2, length, 5, 3, n_values=0)
+    fast_weights = fast.build_pattern(embed, codes, window).weights
+    ref_weights = ref.build_pattern(embed, codes, window).weights  # (N, R, W, S, 3S): [self | prev | next]
+    own, prev, nxt = ref_weights.flatten(0, 1).split(window, dim=-1)
+    assert fast_weights.shape == (4, -(-length // window), window, 3 * window)
+    assert (fast_weights - torch.cat([prev, own, nxt], dim=-1)).abs().max() <= 1e-6
+
+
+def test_neighbour_windows_are_overlapping_views_of_one_extended_sequence():
+    embed, codes, _ = make_inputs(1, 1, 40, 3, 2, n_values=0)
+    plan = fast.build_pattern(embed, codes, 8).plan
+    ext = torch.arange(float(plan.extended)).unsqueeze(1).expand(-1, 2).contiguous()  # row j holds j
+    triples = plan.triples(ext)
+    assert triples.shape == (5, 24, 2) and triples.data_ptr() == ext.data_ptr()  # a view, no copy
+    # Window k's keys: extended windows k, k + 1, k + 2 = sorted windows k - 1, k, k + 1 (cyclic).
+    assert torch.equal(triples[:, :, 0], torch.arange(5).view(5, 1) * 8 + torch.arange(24))
+    assert torch.equal(plan.gather_ext[0, :8], plan.gather[0, -8:])
+    assert torch.equal(plan.gather_ext[0, -8:], plan.gather[0, :8])

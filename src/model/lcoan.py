@@ -137,6 +137,9 @@ class LCoAN(nn.Module):
         pattern = None
         for group in self.body:
             res, pattern = group(res, pattern)
+        # The shared attention weights are the largest tensor of the body (3 * window_size floats per
+        # pixel): free them before the upsampler allocates its own large intermediates.
+        del pattern
         res = self.m_conv(res) + x
         if torch.is_grad_enabled() or res.shape[-2] <= 2 * TAIL_STRIP_ROWS:
             return self.add_mean(self.tail(res))

@@ -7,16 +7,20 @@ way and is the oracle of the tests.
 
 Per k-means round, positions are stably sorted by cluster id, the sorted sequence is padded to a
 whole number of windows (padded entry ``j`` repeats sorted entry ``(L - pad + j) mod L``) and every
-window attends to the keys and values of itself, the previous and the next window (cyclic), in
-that order. Queries are the sorted embeddings, keys their L2-normalised copies. Rounds are combined
-by a softmax over rounds of each position's log-sum-exp.
+window attends to the keys and values of itself, the previous and the next window (cyclic).
+Queries are the sorted embeddings, keys their L2-normalised copies. Rounds are combined by a
+softmax over rounds of each position's log-sum-exp. The weights' key blocks are stored in the
+order [previous | self | next] (the reference and the official code use [self | previous | next]:
+the softmax runs over all three blocks, so the order is only a layout).
 
 Why it is faster and leaner than the straightforward version:
 
-* sort, padding, undo-sort and neighbour-window indices are computed once per pattern;
-* applying a pattern never copies the values three times: the output is three batched matrix
-  products of the weight blocks [self | prev | next] with window-shifted views of one gathered
-  copy of the values (only the small keys are laid out three times, once, to build the pattern);
+* sort, padding and undo-sort indices are computed once per pattern;
+* neighbour windows are views, never copies: the sorted keys and values are gathered once into an
+  *extended* sequence with one wrapped window on either side ([last | 0 .. nW-1 | first]), in
+  which the keys of window ``k`` and its neighbours are the ``3 * w`` consecutive rows starting at
+  window ``k``. An overlapping strided view of those rows turns every window's scores and every
+  application into one batched matrix product with a ``3 * w`` inner dimension;
 * every product is one batched BLAS call with a contiguous result, not a loop of small calls:
   with few (and possibly shared) cores each call is one parallel region, not dozens;
 * channel-first values (the transposed view of a convolution's ``(N, C, H, W)`` output, e.g.
@@ -43,44 +47,22 @@ from torch.autograd.function import once_differentiable
 
 NORMALIZE_EPS = 5e-5
 
-# Key/value block ``d`` of window ``k`` comes from window ``k + offset`` (cyclic): [self | prev | next].
-_NEIGHBOURS = ((0, 0), (1, -1), (2, 1))
-
-
-def _window_pairs(n_windows: int, offset: int) -> list[tuple[slice, slice]]:
-    """``(dst, src)`` window slices with ``src = dst + offset`` (cyclic)."""
-    if offset == 0 or n_windows == 1:
-        return [(slice(None), slice(None))]
-    last = n_windows - 1
-    if offset == -1:
-        return [(slice(1, None), slice(0, last)), (slice(0, 1), slice(last, None))]
-    return [(slice(0, last), slice(1, None)), (slice(last, None), slice(0, 1))]
-
-
 # The batched products below write into contiguous (row-major) results and read operands whose
-# matrices are row- or column-major with any leading dimension: that lets every call go to one
-# batched BLAS call (one parallel region) instead of a loop of small ones, which matters on few,
-# shared cores.
+# matrices are row- or column-major with any leading dimension (overlapping batches included):
+# that lets every call go to one batched BLAS call (one parallel region) instead of a loop of small
+# ones, which matters on few, shared cores.
 
-def _mix(out: Tensor, weights: Tensor, v: Tensor) -> None:
-    """``out[k] = sum_d weights[k, :, block d] @ v[k + offset_d]``.
+def _scatter_triples(out_ext: Tensor, weights: Tensor, g: Tensor, w: int) -> None:
+    """``out_ext[window k + d] += weights[k, :, block d]^T @ g[k]`` for d = 0, 1, 2.
 
-    ``out`` (nW, w, c) contiguous, ``weights`` (nW, w, 3w), ``v`` (nW, w, c): the values are never
-    copied three times, each block multiplies a window-shifted view of them.
+    The adjoint of multiplying ``weights`` (nW, w, 3w) with the triples of an extended sequence:
+    ``out_ext`` ((nW + 2) * w, c) contiguous and zeroed, ``g`` (nW, w, c). Within one call every
+    window writes a different block, so each block d is one batched product.
     """
-    n_windows, w = v.shape[:2]
-    for d, offset in _NEIGHBOURS:
-        for dst, src in _window_pairs(n_windows, offset):
-            out[dst].baddbmm_(weights[dst, :, d * w:(d + 1) * w], v[src], beta=0 if d == 0 else 1)
-
-
-def _mix_transposed(out: Tensor, weights: Tensor, g: Tensor) -> None:
-    """``out[k + offset_d] (+)= weights[k, :, block d]^T @ g[k]``: the adjoint of :func:`_mix` in ``v``."""
-    n_windows, w = g.shape[:2]
-    for d, offset in _NEIGHBOURS:
-        for dst, src in _window_pairs(n_windows, -offset):
-            block = weights[src, :, d * w:(d + 1) * w].transpose(1, 2)
-            out[dst].baddbmm_(block, g[src], beta=0 if d == 0 else 1)
+    n_windows = g.shape[0]
+    out_windows = out_ext.unflatten(0, (n_windows + 2, w))
+    for d in range(3):
+        out_windows[d:d + n_windows].baddbmm_(weights[:, :, d * w:(d + 1) * w].transpose(1, 2), g)
 
 
 def _take(src: Tensor, index: Tensor, out: Tensor) -> None:
@@ -147,23 +129,26 @@ class _Plan:
         positions = torch.arange(length, device=device)
         # Padding repeats the last `pad` sorted entries; cyclic when pad > L (images smaller than a window).
         extended = torch.cat([positions, torch.remainder(torch.arange(pad, device=device) + length - pad, length)])
-        # gather[b, j]: pixel at padded sorted slot j; order[b, j]: the same for j < L;
-        # rank[b, l]: sorted slot of pixel l.
-        self.gather = order[..., extended].reshape(n * rounds, self.padded)
+        # The extended sequence wraps one window around either end: [last | 0 .. nW-1 | first].
+        slots = torch.arange(self.padded, device=device)
+        ring = torch.cat([slots[-window_size:], slots, slots[:window_size]])
+        # gather_ext[b, j]: pixel at extended sorted slot j; gather[b, j]: at padded sorted slot j;
+        # order[b, j]: the same for j < L; rank[b, l]: sorted slot of pixel l.
+        self.gather_ext = order[..., extended[ring]].reshape(n * rounds, self.padded + 2 * window_size)
+        self.gather = self.gather_ext[:, window_size:window_size + self.padded]
         self.order = order.reshape(n * rounds, length)
         self.rank = torch.empty_like(self.order).scatter_(1, self.order, positions.expand_as(self.order))
-        # neighbours[k * 3w + d * w + i]: sorted slot of key i of block d of window k, i.e. of
-        # window k + offset_d: gathering with it lays the keys of each window out contiguously.
-        window_start = torch.arange(self.n_windows, device=device).view(-1, 1, 1)
-        offsets = torch.tensor([offset for _, offset in _NEIGHBOURS], device=device).view(1, -1, 1)
-        within = torch.arange(window_size, device=device).view(1, 1, -1)
-        self.neighbours = (torch.remainder(window_start + offsets, self.n_windows) * window_size + within).flatten()
         self._scratch: dict[tuple, Tensor] = {}
         self._weights_cast: dict[torch.dtype, Tensor] = {}
 
     @property
     def slots(self) -> int:
         return self.batch * self.rounds
+
+    @property
+    def extended(self) -> int:
+        """Rows of an extended sequence: the padded length plus one window on either side."""
+        return self.padded + 2 * self.window
 
     def scratch(self, name: str, rows: int, channels: int, dtype: torch.dtype, channels_first: bool,
                 like: Tensor) -> Tensor:
@@ -187,9 +172,15 @@ class _Plan:
         """(nW * per_window, c) -> (nW, per_window, c) view; ``per_window`` defaults to the window size."""
         return x.unflatten(0, (self.n_windows, per_window or self.window))
 
-    def neighbour_keys(self, x: Tensor) -> Tensor:
-        """Sorted rows (P, c) -> (nW, 3w, c): each window's keys [self | prev | next], contiguous."""
-        return self.windows(x.index_select(0, self.neighbours), 3 * self.window)
+    def middle(self, x_ext: Tensor) -> Tensor:
+        """Extended rows ((nW + 2) * w, c) -> the padded sorted sequence (P, c) they contain (a view)."""
+        return x_ext[self.window:self.window + self.padded]
+
+    def triples(self, x_ext: Tensor) -> Tensor:
+        """Extended rows ((nW + 2) * w, c), any 2-D strides -> (nW, 3w, c): the rows of window k's
+        [previous | self | next] windows, as an overlapping view (no copy)."""
+        row, col = x_ext.stride()
+        return x_ext.as_strided((self.n_windows, 3 * self.window, x_ext.shape[1]), (self.window * row, row, col))
 
 
 def _normalize_backward(x: Tensor, grad: Tensor) -> Tensor:
@@ -213,16 +204,18 @@ class _BuildWeights(torch.autograd.Function):
         w, n_windows = plan.window, plan.n_windows
         weights = embed.new_empty((plan.slots, n_windows, w, 3 * w), dtype=float_dtype)
         lse = embed.new_empty((plan.slots, plan.padded) if with_lse else (0,), dtype=float_dtype)
-        queries = plan.scratch('embed', plan.padded, embed.shape[-1], embed.dtype, False, embed)
+        # Not scratch: only the pattern's (much larger) weights need to outlive the build.
+        gathered = embed.new_empty((plan.extended, embed.shape[-1]))
         raw_low = None
         if compute_dtype != float_dtype:
             raw_low = embed.new_empty((n_windows, w, 3 * w), dtype=compute_dtype)
         with torch.autocast(embed.device.type, enabled=False):
             for b in range(plan.slots):
-                _take(source[b // plan.rounds], plan.gather[b], queries)
-                keys = F.normalize(queries.to(float_dtype), p=2, dim=-1, eps=NORMALIZE_EPS).to(compute_dtype)
+                _take(source[b // plan.rounds], plan.gather_ext[b], gathered)
+                queries = plan.windows(plan.middle(gathered).to(compute_dtype))
+                keys = F.normalize(gathered.to(float_dtype), p=2, dim=-1, eps=NORMALIZE_EPS).to(compute_dtype)
                 raw = weights[b] if raw_low is None else raw_low
-                torch.bmm(plan.windows(queries.to(compute_dtype)), plan.neighbour_keys(keys).transpose(1, 2), out=raw)
+                torch.bmm(queries, plan.triples(keys).transpose(1, 2), out=raw)
                 if raw_low is not None:
                     weights[b].copy_(raw_low)
                 if with_lse:
@@ -245,11 +238,11 @@ class _BuildWeights(torch.autograd.Function):
         source = embed.contiguous()
         channels = embed.shape[-1]
         d_embed = torch.zeros(embed.shape, dtype=weights.dtype, device=embed.device)
-        queries = plan.scratch('embed', plan.padded, channels, embed.dtype, False, embed)
+        gathered = embed.new_empty((plan.extended, channels))
         for b in range(plan.slots):
-            _take(source[b // plan.rounds], plan.gather[b], queries)
-            q_float = queries.to(weights.dtype)
-            keys = F.normalize(q_float, p=2, dim=-1, eps=NORMALIZE_EPS)
+            _take(source[b // plan.rounds], plan.gather_ext[b], gathered)
+            x_float = gathered.to(weights.dtype)
+            keys = F.normalize(x_float, p=2, dim=-1, eps=NORMALIZE_EPS)
             # Softmax backward: d_raw = W * (dW - sum(dW * W)) + W * d_lse.
             w_b = weights[b]
             if d_weights is None:
@@ -261,11 +254,12 @@ class _BuildWeights(torch.autograd.Function):
                     coef += d_lse[b].view_as(coef)
                 d_raw.addcmul_(w_b, coef)
             d_raw = d_raw.to(cd)
-            d_queries = torch.bmm(d_raw, plan.neighbour_keys(keys.to(cd))).flatten(0, 1)
-            d_neighbours = torch.bmm(d_raw.transpose(1, 2), plan.windows(queries.to(cd))).flatten(0, 1)
-            d_keys = torch.zeros_like(q_float).index_add_(0, plan.neighbours, d_neighbours.to(q_float.dtype))
-            d_total = _normalize_backward(q_float, d_keys).add_(d_queries)
-            d_embed[b // plan.rounds].index_add_(0, plan.gather[b], d_total)
+            d_queries = torch.bmm(d_raw, plan.triples(keys.to(cd))).flatten(0, 1)
+            d_keys = torch.zeros(gathered.shape, dtype=cd, device=embed.device)
+            _scatter_triples(d_keys, d_raw, plan.windows(plan.middle(gathered).to(cd)), plan.window)
+            d_total = _normalize_backward(x_float, d_keys.to(x_float.dtype))
+            plan.middle(d_total).add_(d_queries)
+            d_embed[b // plan.rounds].index_add_(0, plan.gather_ext[b], d_total)
         return d_embed.to(embed.dtype), None, None, None
 
 
@@ -283,15 +277,15 @@ class _ApplyWeights(torch.autograd.Function):
         cv = values.shape[-1]
         mixing = plan.weights_as(weights, compute_dtype)
         # Sorted values keep the caller's layout (a cheap gather); the products write row-major.
-        gathered = plan.scratch('values', plan.padded, cv, compute_dtype, channels_first, values)
+        gathered = plan.scratch('values', plan.extended, cv, compute_dtype, channels_first, values)
         mixed = plan.scratch('mixed', plan.padded, cv, compute_dtype, False, values)
         shape = (plan.batch, plan.length, cv) if plan.rounds == 1 else (plan.batch, plan.rounds, plan.length, cv)
         out = _empty(shape, channels_first, values, values.dtype)
         with torch.autocast(values.device.type, enabled=False):
             for b in range(plan.slots):
                 n, r = divmod(b, plan.rounds)
-                _take(source[n], plan.gather[b], gathered)
-                _mix(plan.windows(mixed), mixing[b], plan.windows(gathered))
+                _take(source[n], plan.gather_ext[b], gathered)
+                torch.bmm(mixing[b], plan.triples(gathered), out=plan.windows(mixed))
                 target = out[n] if plan.rounds == 1 else out[n, r]
                 if channels_first:
                     unsorted = plan.scratch('unsorted', plan.length, cv, compute_dtype, False, values)
@@ -329,16 +323,15 @@ class _ApplyWeights(torch.autograd.Function):
             d_sorted[length:].zero_()
             _take(d_out[n] if plan.rounds == 1 else d_out[n, r], plan.order[b], d_sorted[:length])
             if want_weights:
-                neighbour_index = plan.gather[b][plan.neighbours]
-                neighbour_values = plan.windows(source[n].index_select(0, neighbour_index), 3 * plan.window)
+                gathered = source[n].index_select(0, plan.gather_ext[b])
                 target = d_weights[b] if d_raw_low is None else d_raw_low
-                torch.bmm(plan.windows(d_sorted), neighbour_values.transpose(1, 2), out=target)
+                torch.bmm(plan.windows(d_sorted), plan.triples(gathered).transpose(1, 2), out=target)
                 if d_raw_low is not None:
                     d_weights[b].copy_(d_raw_low)
             if want_values:
-                d_gathered = torch.empty_like(d_sorted)
-                _mix_transposed(plan.windows(d_gathered), mixing[b], plan.windows(d_sorted))
-                d_values[n].index_add_(0, plan.gather[b], d_gathered)
+                d_gathered = d_sorted.new_zeros((plan.extended, cv))
+                _scatter_triples(d_gathered, mixing[b], plan.windows(d_sorted), plan.window)
+                d_values[n].index_add_(0, plan.gather_ext[b], d_gathered)
         if d_values is not None:
             d_values = d_values.to(values.dtype)
         return d_weights, d_values, None, None
