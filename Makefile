@@ -20,8 +20,9 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q tests
 
+# OFFICIAL_SRC=/path/to/LCoAN/src adds the official code as a same-run baseline.
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(if $(OFFICIAL_SRC),--official_src $(OFFICIAL_SRC))
 
 figs: $(STAMP)
 	$(PY) Figs/draw_architecture.py

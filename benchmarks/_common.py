@@ -41,6 +41,33 @@ def add_src_to_path() -> None:
             sys.path.insert(0, path)
 
 
+def import_official_lcoan(src: str):
+    """The official ``model.lcoan`` module from a checkout of YigangZhao/LCoAN's ``src/`` folder.
+
+    For same-run baselines only (``--official_src``); nothing of that code is in this repository.
+    Both code bases name their package ``model``, so call this in a child process that has not
+    imported ours.
+    """
+    if 'model' in sys.modules:
+        raise RuntimeError('our model package is already imported in this process')
+    path = Path(src).resolve()
+    if not (path / 'model' / 'lcoan.py').is_file():
+        raise FileNotFoundError(f'--official_src {src}: no model/lcoan.py there (expected LCoAN\'s src/ folder)')
+    sys.path.insert(0, str(path))
+    return importlib.import_module('model.lcoan')
+
+
+def initialise_centroids(net) -> None:
+    """Mark every k-means module's centroids initialised (unit rows), as in a trained checkpoint."""
+    import torch
+
+    with torch.no_grad():
+        for module in net.modules():
+            if hasattr(module, 'initted'):
+                module.means.copy_(torch.nn.functional.normalize(module.means, dim=-1))
+                module.initted.fill_(True)
+
+
 def cpu_model() -> str:
     """The CPU model name from /proc/cpuinfo, else what ``platform`` knows."""
     try:

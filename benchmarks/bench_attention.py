@@ -30,7 +30,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_src_to_path, machine_info, run_in_subprocess  # noqa: E402
+from _common import (  # noqa: E402
+    add_src_to_path,
+    import_official_lcoan,
+    initialise_centroids,
+    machine_info,
+    run_in_subprocess,
+)
 
 add_src_to_path()
 
@@ -141,6 +147,28 @@ def nlsa_chain(*, size: int, impl: str, modules: int = 10):
     return run
 
 
+def official_chain(*, src: str, size: int, modules: int = 10):
+    """Setup: the official code's ``modules`` LCoA modules (``RecurrentNonLocalKmeansAttention``, paper
+    configuration) chained as its residual groups chain them: the first builds the shared map."""
+    official = import_official_lcoan(src)
+    kwargs = dict(channels=PAPER['n_feats'], reduction=PAPER['reduction'], n_clusters=PAPER['n_clusters'],
+                  window_size=PAPER['window_size'], res_scale=PAPER['res_scale'], ema_decay=PAPER['ema_decay'],
+                  n_rounds=PAPER['n_rounds'])
+    blocks = [official.attention.RecurrentNonLocalKmeansAttention(**kwargs).eval() for _ in range(modules)]
+    for block in blocks:
+        initialise_centroids(block)
+    x = _features(size, PAPER['n_feats'])
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            state = (x, None, None, None)
+            for block in blocks:
+                state = block(state)
+        return state[0]
+
+    return run
+
+
 def window_matmul(*, size: int):
     """Setup: one batched product (nW, w, 3w) x (nW, 3w, C): every window's weights times its values."""
     n_windows, w, c = _window_shape(size)
@@ -189,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument('--threads', type=int, default=2, help='torch intra-op threads')
     parser.add_argument('--variants', nargs='+', default=list(DEFAULT_VARIANTS), choices=sorted(VARIANTS))
     parser.add_argument('--json', type=Path, help='also write the results to this JSON file')
+    parser.add_argument('--official_src', help="a checkout of YigangZhao/LCoAN's src/ folder: adds the official "
+                        'modules as a same-run baseline')
     args = parser.parse_args(argv)
 
     results = {}
@@ -197,13 +227,19 @@ def main(argv: list[str] | None = None) -> dict:
         print(f'running {name} ...', file=sys.stderr, flush=True)
         results[name] = run_in_subprocess(f'bench_attention:{setup}', dict(kwargs, size=args.size),
                                           threads=args.threads, repeats=args.repeats)
+    if args.official_src:
+        print('running official ...', file=sys.stderr, flush=True)
+        results['official'] = run_in_subprocess('bench_attention:official_chain',
+                                                {'src': args.official_src, 'size': args.size},
+                                                threads=args.threads, repeats=args.repeats)
     print('running window_matmul ...', file=sys.stderr, flush=True)
     matmul = run_in_subprocess('bench_attention:window_matmul', {'size': args.size}, threads=args.threads, repeats=20)
     n_windows, w, c = _window_shape(args.size)
     gflops = 2.0 * n_windows * w * 3 * w * c / matmul['median_s'] / 1e9
     floor_s = chain_flops(args.size) / (gflops * 1e9)
     ratios = {}
-    for num, den in (('lcoa_fast', 'lcoa_reference'), ('lcoa_fast', 'nlsa'), ('lcoa_reference', 'nlsa')):
+    for num, den in (('lcoa_fast', 'lcoa_reference'), ('lcoa_fast', 'nlsa'), ('lcoa_reference', 'nlsa'),
+                     ('lcoa_fast', 'official')):
         if num in results and den in results:
             ratios[f'{num} / {den}'] = results[num]['median_s'] / results[den]['median_s']
     info = machine_info(args.threads)
@@ -211,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f'\nbatched window product ({n_windows} x {w} x {3 * w} x {c}): {gflops:.0f} GFLOP/s; '
           f'chain: {chain_flops(args.size) / 1e9:.1f} GFLOP -> arithmetic floor {floor_s:.3f} s at that rate')
     if 'lcoa_fast' in results:
-        print(f'lcoa_fast is {floor_s / results["lcoa_fast"]["median_s"]:.0%} of that floor')
+        print(f'lcoa_fast takes {results["lcoa_fast"]["median_s"] / floor_s:.2f}x that floor')
     report = {'machine': info, 'config': {'size': args.size, 'repeats': args.repeats, 'paper': PAPER, 'nlsn': NLSN},
               'results': results, 'ratios': ratios, 'window_matmul': dict(matmul, gflops=gflops),
               'chain_gflop': chain_flops(args.size) / 1e9, 'floor_s': floor_s}

@@ -27,7 +27,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_src_to_path, machine_info, run_in_subprocess  # noqa: E402
+from _common import (  # noqa: E402
+    add_src_to_path,
+    import_official_lcoan,
+    initialise_centroids,
+    machine_info,
+    run_in_subprocess,
+)
 
 add_src_to_path()
 
@@ -51,11 +57,42 @@ def _network(scale: int, impl: str) -> nn.Module:
     net = lcoan.make_model(_args(scale))
     _set_impl(net, impl)
     # Initialised centroids, as in a trained checkpoint (no warning, no initialisation cost).
-    for module in net.modules():
-        if hasattr(module, 'initted'):
-            module.initted.fill_(True)
-            module.means.copy_(torch.nn.functional.normalize(module.means, dim=-1))
+    initialise_centroids(net)
     return net
+
+
+def _official_network(src: str, scale: int) -> nn.Module:
+    """The official LCoAN (from a checkout's ``src/``) in the same configuration, centroids initialised."""
+    official = import_official_lcoan(src)
+    args = _args(scale)  # parsed before: our option module does not import our model package
+    net = official.LCoAN(args)
+    initialise_centroids(net)
+    return net
+
+
+def official_infer(*, src: str, scale: int, size: int):
+    """Setup: like :func:`infer`, with the official model."""
+    net = _official_network(src, scale).eval()
+    x = torch.rand(1, 3, size, size)
+
+    def run():
+        with torch.no_grad():
+            net(x)
+    return run
+
+
+def official_train_step(*, src: str, scale: int, size: int, batch: int):
+    """Setup: like :func:`train_step`, with the official model."""
+    net = _official_network(src, scale).train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    lr = torch.rand(batch, 3, size, size)
+    hr = torch.rand(batch, 3, size * scale, size * scale)
+
+    def run():
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.l1_loss(net(lr), hr).backward()
+        optimizer.step()
+    return run
 
 
 def _set_impl(net: nn.Module, impl: str) -> None:
@@ -152,6 +189,8 @@ def main() -> None:
     parser.add_argument('--chop_lr', type=int, default=1024)
     parser.add_argument('--only', default='infer,train,train16,chop,roofline')
     parser.add_argument('--json', type=Path)
+    parser.add_argument('--official_src', help="a checkout of YigangZhao/LCoAN's src/ folder: adds the official "
+                        'model as a same-run baseline (x2 LR 96, x4 LR 192, the train step)')
     opts = parser.parse_args()
     only = set(opts.only.split(','))
     results: dict = {'machine': machine_info(opts.threads), 'rows': {}}
@@ -180,6 +219,22 @@ def main() -> None:
             name = 'fast' if fast_weight_grad else 'fast, oneDNN weight gradient'
             measure(f'train step x2 16x48x48 {name}', 'train_step',
                     dict(scale=2, size=48, batch=16, impl='fast', fast_weight_grad=fast_weight_grad), repeats=2)
+    if opts.official_src:
+        scales, sizes = set(map(int, opts.scales.split(','))), set(map(int, opts.sizes.split(',')))
+        for scale, size in ((2, 96), (4, 192)):  # the issue's full-model rows
+            if 'infer' in only and scale in scales and size in sizes:
+                measure(f'infer x{scale} LR {size} official', 'official_infer',
+                        dict(src=opts.official_src, scale=scale, size=size))
+        if 'train' in only:
+            measure('train step x2 2x48x48 official', 'official_train_step',
+                    dict(src=opts.official_src, scale=2, size=48, batch=2))
+        for name in list(rows):
+            base = name.replace(' fast', ' official', 1)
+            if name.endswith(' fast') and base in rows:
+                for key, label in (('median_s', 'time'), ('peak_rss_mb', 'peak RSS')):
+                    ratio = rows[name][key] / rows[base][key]
+                    results.setdefault('ratios', {})[f'{name} / official {label}'] = ratio
+                    lines.append(f'{name} / official: {label} {ratio:.2f}x')
     if 'chop' in only:
         measure(f'chop x4 LR {opts.chop_lr} fast', 'chopped', dict(scale=4, size=opts.chop_lr, impl='fast'),
                 repeats=1, warmup=0)

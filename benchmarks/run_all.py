@@ -17,19 +17,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='small sizes, one repeat: checks that all scripts run')
     parser.add_argument('--threads', default='2')
+    parser.add_argument('--official_src', help="a checkout of YigangZhao/LCoAN's src/ folder: adds the official "
+                        'code as a same-run baseline to the attention and model benchmarks')
     opts = parser.parse_args()
     threads = ['--threads', opts.threads]
+    official = ['--official_src', opts.official_src] if opts.official_src else []
     if opts.quick:
         runs = [
-            ['bench_attention.py', '--size', '32', '--repeats', '1', *threads],
-            ['bench_model.py', '--sizes', '24', '--scales', '2', '--chop_lr', '128', '--repeats', '1', *threads],
+            ['bench_attention.py', '--size', '32', '--repeats', '1', *threads, *official],
+            ['bench_model.py', '--sizes', '24', '--scales', '2', '--chop_lr', '128', '--repeats', '1',
+             '--only', 'infer,train,chop,roofline', *threads],
             ['bench_data.py', '--images', '2', '--size', '480x320', '--samples', '8', '--repeats', '1'],
         ]
     else:
         runs = [
             ['bench_attention.py', '--size', '96', '--repeats', '5', *threads, '--variants', 'lcoa_fast',
-             'lcoa_reference', 'nlsa', 'lcoa_fast_no_coa', 'lcoa_reference_no_coa'],
-            ['bench_model.py', '--repeats', '3', *threads],
+             'lcoa_reference', 'nlsa', 'lcoa_fast_no_coa', 'lcoa_reference_no_coa', *official],
+            ['bench_model.py', '--repeats', '3', *threads, *official],
             ['bench_data.py'],
         ]
     for run in runs:

@@ -112,6 +112,16 @@ def _softmax_(x: Tensor) -> None:
         x.copy_(torch.softmax(x, dim=-1))
 
 
+def _cluster_order(codes: Tensor) -> Tensor:
+    """Positions sorted by cluster id, per round: codes (N, R, L) -> indices (N, R, L).
+
+    Stable, so positions of one cluster keep their pixel order on every device and torch version.
+    (The official code's sort is not stable; only which tied positions fall on either side of a
+    window border differs, see ``tests/test_official_fixtures.py``.)
+    """
+    return torch.sort(codes, dim=-1, stable=True).indices
+
+
 class _Plan:
     """Sort/pad/undo-sort indices of one pattern, plus scratch buffers reused by all its applications.
 
@@ -125,7 +135,7 @@ class _Plan:
         self.padded = self.n_windows * window_size
         pad = self.padded - length
         device = codes.device
-        order = torch.sort(codes, dim=-1, stable=True).indices
+        order = _cluster_order(codes)
         positions = torch.arange(length, device=device)
         # Padding repeats the last `pad` sorted entries; cyclic when pad > L (images smaller than a window).
         extended = torch.cat([positions, torch.remainder(torch.arange(pad, device=device) + length - pad, length)])
