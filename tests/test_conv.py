@@ -145,3 +145,14 @@ def test_network_training_gradients_equal_with_and_without_fast_weight_gradient(
     assert with_fast.keys() == without.keys() and len(with_fast) > 10
     for name, g in with_fast.items():
         torch.testing.assert_close(g, without[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize('chunk_rows', [1, 50, 10**6], ids=['image_by_image', 'two_images', 'whole_batch'])
+def test_weight_gradient_in_chunks_of_images(chunk_rows, monkeypatch):
+    monkeypatch.setattr(conv, 'CHUNK_ROWS', chunk_rows)  # 5 x 6 padded pixels per image: 50 rows = 1 image
+    fast, plain = pair(16, 16, 3, dtype=torch.float64)
+    x = torch.randn(5, 16, 3, 4, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    _, g_fast, _ = forward_backward(fast, x)
+    _, g_plain, _ = forward_backward(plain, x)
+    for a, b in zip(g_fast, g_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -23,6 +23,9 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 MIN_CHANNELS = 16
+# Pixels per batched GEMM of the weight gradient: big enough for efficient products, small enough
+# that the padded copies of input and output gradient cost little memory.
+CHUNK_ROWS = 16384
 # Off: every ``Conv2d`` is exactly ``nn.Conv2d`` (benchmarks compare both in one run).
 FAST_WEIGHT_GRAD = True
 
@@ -33,22 +36,27 @@ def conv_weight_grad(grad_out: Tensor, x: Tensor, kernel_size: int) -> Tensor:
 
     With the input padded by ``p = k // 2`` to (N, H + 2p, W + 2p, C_in) and flattened, output pixel
     ``m`` (in the same padded grid) reads tap (ky, kx) at row ``m + ky * (W + 2p) + kx``. The output
-    gradient is zero-padded to that grid, so the padding rows contribute nothing.
+    gradient is zero-padded to that grid, so the padding rows contribute nothing. The padded copies
+    are made for ``CHUNK_ROWS`` pixels' worth of images at a time, so they stay small beside the
+    activations of a large batch.
     """
     n, c_in, h, w = x.shape
     c_out = grad_out.shape[1]
     pad = kernel_size // 2
     row = w + 2 * pad
-    padded_x = F.pad(x.permute(0, 2, 3, 1), (0, 0, pad, pad, pad, pad)).reshape(-1, c_in)
-    padded_g = F.pad(grad_out.permute(0, 2, 3, 1), (0, 0, 0, 2 * pad, 0, 2 * pad)).reshape(-1, c_out)
-    rows = padded_g.shape[0] - (kernel_size - 1) * (row + 1)
-    g_t = padded_g[:rows].t()
+    per_chunk = max(1, CHUNK_ROWS // ((h + 2 * pad) * row))
     # (C_out, k, k, C_in) memory is the channels-last layout of a (C_out, C_in, k, k) weight.
     grad_w = x.new_empty(c_out, kernel_size, kernel_size, c_in)
-    for ky in range(kernel_size):
-        for kx in range(kernel_size):
-            shift = ky * row + kx
-            torch.mm(g_t, padded_x[shift:shift + rows], out=grad_w[:, ky, kx])
+    for start in range(0, n, per_chunk):
+        images = slice(start, start + per_chunk)
+        padded_x = F.pad(x[images].permute(0, 2, 3, 1), (0, 0, pad, pad, pad, pad)).reshape(-1, c_in)
+        padded_g = F.pad(grad_out[images].permute(0, 2, 3, 1), (0, 0, 0, 2 * pad, 0, 2 * pad)).reshape(-1, c_out)
+        rows = padded_g.shape[0] - (kernel_size - 1) * (row + 1)
+        g_t = padded_g[:rows].t()
+        for ky in range(kernel_size):
+            for kx in range(kernel_size):
+                shift = ky * row + kx
+                grad_w[:, ky, kx].addmm_(g_t, padded_x[shift:shift + rows], beta=0 if start == 0 else 1)
     return grad_w.permute(0, 3, 1, 2)
 
 
