@@ -28,6 +28,7 @@ def main() -> int:
             ['bench_model.py', '--sizes', '24', '--scales', '2', '--chop_lr', '128', '--repeats', '1',
              '--only', 'infer,train,chop,roofline', *threads],
             ['bench_data.py', '--images', '2', '--size', '480x320', '--samples', '8', '--repeats', '1'],
+            ['bench_conv.py', '--repeats', '1', *threads],
         ]
     else:
         runs = [
@@ -35,6 +36,7 @@ def main() -> int:
              'lcoa_reference', 'nlsa', 'lcoa_fast_no_coa', 'lcoa_reference_no_coa', *official],
             ['bench_model.py', '--repeats', '3', *threads, *official],
             ['bench_data.py'],
+            ['bench_conv.py', *threads],
         ]
     for run in runs:
         print(f'\n$ python benchmarks/{" ".join(run)}', flush=True)

@@ -30,7 +30,7 @@ def forward_backward(module, x, grad_out_seed=1):
 
 
 # (batch, in, out, kernel, height, width)
-SHAPES = [(2, 16, 16, 3, 7, 9), (1, 16, 48, 3, 5, 4), (3, 24, 16, 1, 6, 6), (1, 16, 16, 5, 8, 6), (2, 32, 16, 3, 1, 1)]
+SHAPES = [(2, 16, 16, 3, 7, 9), (1, 16, 48, 3, 5, 4), (3, 24, 16, 3, 6, 6), (1, 16, 16, 5, 8, 6), (2, 32, 16, 3, 1, 1)]
 
 
 @pytest.mark.parametrize('channels_last', [True, False], ids=['channels_last', 'contiguous'])
@@ -81,12 +81,26 @@ def test_no_bias_and_frozen_input():
     torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize('case', ['stride', 'groups', 'dilation', 'padding', 'thin', 'frozen', 'no_grad', 'switch_off',
-                                  'float16'])
+@pytest.mark.parametrize('kernel', [1, 3, 5])
+def test_weight_gradient_function_equals_aten(kernel):
+    x = torch.randn(3, 5, 6, 7, dtype=torch.float64)
+    weight = torch.randn(4, 5, kernel, kernel, dtype=torch.float64)
+    grad_out = torch.randn(3, 4, 6, 7, dtype=torch.float64)
+    expected = torch.ops.aten.convolution_backward(grad_out, x, weight, None, [1, 1], [kernel // 2] * 2, [1, 1],
+                                                   False, [0, 0], 1, [False, True, False])[1]
+    got = conv.conv_weight_grad(grad_out, x, kernel)
+    assert got.shape == (4, 5, kernel, kernel)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('case', ['stride', 'groups', 'dilation', 'padding', 'thin', 'pointwise', 'frozen', 'no_grad',
+                                  'switch_off', 'float16'])
 def test_other_cases_are_plain_nn_conv2d(case, monkeypatch):
-    kwargs, dtype = {}, torch.float32
+    kwargs, dtype, kernel = {}, torch.float32, 3
     c_in, c_out = 16, 16
-    if case == 'stride':
+    if case == 'pointwise':
+        kernel = 1  # oneDNN's 1x1 weight gradient is as fast
+    elif case == 'stride':
         kwargs['stride'] = 2
     elif case == 'groups':
         kwargs['groups'] = 2
@@ -100,7 +114,7 @@ def test_other_cases_are_plain_nn_conv2d(case, monkeypatch):
         monkeypatch.setattr(conv, 'FAST_WEIGHT_GRAD', False)
     elif case == 'float16':
         dtype = torch.float16
-    fast, plain = pair(c_in, c_out, 3, dtype=dtype, **kwargs)
+    fast, plain = pair(c_in, c_out, kernel, dtype=dtype, **kwargs)
     if case == 'frozen':
         fast.requires_grad_(False)
         plain.requires_grad_(False)

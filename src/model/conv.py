@@ -5,14 +5,15 @@ patches of 48x48) runs at 55-95 GFLOP/s, a third to a half of the speed of the s
 forward pass and input gradient; it was over half of a training step. The weight gradient of a
 stride-1 convolution is a sum over the kernel taps of ``grad_out^T @ shifted input``, and with the
 input zero-padded and flattened in (N, H, W, C) order every shift is a contiguous slice of one
-matrix, so each tap is one GEMM without any im2col copy (110-130 GFLOP/s here, see
-``benchmarks/bench_conv.py``). Forward and input gradient stay with ``F.conv2d``/oneDNN.
+matrix, so each tap is one GEMM without any im2col copy (110-145 GFLOP/s here, see
+``benchmarks/bench_conv.py`` and ``benchmarks/RESULTS.md``). Forward and input gradient stay with ``F.conv2d``/oneDNN.
 
 Only this layer's backward changes: parameters, ``state_dict`` and forward values are those of
 ``nn.Conv2d``. The fast weight gradient is used for CPU float32/float64 tensors outside autocast
-with stride 1, dilation 1, one group, a square odd kernel, padding ``kernel_size // 2`` and at least
-``MIN_CHANNELS`` input and output channels (thin GEMMs, e.g. of the RGB head and tail, are slower
-than oneDNN); any other case is plain ``nn.Conv2d``.
+with stride 1, dilation 1, one group, a square odd kernel of at least 3x3, padding
+``kernel_size // 2`` and at least ``MIN_CHANNELS`` input and output channels; any other case is
+plain ``nn.Conv2d``. (oneDNN is as fast for 1x1 kernels, whose weight gradient is one GEMM anyway,
+and faster for thin GEMMs such as those of the RGB head and tail.)
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class Conv2d(nn.Conv2d):
         return (FAST_WEIGHT_GRAD and self.weight.requires_grad and torch.is_grad_enabled() and x.device.type == 'cpu'
                 and x.dtype in (torch.float32, torch.float64) and self.weight.dtype == x.dtype
                 and not torch.is_autocast_enabled('cpu') and x.dim() == 4
-                and self.kernel_size == (k, k) and k % 2 == 1 and self.padding == (k // 2, k // 2)
+                and self.kernel_size == (k, k) and k % 2 == 1 and k > 1 and self.padding == (k // 2, k // 2)
                 and self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
                 and self.padding_mode == 'zeros'
                 and min(self.in_channels, self.out_channels) >= MIN_CHANNELS)
