@@ -170,3 +170,15 @@ def test_weight_gradient_in_chunks_of_images(chunk_rows, monkeypatch):
     _, g_plain, _ = forward_backward(plain, x)
     for a, b in zip(g_fast, g_plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_double_backward_needs_the_switch_off(monkeypatch):
+    fast, _ = pair(16, 16, 3, dtype=torch.float64)
+    x = torch.randn(1, 16, 4, 4, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(fast(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match='once_differentiable'):
+        g.sum().backward()
+    monkeypatch.setattr(conv, 'FAST_WEIGHT_GRAD', False)
+    (g,) = torch.autograd.grad(fast(x).square().sum(), x, create_graph=True)
+    g.sum().backward()
+    assert fast.weight.grad is not None and fast.weight.grad.abs().sum() > 0

@@ -13,7 +13,8 @@ Only this layer's backward changes: parameters, ``state_dict`` and forward value
 with stride 1, dilation 1, one group, a square odd kernel of at least 3x3, padding
 ``kernel_size // 2`` and at least ``MIN_CHANNELS`` input and output channels; any other case is
 plain ``nn.Conv2d``. (oneDNN is as fast for 1x1 kernels, whose weight gradient is one GEMM anyway,
-and faster for thin GEMMs such as those of the RGB head and tail.)
+and faster for thin GEMMs such as those of the RGB head and tail.) The custom backward cannot be
+differentiated again: for double backward (e.g. a gradient penalty) set ``FAST_WEIGHT_GRAD = False``.
 """
 
 from __future__ import annotations
