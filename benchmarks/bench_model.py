@@ -70,9 +70,9 @@ def _official_network(src: str, scale: int) -> nn.Module:
     return net
 
 
-def official_infer(*, src: str, scale: int, size: int):
-    """Setup: like :func:`infer`, with the official model."""
-    net = _official_network(src, scale).eval()
+def _forward(net: nn.Module, size: int):
+    """The timed call of an inference measurement: eval forward on one LR image ``size`` x ``size``."""
+    net.eval()
     x = torch.rand(1, 3, size, size)
 
     def run():
@@ -81,9 +81,9 @@ def official_infer(*, src: str, scale: int, size: int):
     return run
 
 
-def official_train_step(*, src: str, scale: int, size: int, batch: int):
-    """Setup: like :func:`train_step`, with the official model."""
-    net = _official_network(src, scale).train()
+def _step(net: nn.Module, scale: int, size: int, batch: int):
+    """The timed call of a training measurement: forward + L1 backward + Adam step on ``batch`` patches."""
+    net.train()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     lr = torch.rand(batch, 3, size, size)
     hr = torch.rand(batch, 3, size * scale, size * scale)
@@ -93,6 +93,16 @@ def official_train_step(*, src: str, scale: int, size: int, batch: int):
         nn.functional.l1_loss(net(lr), hr).backward()
         optimizer.step()
     return run
+
+
+def official_infer(*, src: str, scale: int, size: int):
+    """Setup: like :func:`infer`, with the official model."""
+    return _forward(_official_network(src, scale), size)
+
+
+def official_train_step(*, src: str, scale: int, size: int, batch: int):
+    """Setup: like :func:`train_step`, with the official model."""
+    return _step(_official_network(src, scale), scale, size, batch)
 
 
 def _set_impl(net: nn.Module, impl: str) -> None:
@@ -103,13 +113,7 @@ def _set_impl(net: nn.Module, impl: str) -> None:
 
 def infer(*, scale: int, size: int, impl: str):
     """Setup: eval forward of the paper model on one LR image ``size`` x ``size``."""
-    net = _network(scale, impl).eval()
-    x = torch.rand(1, 3, size, size)
-
-    def run():
-        with torch.no_grad():
-            net(x)
-    return run
+    return _forward(_network(scale, impl), size)
 
 
 def train_step(*, scale: int, size: int, batch: int, impl: str, fast_weight_grad: bool = True):
@@ -118,16 +122,7 @@ def train_step(*, scale: int, size: int, batch: int, impl: str, fast_weight_grad
     from model import conv
 
     conv.FAST_WEIGHT_GRAD = fast_weight_grad
-    net = _network(scale, impl).train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
-    lr = torch.rand(batch, 3, size, size)
-    hr = torch.rand(batch, 3, size * scale, size * scale)
-
-    def run():
-        optimizer.zero_grad(set_to_none=True)
-        nn.functional.l1_loss(net(lr), hr).backward()
-        optimizer.step()
-    return run
+    return _step(_network(scale, impl), scale, size, batch)
 
 
 def chopped(*, scale: int, size: int, impl: str, chop_size: int = 96, chop_batch: int = 4):
