@@ -64,7 +64,7 @@ def _network(scale: int, impl: str) -> nn.Module:
 def _official_network(src: str, scale: int) -> nn.Module:
     """The official LCoAN (from a checkout's ``src/``) in the same configuration, centroids initialised."""
     official = import_official_lcoan(src)
-    args = _args(scale)  # parsed before: our option module does not import our model package
+    args = _args(scale)  # safe after the import: our option module does not import our model package
     net = official.LCoAN(args)
     initialise_centroids(net)
     return net

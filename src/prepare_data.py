@@ -43,13 +43,9 @@ def prepare(hr_folder: Path, scales: list[int]) -> list[Path]:
     images = list_images(hr_folder)
     if not images:
         raise DataError(f'{hr_folder}: holds no images')
-    converted: dict[str, list[str]] = {}
-    for path in images:
-        kind = read_info(path).conversion
-        if kind is not None:
-            converted.setdefault(kind, []).append(path.name)
-    if converted:
-        warnings.warn(describe_conversion(str(hr_folder), converted), stacklevel=2)
+    message = describe_conversion(str(hr_folder), ((p.name, read_info(p).conversion) for p in images))
+    if message:
+        warnings.warn(message, stacklevel=2)
     lr_root = hr_folder.resolve().parent / 'LR_bicubic'
     written = []
     for path in images:

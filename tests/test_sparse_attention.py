@@ -237,5 +237,7 @@ def test_neighbour_windows_are_overlapping_views_of_one_extended_sequence():
     assert triples.shape == (5, 24, 2) and triples.data_ptr() == ext.data_ptr()  # a view, no copy
     # Window k's keys: extended windows k, k + 1, k + 2 = sorted windows k - 1, k, k + 1 (cyclic).
     assert torch.equal(triples[:, :, 0], torch.arange(5).view(5, 1) * 8 + torch.arange(24))
-    assert torch.equal(plan.gather_ext[0, :8], plan.gather[0, -8:])
-    assert torch.equal(plan.gather_ext[0, -8:], plan.gather[0, :8])
+    middle = plan.middle(plan.gather_ext[0])  # the padded sorted sequence, 40 pixels
+    assert torch.equal(middle, plan.order[0])
+    assert torch.equal(plan.gather_ext[0, :8], middle[-8:])
+    assert torch.equal(plan.gather_ext[0, -8:], middle[:8])

@@ -7,6 +7,7 @@ RGBA, palette, 16-bit) is converted, and the scan of a data set warns once about
 """
 
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,8 +134,15 @@ def to_rgb8(img: Image.Image, path: Path) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
-def describe_conversion(dataset: str, converted: dict[str, list[str]]) -> str:
-    """The one warning of a data set whose images are not all 8-bit RGB."""
+def describe_conversion(dataset: str, conversions: Iterable[tuple[str, str | None]]) -> str | None:
+    """The one warning of a data set whose images are not all 8-bit RGB, from (file name, conversion
+    or None) pairs; None when nothing is converted."""
+    converted: dict[str, list[str]] = {}
+    for name, kind in conversions:
+        if kind is not None:
+            converted.setdefault(kind, []).append(name)
+    if not converted:
+        return None
     parts = []
     for kind, names in sorted(converted.items()):
         shown = ', '.join(names[:3]) + (f' and {len(names) - 3} more' if len(names) > 3 else '')

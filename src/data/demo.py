@@ -15,11 +15,7 @@ def demo_set(dir_demo: Path, *, store: ImageStore, n_colors: int, rgb_range: int
     paths = list_images(dir_demo)
     if not paths:
         raise DataError(f'--dir_demo {dir_demo}: holds no images ({", ".join(IMAGE_EXTS)})')
-    converted: dict[str, list[str]] = {}
-    for path in paths:
-        info, _ = store.inspect(path, dir_demo)
-        if info.conversion is not None:
-            converted.setdefault(info.conversion, []).append(path.name)
-    if converted:
-        warn(describe_conversion('Demo', converted))
+    message = describe_conversion('Demo', ((p.name, store.inspect(p, dir_demo)[0].conversion) for p in paths))
+    if message:
+        warn(message)
     return DemoImages(paths=paths, store=store, n_colors=n_colors, rgb_range=rgb_range)

@@ -78,7 +78,7 @@ def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, list[Path]]],
                 redirected.add(made.parent)
                 say(f'{name}: {lr.parent} is read-only; its LR images go to {made.parent}')
 
-    converted: dict[str, list[str]] = {}
+    conversions: list[tuple[str, str | None]] = []
     cropped: list[str] = []
     built = 0
     pairs = []
@@ -90,8 +90,7 @@ def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, list[Path]]],
             if built == 0:
                 say(f'{name}: decoding images into the --ext sep cache (once), e.g. {store.cache_path(path)}')
             built += 1
-        if info.conversion is not None:
-            converted.setdefault(info.conversion, []).append(path.name)
+        conversions.append((path.name, info.conversion))
         return info.height, info.width
 
     for (hr, _), lrs in zip(entries, lr_paths, strict=True):
@@ -103,8 +102,9 @@ def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, list[Path]]],
             lr_sizes.append((lh, lw))
         pairs.append(ImagePair(name=hr.stem, hr=hr, lr=tuple(lrs), hr_size=hr_size, lr_sizes=tuple(lr_sizes)))
 
-    if converted:
-        warn(describe_conversion(name, converted))
+    message = describe_conversion(name, conversions)
+    if message:
+        warn(message)
     if cropped:
         more = f' and {len(cropped) - 1} more' if len(cropped) > 1 else ''
         warn(f'{name}: HR images larger than scale x LR size are cropped at the bottom/right to fit: '

@@ -138,14 +138,13 @@ class _Plan:
         order = _cluster_order(codes)
         positions = torch.arange(length, device=device)
         # Padding repeats the last `pad` sorted entries; cyclic when pad > L (images smaller than a window).
-        extended = torch.cat([positions, torch.remainder(torch.arange(pad, device=device) + length - pad, length)])
+        padded_source = torch.cat([positions, torch.remainder(torch.arange(pad, device=device) + length - pad, length)])
         # The extended sequence wraps one window around either end: [last | 0 .. nW-1 | first].
         slots = torch.arange(self.padded, device=device)
         ring = torch.cat([slots[-window_size:], slots, slots[:window_size]])
-        # gather_ext[b, j]: pixel at extended sorted slot j; gather[b, j]: at padded sorted slot j;
-        # order[b, j]: the same for j < L; rank[b, l]: sorted slot of pixel l.
-        self.gather_ext = order[..., extended[ring]].reshape(n * rounds, self.padded + 2 * window_size)
-        self.gather = self.gather_ext[:, window_size:window_size + self.padded]
+        # gather_ext[b, j]: pixel at extended sorted slot j (its middle P entries are the padded sorted
+        # sequence); order[b, j]: pixel at sorted slot j < L; rank[b, l]: sorted slot of pixel l.
+        self.gather_ext = order[..., padded_source[ring]].reshape(n * rounds, self.extended)
         self.order = order.reshape(n * rounds, length)
         self.rank = torch.empty_like(self.order).scatter_(1, self.order, positions.expand_as(self.order))
         self._scratch: dict[tuple, Tensor] = {}
