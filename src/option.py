@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     g('--print_every', type=int, default=100, help='batches between log lines')
     g('--save_results', action='store_true', help='write the SR images of the test sets')
     g('--save_gt', action='store_true', help='with --save_results, write LR and HR too')
-    g('--ssim', action='store_true', help='kept for compatibility: SSIM is always computed')
+    g('--ssim', action='store_true', help='accepted for compatibility with EDSR command lines and changes nothing: '
+      'SSIM is always computed and logged')
     g('--compare_bicubic', action='store_true',
       help='also score bicubic upscaling; the final evaluation prints a per-image table, bicubic vs model')
     return parser

@@ -11,6 +11,13 @@ TEMPLATES = {
         scale='2', lr=1e-4, decay='300-600-900-1200', epochs=1500, data_train='DIV2K',
         data_range='1-800/1-5', chop=True,
     ),
+    # The paper's x4 fine-tuning from the x2 weights (its own milestones; add --pre_train <x2 .pt>).
+    'LCoAN_paper_x4': dict(
+        model='LCoAN', n_resgroups=10, n_resblocks=4, n_feats=128, reduction=1, n_clusters=128,
+        window_size=384, ema_decay=0.999, res_scale=0.1, rgb_range=1, batch_size=16, patch_size=192,
+        scale='4', lr=1e-4, decay='100-200-300-400', epochs=500, data_train='DIV2K',
+        data_range='1-800/1-5', chop=True,
+    ),
     # A small LCoAN that learns something useful on the built-in sample data in about two minutes
     # on two CPU cores (``make demo``).
     'demo': dict(

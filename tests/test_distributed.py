@@ -7,11 +7,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 import conftest
 import utility
 from conftest import MAIN_ENV, SRC, main_command
+
+pytestmark = pytest.mark.slow  # every test here starts two or more processes
 
 WORKER = Path(__file__).resolve().parent / 'helpers' / 'ddp_worker.py'
 TINY = ['--scale', '2', '--n_resgroups', '3', '--n_resblocks', '1', '--n_feats', '16', '--reduction', '2',

@@ -18,7 +18,7 @@ PAPER_X2 = (
 )
 PAPER_X4 = (PAPER_X2.replace('--epochs 1500', '--epochs 500').replace('--save LCoAN_x2', '--save LCoAN_x4')
             .replace('--scale 2', '--scale 4').replace('--patch_size 96', '--patch_size 192')
-            + ' --pre_train ../LCoAN_x2.pt')
+            .replace('--decay 300-600-900-1200', '--decay 100-200-300-400') + ' --pre_train ../LCoAN_x2.pt')
 PAPER_TEST = (
     '--model LCoAN --save LCoAN_x4 --data_test Set5+Set14+B100+Urban100+Manga109 --save_dir ../output/test/ '
     '--dir_data ../../SrTrainingData --n_GPUs 1 --n_threads 8 --rgb_range 1 --save_results --lr 1e-4 '
@@ -47,8 +47,17 @@ def test_paper_train_x2():
 
 def test_paper_train_x4_from_x2():
     args = option.parse_args(PAPER_X4.split())
-    check(args, PAPER_MODEL)
+    check(args, {**PAPER_MODEL, 'decay': [100, 200, 300, 400]})
     check(args, dict(epochs=500, save='LCoAN_x4', scale=[4], patch_size=192, pre_train='../LCoAN_x2.pt'))
+
+
+def test_paper_templates_equal_the_paper_command_lines():
+    for template, line in (('LCoAN_paper', PAPER_X2), ('LCoAN_paper_x4', PAPER_X4)):
+        from_line = vars(option.parse_args(line.split()))
+        from_template = vars(option.parse_args(['--template', template]))
+        keys = set(option.template.get_template(template)) - {'data_range'}
+        assert {k: from_template[k] for k in keys} == {k: from_line[k] for k in keys}, template
+        assert from_template['train_range'] == from_line['train_range'] == (1, 800)
 
 
 def test_paper_test_only():
