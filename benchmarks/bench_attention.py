@@ -66,7 +66,7 @@ def lcoa_chain(*, size: int, impl: str, share_pattern: bool, modules: int = 10):
     features as in the LCoAN network."""
     from model.lcoa import LearnableCollaborativeAttention
 
-    blocks = [LearnableCollaborativeAttention(impl=impl, **PAPER).eval().to(memory_format=torch.channels_last)
+    blocks = [LearnableCollaborativeAttention(attention_impl=impl, **PAPER).eval().to(memory_format=torch.channels_last)
               for _ in range(modules)]
     x = _features(size, PAPER['n_feats']).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():

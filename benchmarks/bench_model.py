@@ -54,8 +54,7 @@ def _args(scale: int, extra: list[str] | None = None):
 def _network(scale: int, impl: str) -> nn.Module:
     from model import lcoan
 
-    net = lcoan.make_model(_args(scale))
-    _set_impl(net, impl)
+    net = lcoan.make_model(_args(scale, ['--attention_impl', impl]))
     # Initialised centroids, as in a trained checkpoint (no warning, no initialisation cost).
     initialise_centroids(net)
     return net
@@ -103,12 +102,6 @@ def official_infer(*, src: str, scale: int, size: int):
 def official_train_step(*, src: str, scale: int, size: int, batch: int):
     """Setup: like :func:`train_step`, with the official model."""
     return _step(_official_network(src, scale), scale, size, batch)
-
-
-def _set_impl(net: nn.Module, impl: str) -> None:
-    for module in net.modules():
-        if hasattr(module, 'impl'):
-            module.impl = impl
 
 
 def infer(*, scale: int, size: int, impl: str):

@@ -20,6 +20,7 @@ BENCHMARK_SETS = ('Set5', 'Set14', 'B100', 'Urban100', 'Manga109')
 TEST_SETS = ('DIV2K', 'Sample', 'Demo') + BENCHMARK_SETS
 SCALES = (2, 3, 4)
 PRECISIONS = ('single', 'half', 'bf16')
+ATTENTION_IMPLS = ('fast', 'reference')  # the keys of model.lcoa.IMPLEMENTATIONS
 OPTIMIZERS = ('ADAM', 'SGD', 'RMSprop')
 EXTS = ('img', 'sep', 'sep_reset')
 
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     g('--window_size', type=int, default=384, help='attention window (positions sorted by cluster)')
     g('--ema_decay', type=float, default=0.999, help='decay of the centroids\' moving average')
     g('--n_hashes', type=int, default=1, help='k-means rounds')
+    g('--attention_impl', type=str, default='fast',
+      help=f'sparse-attention implementation: {"|".join(ATTENTION_IMPLS)} (same outputs; reference is the plain one)')
     g('--precision', type=str, default='single', help=f'{"|".join(PRECISIONS)} (autocast on CUDA)')
     g('--chop', action='store_true', help='tiled inference for large images')
     g('--chop_size', type=int, default=96, help='LR tile size for --chop')
@@ -197,6 +200,8 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
             _fail('patch_size', args.patch_size, f'must be divisible by the scale ({s})')
     if args.chop_overlap * 2 >= args.chop_size:
         _fail('chop_overlap', args.chop_overlap, f'must be less than half of --chop_size ({args.chop_size})')
+    if args.attention_impl not in ATTENTION_IMPLS:
+        _fail('attention_impl', args.attention_impl, f'allowed: {", ".join(ATTENTION_IMPLS)}')
     if args.precision not in PRECISIONS:
         _fail('precision', args.precision, f'allowed: {", ".join(PRECISIONS)}')
     if args.optimizer not in OPTIMIZERS:

@@ -172,6 +172,25 @@ def test_weight_gradient_in_chunks_of_images(chunk_rows, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_switch_is_process_wide_and_read_at_every_forward(monkeypatch):
+    # Flipped after the layers are built, it still decides their next forward (unlike a default
+    # argument bound at import time); the gradients agree either way.
+    fast, plain = pair(16, 16, 3, dtype=torch.float64)
+    other, _ = pair(16, 16, 3, dtype=torch.float64, seed=1)
+    x = torch.randn(1, 16, 5, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    _, g_on, fn_on = forward_backward(fast, x)
+    assert type(fn_on).__name__ == '_SameConv2dBackward'
+    monkeypatch.setattr(conv, 'FAST_WEIGHT_GRAD', False)
+    fast.zero_grad(set_to_none=True)
+    _, g_off, fn_off = forward_backward(fast, x)
+    assert type(fn_off).__name__ == type(plain(x).grad_fn).__name__ != '_SameConv2dBackward'
+    assert not other._fast_weight_grad_applies(x.requires_grad_())  # every layer in the process
+    for a, b in zip(g_on, g_off, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(conv, 'FAST_WEIGHT_GRAD', True)
+    assert type(fast(x).grad_fn).__name__ == '_SameConv2dBackward'
+
+
 def test_double_backward_needs_the_switch_off(monkeypatch):
     fast, _ = pair(16, 16, 3, dtype=torch.float64)
     x = torch.randn(1, 16, 4, 4, dtype=torch.float64, requires_grad=True)

@@ -220,37 +220,45 @@ def test_distributed_single_process_group_gives_same_centroids(tmp_path):
 
 # ---------------------------------------------------------------- the LCoA module
 
+def lcoa_module(**overrides) -> lcoa.LearnableCollaborativeAttention:
+    """An LCoA module as the network holds it: default (fast) attention, channels-last."""
+    config = dict(n_feats=6, reduction=2, n_clusters=3, window_size=8, n_rounds=2, ema_decay=0.9, res_scale=0.1)
+    config.update(overrides)
+    return lcoa.LearnableCollaborativeAttention(**config).to(memory_format=torch.channels_last)
+
+
 def test_lcoa_module_output_and_pattern_reuse():
     torch.manual_seed(2)
-    att = lcoa.LearnableCollaborativeAttention(n_feats=6, reduction=2, n_clusters=3, window_size=8, n_rounds=2,
-                                               ema_decay=0.9, res_scale=0.1, impl='reference')
-    x = torch.randn(2, 6, 3, 5)
+    att = lcoa_module().eval()
+    assert att.attention_impl == 'fast'
+    x = torch.randn(2, 6, 3, 5).contiguous(memory_format=torch.channels_last)
+    embed = att.conv_match(x).flatten(2).transpose(1, 2)
+    att.kmeans.initialise(embed)  # centroids as in a trained module; evaluation keeps them fixed
     out, pattern = att(x)
     assert out.shape == x.shape
-    embed = att.conv_match(x).flatten(2).transpose(1, 2)
+    # The independent computation: the reference attention on the module's own embedding and values.
     values = att.conv_assembly(x).flatten(2).transpose(1, 2)
-    expected = ref.apply_pattern(ref.build_pattern(embed, att.kmeans(embed), 8), values)
+    ref_pattern = ref.build_pattern(embed, att.kmeans(embed), 8)
+    expected = ref.apply_pattern(ref_pattern, values)
     torch.testing.assert_close(out, x + 0.1 * expected.transpose(1, 2).reshape(x.shape))
-    other = lcoa.LearnableCollaborativeAttention(n_feats=6, reduction=2, n_clusters=3, window_size=8, n_rounds=2,
-                                                 ema_decay=0.9, res_scale=0.1, impl='reference')
+    other = lcoa_module().eval()
     y = torch.randn_like(x)
     reused, same = other(y, pattern)
     assert same is pattern and not bool(other.kmeans.initted)
     values_y = other.conv_assembly(y).flatten(2).transpose(1, 2)
-    torch.testing.assert_close(reused, y + 0.1 * ref.apply_pattern(pattern, values_y).transpose(1, 2).reshape(x.shape))
+    expected_y = ref.apply_pattern(ref_pattern, values_y).transpose(1, 2).reshape(x.shape)
+    torch.testing.assert_close(reused, y + 0.1 * expected_y)
 
 
 def test_lcoa_module_gradcheck():
     torch.manual_seed(4)
-    att = lcoa.LearnableCollaborativeAttention(n_feats=4, reduction=2, n_clusters=2, window_size=4, n_rounds=2,
-                                               ema_decay=0.9, res_scale=0.5, impl='reference').double()
-    x = torch.randn(1, 4, 2, 3, dtype=torch.float64, requires_grad=True)
+    att = lcoa_module(n_feats=4, n_clusters=2, window_size=4, res_scale=0.5).double()
+    x = torch.randn(1, 4, 2, 3, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
     att(x)  # initialise the centroids; evaluation mode keeps them fixed during gradcheck
     att.eval()
     assert torch.autograd.gradcheck(lambda t: att(t)[0], (x,))
 
 
 def test_unknown_implementation_is_rejected():
-    with pytest.raises(ValueError, match='unknown attention implementation'):
-        lcoa.LearnableCollaborativeAttention(n_feats=4, reduction=1, n_clusters=2, window_size=4, n_rounds=1,
-                                             ema_decay=0.9, res_scale=0.1, impl='dense')
+    with pytest.raises(ValueError, match="unknown attention implementation 'dense'; expected one of fast, reference"):
+        lcoa_module(attention_impl='dense')

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import option
-from model import common, lcoan
+from model import common, lcoa, lcoan
+from model import sparse_attention as fast
+from model import sparse_attention_reference as ref
 
 # Copies of ../shared/reference/ (the official checkpoints' key lists), kept in the repo so this always runs.
 REFERENCE = Path(__file__).resolve().parent / 'data' / 'reference'
@@ -15,8 +17,9 @@ PAPER_PARAMETERS = {2: 15_668_508, 3: 16_406_428, 4: 16_258_844}
 
 
 def tiny(scale: int = 2, **overrides) -> lcoan.LCoAN:
+    """A small LCoAN with the default (fast) attention, the one users run."""
     config = dict(scale=scale, n_resgroups=3, n_resblocks=1, n_feats=8, reduction=2, n_clusters=4, window_size=16,
-                  n_hashes=2, ema_decay=0.9, res_scale=0.1, n_colors=3, rgb_range=1, attention_impl='reference')
+                  n_hashes=2, ema_decay=0.9, res_scale=0.1, n_colors=3, rgb_range=1)
     config.update(overrides)
     return lcoan.LCoAN(**config)
 
@@ -132,7 +135,7 @@ def test_mixed_precision_keeps_attention_statistics_in_float32():
         out = net(torch.rand(2, 3, 7, 9))
         _, pattern = net.body[0].attention[0](torch.randn(2, 8, 7, 9))
     assert out.shape == (2, 3, 14, 18) and torch.isfinite(out.float()).all()
-    assert pattern.weights.dtype == pattern.lse.dtype == torch.float32
+    assert pattern.weights.dtype == pattern.round_probs.dtype == torch.float32
     assert net.body[0].attention[0].kmeans.means.dtype == torch.float32
 
 
@@ -144,8 +147,40 @@ def test_make_model_from_options(tmp_path):
     attention = net.body[0].attention[0]
     assert attention.window_size == args.window_size and attention.kmeans.means.shape == (2, 16, 16)
     assert net.tail[0][0].out_channels == 9 * args.n_feats
+    assert {m.attention_impl for m in net.modules() if isinstance(m, lcoa.LearnableCollaborativeAttention)} == {'fast'}
     with torch.no_grad():
         assert net(torch.rand(1, 3, 5, 6)).shape == (1, 3, 15, 18)
+    args = option.parse_args(['--template', 'demo', '--dir_data', str(tmp_path), '--attention_impl', 'reference'])
+    attention = [m for m in lcoan.make_model(args).modules() if isinstance(m, lcoa.LearnableCollaborativeAttention)]
+    assert len(attention) == args.n_resgroups and {m.attention_impl for m in attention} == {'reference'}
+
+
+def test_attention_impl_is_chosen_per_model_in_one_process(monkeypatch):
+    calls = []
+
+    def spy(name, function, original):
+        def record(*args):
+            calls.append((name, function))
+            return original(*args)
+        return record
+
+    for name, module in lcoa.IMPLEMENTATIONS.items():
+        for function in ('build_pattern', 'apply_pattern'):
+            monkeypatch.setattr(module, function, spy(name, function, getattr(module, function)))
+    fast_net, x = trained_tiny()
+    reference_net = tiny(attention_impl='reference').eval()
+    reference_net.load_state_dict(fast_net.state_dict(), strict=True)
+    with torch.no_grad():
+        calls.clear()
+        fast_out = fast_net(x)
+        assert calls == [('fast', 'build_pattern')] + [('fast', 'apply_pattern')] * 3
+        calls.clear()
+        reference_out = reference_net(x)
+        assert calls == [('reference', 'build_pattern')] + [('reference', 'apply_pattern')] * 3
+        _, fast_pattern = fast_net.body[0].attention[0](x.new_zeros(1, 8, 3, 4))
+        _, reference_pattern = reference_net.body[0].attention[0](x.new_zeros(1, 8, 3, 4))
+    assert isinstance(fast_pattern, fast.SparsePattern) and isinstance(reference_pattern, ref.SparsePattern)
+    torch.testing.assert_close(fast_out, reference_out, rtol=0, atol=1e-6)  # different code, same function
 
 
 @pytest.mark.parametrize('scale', [2, 3, 4])

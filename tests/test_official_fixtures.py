@@ -17,17 +17,18 @@ from model import sparse_attention as fast
 FIXTURES = Path(__file__).resolve().parent / 'data' / 'official'
 
 
-def load(name: str):
+# Relative deviation from the official output caused only by the tie order of positions within a
+# cluster (our stable sort vs the official unstable one): measured 1.76e-5 on lcoan_x4_r2 with either
+# attention implementation (max |diff| 2.7e-3 on outputs up to 154; torch 2.13, CPU). Float rounding
+# alone is ~1e-7 (see the test given the official tie order). The bound leaves about 3x headroom.
+TIE_ORDER_TOLERANCE = 5e-5
+
+
+def load(name: str, attention_impl: str = 'fast'):
     fixture = torch.load(FIXTURES / f'{name}.pt', weights_only=True)
-    net = lcoan.LCoAN(**fixture['config']).eval()
+    net = lcoan.LCoAN(**fixture['config'], attention_impl=attention_impl).eval()
     net.load_state_dict(fixture['state_dict'], strict=True)
     return net, fixture
-
-
-def set_impl(net, impl):
-    for module in net.modules():
-        if hasattr(module, 'impl'):
-            module.impl = impl
 
 
 def official_cluster_order(codes):
@@ -44,8 +45,7 @@ def relative_error(out, expected):
 
 @pytest.mark.parametrize('impl', ['fast', 'reference'])
 def test_x2_one_round_matches_official(impl):
-    net, fixture = load('lcoan_x2_r1')
-    set_impl(net, impl)
+    net, fixture = load('lcoan_x2_r1', impl)
     with torch.no_grad():
         out = net(fixture['input'])
     assert out.shape == fixture['output'].shape == (1, 3, 24, 20)
@@ -62,10 +62,13 @@ def test_x4_two_rounds_with_padding_matches_official_given_its_tie_order(monkeyp
     assert relative_error(out, fixture['output']) <= 1e-6
 
 
-def test_x4_two_rounds_stable_tie_order_stays_close_to_official():
+@pytest.mark.parametrize('impl', ['fast', 'reference'])
+def test_x4_two_rounds_stable_tie_order_stays_close_to_official(impl):
     # Our stable sort puts tied positions (same cluster) in pixel order; the official unstable sort may
     # not, which moves a few tied positions across window borders: a small, bounded difference.
-    net, fixture = load('lcoan_x4_r2')
+    net, fixture = load('lcoan_x4_r2', impl)
     with torch.no_grad():
         out = net(fixture['input'])
-    assert relative_error(out, fixture['output']) <= 1e-3
+    error = relative_error(out, fixture['output'])
+    assert error <= TIE_ORDER_TOLERANCE
+    assert error > 1e-6  # the fixture does exercise ties across window borders (else the bound tests nothing new)

@@ -81,6 +81,11 @@ def test_edsr_flags_and_lists():
                      no_augment=True, data_test=['Set5', 'B100']))
 
 
+def test_attention_impl_defaults_to_fast():
+    assert option.parse_args([]).attention_impl == 'fast'
+    assert option.parse_args(['--attention_impl', 'reference']).attention_impl == 'reference'
+
+
 def test_template_sets_defaults_and_flags_win():
     args = option.parse_args(['--template', 'demo', '--n_feats', '16'])
     assert args.data_train == ['Sample'] and args.n_resgroups == 2
@@ -106,6 +111,7 @@ def test_template_sets_defaults_and_flags_win():
     (['--ema_decay', '1.5'], '--ema_decay 1.5: must be in [0, 1)'),
     (['--n_colors', '2'], '--n_colors 2'),
     (['--precision', 'fp8'], "--precision 'fp8': allowed: single, half, bf16"),
+    (['--attention_impl', 'dense'], "--attention_impl 'dense': allowed: fast, reference"),
     (['--template', 'nope'], "--template 'nope'"),
 ])
 def test_bad_values_name_the_flag(argv, message):

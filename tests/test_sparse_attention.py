@@ -3,8 +3,11 @@
 import pytest
 import torch
 
+import option
+from model import lcoa
 from model import sparse_attention as fast
 from model import sparse_attention_reference as ref
+from model.attention_interface import KEY_NORM_EPS, Pattern
 
 # (batch, rounds, length, embed channels, value channels, window)
 CASES = [
@@ -53,11 +56,10 @@ def max_diff(a, b):
     return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
 
 
-@pytest.mark.parametrize('channels_first', [False, True], ids=['row_major', 'channels_first'])
 @pytest.mark.parametrize('case', CASES, ids=[f'N{c[0]}R{c[1]}L{c[2]}C{c[3]}V{c[4]}w{c[5]}' for c in CASES])
-def test_fast_matches_reference_forward_and_gradients(case, channels_first):
+def test_fast_matches_reference_forward_and_gradients(case):
     n, rounds, length, c, cv, window = case
-    embed, codes, values = make_inputs(n, rounds, length, c, cv, channels_first=channels_first)
+    embed, codes, values = make_inputs(n, rounds, length, c, cv)
     fast_out, fast_grads = run(fast, embed, codes, values, window)
     ref_out, ref_grads = run(ref, embed, codes, values, window)
     for out in fast_out:
@@ -104,16 +106,25 @@ def test_float64_stays_float64_and_matches_reference():
     assert (out - expected).abs().max() < 1e-12
 
 
-def test_output_keeps_the_layout_and_dtype_of_the_values():
-    embed, codes, (rows, cols) = make_inputs(2, 1, 20, 4, 3, n_values=2, channels_first=False)
-    cols = cols.transpose(1, 2).contiguous().transpose(1, 2)
+@pytest.mark.parametrize('rounds', [1, 2])
+def test_any_value_layout_gives_the_same_contiguous_output_and_gradients(rounds):
+    # The network feeds row-major (channels-last) values; other strides take the same code, gathering strided rows.
+    embed, codes, (rows,) = make_inputs(2, rounds, 20, 4, 3, n_values=1)
+    layouts = {'rows': rows, 'channels_first': rows.transpose(1, 2).contiguous().transpose(1, 2),
+               'strided': torch.stack([rows, -rows], dim=-1)[..., 0]}
+    expected, expected_grads = run(ref, embed, codes, [rows], 8)
+    for name, values in layouts.items():
+        assert torch.equal(values, rows)
+        assert values.is_contiguous() == (name == 'rows')
+        out, grads = run(fast, embed, codes, [values], 8)
+        assert out[0].is_contiguous(), name
+        assert max_diff(out, expected) <= TOL, name
+        assert max_diff(grads, expected_grads) <= TOL, name
+
+
+def test_output_keeps_the_dtype_of_the_values():
+    embed, codes, (rows,) = make_inputs(2, 1, 20, 4, 3, n_values=1)
     pattern = fast.build_pattern(embed, codes, 8)
-    assert fast.apply_pattern(pattern, rows).is_contiguous()
-    # Channel-first in, channel-first out: out.transpose(1, 2) is a free (N, C, L) view.
-    assert fast.apply_pattern(pattern, cols).transpose(1, 2).is_contiguous()
-    strided = torch.randn(2, 20, 6)[:, :, ::2]  # neither layout: handled like row-major
-    assert max_diff([fast.apply_pattern(pattern, strided)],
-                    [ref.apply_pattern(ref.build_pattern(embed, codes, 8), strided)]) <= TOL
     half = fast.apply_pattern(pattern, rows.half())
     assert half.dtype == torch.float16
     expected = ref.apply_pattern(ref.build_pattern(embed, codes, 8), rows.half())
@@ -121,7 +132,7 @@ def test_output_keeps_the_layout_and_dtype_of_the_values():
 
 
 def test_output_allows_in_place_ops_and_gradients_follow():
-    embed, codes, values = make_inputs(1, 1, 20, 4, 3, n_values=1, channels_first=True)
+    embed, codes, values = make_inputs(1, 1, 20, 4, 3, n_values=1)
     grads = {}
     for impl in (fast, ref):
         e, v = embed.clone().requires_grad_(), values[0].clone().requires_grad_()
@@ -144,7 +155,7 @@ def test_weights_of_one_window_are_a_softmax_over_its_keys():
     embed, _, (values,) = make_inputs(1, 1, 6, 3, 2, n_values=1)
     codes = torch.zeros(1, 1, 6, dtype=torch.long)
     pattern = fast.build_pattern(embed, codes, 6)
-    keys = torch.nn.functional.normalize(embed, dim=-1, eps=5e-5)
+    keys = torch.nn.functional.normalize(embed, dim=-1, eps=KEY_NORM_EPS)
     scores = embed @ keys.transpose(1, 2)
     expected = torch.softmax(scores.repeat(1, 1, 3), dim=-1)
     assert torch.allclose(pattern.weights[0, 0], expected[0], atol=1e-6)
@@ -186,15 +197,39 @@ def test_mismatched_shapes_are_rejected():
         fast.apply_pattern(pattern, values[:, :9])
 
 
-def test_lcoa_modules_with_fast_kernels_match_reference_kernels():
-    from model import lcoa
+def test_keys_of_tiny_norm_are_normalised_with_the_same_epsilon():
+    # Rows whose norm is below the epsilon are divided by the epsilon, not by their norm: both
+    # implementations (forward and the fast one's own backward) must use the one shared constant.
+    embed, codes, values = make_inputs(1, 2, 20, 4, 3, n_values=1)
+    embed[0, :6] *= 1e-6 / embed[0, :6].norm(dim=-1, keepdim=True)
+    embed[0, 6] *= 3 * KEY_NORM_EPS / embed[0, 6].norm()
+    fast_out, fast_grads = run(fast, embed, codes, values, 8)
+    ref_out, ref_grads = run(ref, embed, codes, values, 8)
+    assert max_diff(fast_out, ref_out) <= TOL
+    for got, want in zip(fast_grads, ref_grads, strict=True):  # dividing by the epsilon makes them large
+        assert (got - want).abs().max() <= TOL * want.abs().max()
 
+
+def test_both_implementations_follow_the_shared_interface():
+    assert tuple(lcoa.IMPLEMENTATIONS) == option.ATTENTION_IMPLS
+    embed, codes, (values,) = make_inputs(1, 2, 20, 4, 3, n_values=1)
+    for name in option.ATTENTION_IMPLS:
+        impl = lcoa.attention_module(name)
+        pattern = impl.build_pattern(embed, codes, 8)
+        assert isinstance(pattern, Pattern), name
+        assert pattern.weights.dtype == torch.float32
+        assert impl.apply_pattern(pattern, values).shape == values.shape
+    assert not isinstance(object(), Pattern)
+
+
+def test_lcoa_modules_with_fast_kernels_match_reference_kernels():
     def chain(impl):
         torch.manual_seed(3)
         blocks = [lcoa.LearnableCollaborativeAttention(n_feats=6, reduction=2, n_clusters=3, window_size=8,
-                                                       n_rounds=2, ema_decay=0.9, res_scale=0.1, impl=impl)
-                  for _ in range(3)]
-        h, pattern = torch.randn(2, 6, 5, 7), None
+                                                       n_rounds=2, ema_decay=0.9, res_scale=0.1, attention_impl=impl)
+                  .to(memory_format=torch.channels_last) for _ in range(3)]
+        # Channels-last features, as in the network.
+        h, pattern = torch.randn(2, 6, 5, 7).contiguous(memory_format=torch.channels_last), None
         for block in blocks:  # the first block builds the pattern, all of them apply it (CoA)
             h, pattern = block(h, pattern)
         params = [p for block in blocks for p in block.parameters()]
@@ -211,7 +246,7 @@ def test_lcoa_modules_with_fast_kernels_match_reference_kernels():
 @pytest.mark.parametrize('case', CASES[:3] + CASES[-2:])
 def test_cuda_matches_reference(case):
     n, rounds, length, c, cv, window = case
-    embed, codes, values = make_inputs(n, rounds, length, c, cv, channels_first=True)
+    embed, codes, values = make_inputs(n, rounds, length, c, cv)
     embed, codes, values = embed.cuda(), codes.cuda(), [v.cuda() for v in values]
     fast_out, fast_grads = run(fast, embed, codes, values, window)
     ref_out, ref_grads = run(ref, embed, codes, values, window)

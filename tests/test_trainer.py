@@ -431,6 +431,7 @@ def test_e2e_run_writes_its_files_and_seed_makes_runs_bit_identical(e2e):
     log = (a / 'log.txt').read_text()
     assert log.count('[Sample x2]\tPSNR: ') == 3 and '[Epoch 3]\tLearning rate: 5.00e-04' in log
     assert 'patch_size: 32' in (a / 'config.txt').read_text()
+    assert 'attention_impl: fast' in (a / 'config.txt').read_text()
 
     b = run_main(e2e, '--save', 'b')
     assert b.returncode == 0, b.stdout + b.stderr

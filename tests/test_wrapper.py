@@ -5,7 +5,6 @@ properties can be asserted (a purely local network chops without any difference)
 is used in tiny configurations where the property is about its checkpoints.
 """
 
-import importlib.util
 import sys
 import types
 from pathlib import Path
@@ -18,8 +17,6 @@ import model
 import option
 from errors import UserError
 from model import checkpoint_io
-
-HAVE_LCOAN = importlib.util.find_spec('model.lcoan') is not None
 
 
 class Log:
@@ -180,7 +177,6 @@ def test_chop_of_a_non_local_network_is_close_but_not_equal(monkeypatch):
     assert (chopped - plain).abs().max() < 0.02
 
 
-@pytest.mark.skipif(not HAVE_LCOAN, reason='model/lcoan.py not written yet')
 def test_chop_of_lcoan_is_close_to_the_plain_output():
     args = option.parse_args(['--template', 'demo', '--cpu', '--n_feats', '8', '--reduction', '2', '--n_resgroups',
                               '1', '--n_resblocks', '1', '--n_clusters', '4', '--window_size', '32', '--chop',
@@ -411,7 +407,6 @@ def tiny_lcoan_args(*extra: str):
                               '1', '--n_resblocks', '1', '--n_clusters', '4', '--window_size', '32', *extra])
 
 
-@pytest.mark.skipif(not HAVE_LCOAN, reason='model/lcoan.py not written yet')
 def test_lcoan_x2_checkpoint_fine_tunes_x4(tmp_path):
     torch.manual_seed(5)
     x2 = model.Model(tiny_lcoan_args('--scale', '2'), Log())
@@ -434,7 +429,6 @@ def test_lcoan_x2_checkpoint_fine_tunes_x4(tmp_path):
     assert x4.eval()(photo(8, 8)).shape == (1, 3, 32, 32)
 
 
-@pytest.mark.skipif(not HAVE_LCOAN, reason='model/lcoan.py not written yet')
 def test_lcoan_checkpoint_for_other_n_clusters_is_refused(tmp_path):
     path = tmp_path / 'k8.pt'
     torch.save(model.Model(tiny_lcoan_args('--n_clusters', '8'), Log()).state_dict(), path)

@@ -13,8 +13,13 @@ Only this layer's backward changes: parameters, ``state_dict`` and forward value
 with stride 1, dilation 1, one group, a square odd kernel of at least 3x3, padding
 ``kernel_size // 2`` and at least ``MIN_CHANNELS`` input and output channels; any other case is
 plain ``nn.Conv2d``. (oneDNN is as fast for 1x1 kernels, whose weight gradient is one GEMM anyway,
-and faster for thin GEMMs such as those of the RGB head and tail.) The custom backward cannot be
-differentiated again: for double backward (e.g. a gradient penalty) set ``FAST_WEIGHT_GRAD = False``.
+and faster for thin GEMMs such as those of the RGB head and tail.)
+
+``FAST_WEIGHT_GRAD`` is a process-wide setting, not an option: every ``Conv2d`` reads it at every
+forward pass, so ``model.conv.FAST_WEIGHT_GRAD = False`` makes all of them, already built or not,
+plain ``nn.Conv2d`` from their next forward on. It changes speed only (the gradients agree to float
+rounding), except that the custom backward cannot be differentiated again: for double backward
+(e.g. a gradient penalty) switch it off.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ MIN_CHANNELS = 16
 # Pixels per batched GEMM of the weight gradient: big enough for efficient products, small enough
 # that the padded copies of input and output gradient cost little memory.
 CHUNK_ROWS = 16384
-# Off: every ``Conv2d`` is exactly ``nn.Conv2d`` (benchmarks compare both in one run).
+# Process-wide, read at every forward. Off: every ``Conv2d`` is exactly ``nn.Conv2d`` (benchmarks
+# compare both in one run; double backward needs it off).
 FAST_WEIGHT_GRAD = True
 
 

@@ -4,15 +4,13 @@ The first residual group clusters its features with learnable k-means centroids,
 Learnable Sparse Pattern (LSP) from the clusters, and hands the pattern to the later groups, which
 apply it to their own values (Collaborative Attention, CoA).
 
-Which implementation of the sparse attention runs is chosen by ``ATTENTION_IMPL`` below (one
-switch for the whole program): ``'reference'`` (``model.sparse_attention_reference``, plain and
-obviously faithful) or ``'fast'`` (``model.sparse_attention``, same functional API).
+Each attention module chooses its sparse-attention implementation when it is built (``attention_impl``,
+the ``--attention_impl`` flag): ``'fast'`` (``model.sparse_attention``, the default) or ``'reference'``
+(``model.sparse_attention_reference``, plain and obviously faithful; the tests' oracle). Both follow
+``model.attention_interface``, so models using either can live side by side in one process.
 """
 
-import importlib
 import warnings
-from types import ModuleType
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -21,20 +19,19 @@ from einops import rearrange
 from torch import Tensor, nn
 
 import distributed
-from model import common
+from model import common, sparse_attention, sparse_attention_reference
+from model.attention_interface import Pattern, SparseAttention
 
-ATTENTION_IMPL = 'fast'
-IMPLEMENTATIONS = {'reference': 'model.sparse_attention_reference', 'fast': 'model.sparse_attention'}
+IMPLEMENTATIONS: dict[str, SparseAttention] = {'fast': sparse_attention, 'reference': sparse_attention_reference}
 KMEANS_INIT_ITERS = 10
 
-Pattern = Any  # the pattern object of whichever implementation built it
 
-
-def attention_module(impl: str) -> ModuleType:
-    """The module implementing ``build_pattern``/``apply_pattern`` for ``impl`` ('reference' or 'fast')."""
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f'unknown attention implementation {impl!r}; expected one of {", ".join(IMPLEMENTATIONS)}')
-    return importlib.import_module(IMPLEMENTATIONS[impl])
+def attention_module(attention_impl: str) -> SparseAttention:
+    """The module implementing ``build_pattern``/``apply_pattern`` for ``attention_impl`` ('fast' or 'reference')."""
+    if attention_impl not in IMPLEMENTATIONS:
+        raise ValueError(f'unknown attention implementation {attention_impl!r}; '
+                         f'expected one of {", ".join(IMPLEMENTATIONS)}')
+    return IMPLEMENTATIONS[attention_impl]
 
 
 # Distributed helpers: with torch.distributed initialised, every rank must hold the same centroids, so the
@@ -86,11 +83,11 @@ def _cluster_sums(x: Tensor, codes: Tensor, n_clusters: int) -> tuple[Tensor, Te
     """Per round and cluster, the sum of the member rows and their count. x (N, L, D), codes (N, R, L)
     -> sums (R, K, D), counts (R, K), summed over batch and positions."""
     d = x.shape[-1]
-    rounds = codes.shape[1]
+    n_rounds = codes.shape[1]
     flat_codes = rearrange(codes, 'n r l -> r (n l)')
-    flat_x = rearrange(x, 'n l d -> (n l) d').expand(rounds, -1, -1)
-    sums = x.new_zeros(rounds, n_clusters, d).scatter_add_(1, flat_codes.unsqueeze(-1).expand(-1, -1, d), flat_x)
-    counts = x.new_zeros(rounds, n_clusters).scatter_add_(1, flat_codes, torch.ones_like(flat_codes, dtype=x.dtype))
+    flat_x = rearrange(x, 'n l d -> (n l) d').expand(n_rounds, -1, -1)
+    sums = x.new_zeros(n_rounds, n_clusters, d).scatter_add_(1, flat_codes.unsqueeze(-1).expand(-1, -1, d), flat_x)
+    counts = x.new_zeros(n_rounds, n_clusters).scatter_add_(1, flat_codes, torch.ones_like(flat_codes, dtype=x.dtype))
     return sums, counts
 
 
@@ -110,8 +107,9 @@ class KMeansCentroids(nn.Module):
     All statistics are float32 (or float64 for float64 input) with autocast disabled.
 
     Args:
-        n_rounds: clusterings (``n_hashes``). As in the official code, every round starts from the same
-            rows, so the rounds coincide unless their centroids are loaded or set otherwise.
+        n_rounds: k-means rounds (clusterings; the ``--n_hashes`` flag). As in the official code, every
+            round starts from the same rows, so the rounds coincide unless their centroids are loaded or
+            set otherwise.
         dim: embedding channels.
         n_clusters: clusters per round.
         ema_decay: weight of the old centroid in the moving average, in [0, 1).
@@ -177,42 +175,47 @@ class LearnableCollaborativeAttention(nn.Module):
     ``forward(x, pattern=None)``: without a pattern (first group) the module embeds ``x`` with
     ``conv_match``, clusters the embedding with ``kmeans`` and builds the pattern; with one (later
     groups) it only computes its values with ``conv_assembly``. Returns
-    ``(x + res_scale * attention, pattern)``.
+    ``(x + res_scale * attention, pattern)``. Channels-last features (as LCoAN keeps them) make the
+    (N, H*W, C) views of embeddings and values free and let the fast attention gather whole rows.
 
     Args:
         n_feats: channels of the input features (and of the values).
         reduction: the query/key embedding has ``n_feats // reduction`` channels.
         n_clusters: k-means clusters per round.
         window_size: positions per attention window.
-        n_rounds: independent clusterings whose outputs are combined (``n_hashes``).
+        n_rounds: k-means rounds (independent clusterings whose outputs are combined; ``--n_hashes``).
         ema_decay: moving-average decay of the centroids.
         res_scale: scale of the attention output before the residual sum.
-        impl: sparse-attention implementation, 'reference' or 'fast'.
+        attention_impl: sparse-attention implementation of this module, 'fast' or 'reference'.
     """
 
     def __init__(self, *, n_feats: int, reduction: int, n_clusters: int, window_size: int, n_rounds: int,
-                 ema_decay: float, res_scale: float, impl: str = ATTENTION_IMPL) -> None:
+                 ema_decay: float, res_scale: float, attention_impl: str = 'fast') -> None:
         super().__init__()
         if n_feats % reduction:
             raise ValueError(f'reduction ({reduction}) must divide n_feats ({n_feats})')
         self.window_size = window_size
         self.res_scale = res_scale
-        attention_module(impl)  # fail at construction, not at the first forward
-        self.impl = impl
+        attention_module(attention_impl)  # fail at construction, not at the first forward
+        # The name, not the module: looked up at every call, so the network stays picklable and deep-copyable.
+        self.attention_impl = attention_impl
         self.kmeans = KMeansCentroids(n_rounds=n_rounds, dim=n_feats // reduction, n_clusters=n_clusters,
                                       ema_decay=ema_decay)
         self.conv_match = common.BasicBlock(in_channels=n_feats, out_channels=n_feats // reduction, kernel_size=3)
         self.conv_assembly = common.BasicBlock(in_channels=n_feats, out_channels=n_feats, kernel_size=1)
 
+    def extra_repr(self) -> str:
+        return f'window_size={self.window_size}, res_scale={self.res_scale}, attention_impl={self.attention_impl!r}'
+
     def build_pattern(self, x: Tensor) -> Pattern:
         """The learnable sparse pattern of features ``x`` (N, C, H, W)."""
         embed = rearrange(self.conv_match(x), 'n c h w -> n (h w) c')
-        return attention_module(self.impl).build_pattern(embed, self.kmeans(embed), self.window_size)
+        return IMPLEMENTATIONS[self.attention_impl].build_pattern(embed, self.kmeans(embed), self.window_size)
 
     def forward(self, x: Tensor, pattern: Pattern | None = None) -> tuple[Tensor, Pattern]:
         if pattern is None:
             pattern = self.build_pattern(x)
         values = rearrange(self.conv_assembly(x), 'n c h w -> n (h w) c')
-        out = attention_module(self.impl).apply_pattern(pattern, values)
+        out = IMPLEMENTATIONS[self.attention_impl].apply_pattern(pattern, values)
         out = rearrange(out, 'n (h w) c -> n c h w', h=x.shape[2])
         return torch.add(x, out, alpha=self.res_scale), pattern

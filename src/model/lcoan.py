@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from model import common
-from model.lcoa import ATTENTION_IMPL, LearnableCollaborativeAttention, Pattern
+from model.attention_interface import Pattern
+from model.lcoa import LearnableCollaborativeAttention
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 # Inference computes the upsampler tail in strips of this many LR rows (see LCoAN._tail_in_strips).
@@ -29,7 +30,7 @@ def make_model(args: argparse.Namespace) -> 'LCoAN':
         scale=args.scale[0], n_resgroups=args.n_resgroups, n_resblocks=args.n_resblocks, n_feats=args.n_feats,
         reduction=args.reduction, res_scale=args.res_scale, n_clusters=args.n_clusters,
         window_size=args.window_size, n_hashes=args.n_hashes, ema_decay=args.ema_decay, n_colors=args.n_colors,
-        rgb_range=args.rgb_range,
+        rgb_range=args.rgb_range, attention_impl=args.attention_impl,
     )
 
 
@@ -45,19 +46,19 @@ class ResidualGroup(nn.Module):
         res_scale: scale of the group's (and the attention's) residual branch.
         n_clusters: k-means clusters per round.
         window_size: positions per attention window.
-        n_hashes: k-means rounds.
+        n_rounds: k-means rounds.
         ema_decay: moving-average decay of the centroids.
-        attention_impl: sparse-attention implementation, 'reference' or 'fast'.
+        attention_impl: sparse-attention implementation, 'fast' or 'reference'.
     """
 
     def __init__(self, *, n_feats: int, n_resblocks: int, reduction: int, res_scale: float, n_clusters: int,
-                 window_size: int, n_hashes: int, ema_decay: float, attention_impl: str = ATTENTION_IMPL) -> None:
+                 window_size: int, n_rounds: int, ema_decay: float, attention_impl: str = 'fast') -> None:
         super().__init__()
         self.res_scale = res_scale
         self.local_body = nn.Sequential(*[common.ResBlock(n_feats=n_feats) for _ in range(n_resblocks)])
         self.attention = nn.Sequential(LearnableCollaborativeAttention(
-            n_feats=n_feats, reduction=reduction, n_clusters=n_clusters, window_size=window_size, n_rounds=n_hashes,
-            ema_decay=ema_decay, res_scale=res_scale, impl=attention_impl))
+            n_feats=n_feats, reduction=reduction, n_clusters=n_clusters, window_size=window_size, n_rounds=n_rounds,
+            ema_decay=ema_decay, res_scale=res_scale, attention_impl=attention_impl))
         self.m_conv = nn.Sequential(common.default_conv(n_feats, n_feats, 3))
 
     def forward(self, x: Tensor, pattern: Pattern | None = None) -> tuple[Tensor, Pattern]:
@@ -79,18 +80,21 @@ class LCoAN(nn.Module):
         res_scale: scale of the residual branches of groups and attention.
         n_clusters: k-means clusters per round.
         window_size: positions per attention window.
-        n_hashes: k-means rounds.
+        n_hashes: k-means rounds. Named after the ``--n_hashes`` flag (as every keyword here is after its
+            flag), so configurations written as flags or official ``args`` map one to one; inside the
+            network it is ``n_rounds``.
         ema_decay: moving-average decay of the centroids, in [0, 1).
         n_colors: 3 (RGB) or 1 (Y). For 1 channel the mean shift uses the mean of the three DIV2K
             channel means (the official code has no 1-channel variant).
         rgb_range: pixel values lie in [0, rgb_range].
-        attention_impl: sparse-attention implementation, 'reference' or 'fast'.
+        attention_impl: sparse-attention implementation, 'fast' or 'reference' (same outputs to float
+            rounding; 'reference' is the plain one the tests check 'fast' against).
     """
 
     def __init__(self, *, scale: int, n_resgroups: int = 10, n_resblocks: int = 4, n_feats: int = 128,
                  reduction: int = 1, res_scale: float = 0.1, n_clusters: int = 128, window_size: int = 384,
                  n_hashes: int = 1, ema_decay: float = 0.999, n_colors: int = 3, rgb_range: float = 255,
-                 attention_impl: str = ATTENTION_IMPL) -> None:
+                 attention_impl: str = 'fast') -> None:
         super().__init__()
         if n_colors == 3:
             rgb_mean = DIV2K_RGB_MEAN
@@ -107,9 +111,12 @@ class LCoAN(nn.Module):
         # registered in the official state_dict order (add_mean before head).
         self.sub_mean = common.MeanShift(rgb_range=rgb_range, rgb_mean=rgb_mean, rgb_std=rgb_std, sign=-1)
         head = nn.Sequential(common.default_conv(n_colors, n_feats, 3))
+        # The official flag says "hashes" (it was NLSN's LSH rounds); LCoAN's rounds are k-means clusterings,
+        # so the network calls them n_rounds. The flag (and this keyword) keep the official name for
+        # command-line compatibility.
         body = nn.Sequential(*[
             ResidualGroup(n_feats=n_feats, n_resblocks=n_resblocks, reduction=reduction, res_scale=res_scale,
-                          n_clusters=n_clusters, window_size=window_size, n_hashes=n_hashes, ema_decay=ema_decay,
+                          n_clusters=n_clusters, window_size=window_size, n_rounds=n_hashes, ema_decay=ema_decay,
                           attention_impl=attention_impl)
             for _ in range(n_resgroups)])
         m_conv = nn.Sequential(common.default_conv(n_feats, n_feats, 3))

@@ -23,9 +23,9 @@ Why it is faster and leaner than the straightforward version:
   application into one batched matrix product with a ``3 * w`` inner dimension;
 * every product is one batched BLAS call with a contiguous result, not a loop of small calls:
   with few (and possibly shared) cores each call is one parallel region, not dozens;
-* channel-first values (the transposed view of a convolution's ``(N, C, H, W)`` output, e.g.
-  ``rearrange(x, 'n c h w -> n (h w) c')``) are gathered without a transposing copy, and the
-  output comes back in the same layout, so turning it back into ``(N, C, H, W)`` is free;
+* embeddings and values come as (N, L, C) rows, which the network's channels-last features give
+  without a copy (``rearrange(x, 'n c h w -> n (h w) c')`` is a view), and every gather then reads
+  whole rows; other layouts give the same result through slower strided gathers;
 * scratch buffers live in the pattern and are reused by every application (fresh large
   allocations page-fault on every call on some machines);
 * two ``autograd.Function``s own the backward passes. Building saves only the embeddings and the
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-NORMALIZE_EPS = 5e-5
+from model.attention_interface import KEY_NORM_EPS
 
 # The batched products below write into contiguous (row-major) results and read operands whose
 # matrices are row- or column-major with any leading dimension (overlapping batches included):
@@ -66,35 +66,11 @@ def _scatter_triples(out_ext: Tensor, weights: Tensor, g: Tensor, w: int) -> Non
 
 
 def _take(src: Tensor, index: Tensor, out: Tensor) -> None:
-    """``out = src[index]`` for 2-D (positions, channels) tensors of any layout."""
-    if out.stride(0) == 1 and out.t().is_contiguous():  # channel-first buffer: gather columns of (C, L)
-        src, out, dim = src.t(), out.t(), 1
+    """``out = src[index]``: rows of a 2-D (positions, channels) ``src`` into a contiguous ``out``."""
+    if src.dtype == out.dtype:
+        torch.index_select(src, 0, index, out=out)
     else:
-        dim = 0
-    if out.is_contiguous() and src.dtype == out.dtype:
-        torch.index_select(src, dim, index, out=out)
-    else:
-        out.copy_(src.index_select(dim, index))
-
-
-def _is_channels_first(x: Tensor) -> bool:
-    """Whether a (N, L, C) tensor is the transposed view of a contiguous (N, C, L) one."""
-    return not x.is_contiguous() and x.transpose(1, 2).is_contiguous()
-
-
-def _empty(shape: tuple[int, ...], channels_first: bool, like: Tensor, dtype: torch.dtype) -> Tensor:
-    """A fresh (..., L, C) tensor; channel-first means (..., C, L) memory.
-
-    Not a view (``empty_strided``): outputs of an autograd Function that are views forbid in-place ops.
-    """
-    if not channels_first:
-        return torch.empty(shape, dtype=dtype, device=like.device)
-    memory_shape = (*shape[:-2], shape[-1], shape[-2])
-    strides = [1] * len(memory_shape)
-    for i in range(len(memory_shape) - 2, -1, -1):
-        strides[i] = strides[i + 1] * memory_shape[i + 1]
-    strides[-1], strides[-2] = strides[-2], strides[-1]
-    return torch.empty_strided(shape, strides, dtype=dtype, device=like.device)
+        out.copy_(src.index_select(0, index))
 
 
 def _compute_dtype(x: Tensor, weights_dtype: torch.dtype) -> torch.dtype:
@@ -125,12 +101,12 @@ def _cluster_order(codes: Tensor) -> Tensor:
 class _Plan:
     """Sort/pad/undo-sort indices of one pattern, plus scratch buffers reused by all its applications.
 
-    Slots ``b = n * rounds + r`` enumerate (batch item, round) pairs; ``P`` is the padded length.
+    Slots ``b = n * n_rounds + r`` enumerate (batch item, round) pairs; ``P`` is the padded length.
     """
 
     def __init__(self, codes: Tensor, window_size: int):
-        n, rounds, length = codes.shape
-        self.batch, self.rounds, self.length, self.window = n, rounds, length, window_size
+        n, n_rounds, length = codes.shape
+        self.batch, self.n_rounds, self.length, self.window = n, n_rounds, length, window_size
         self.n_windows = -(-length // window_size)
         self.padded = self.n_windows * window_size
         pad = self.padded - length
@@ -144,28 +120,27 @@ class _Plan:
         ring = torch.cat([slots[-window_size:], slots, slots[:window_size]])
         # gather_ext[b, j]: pixel at extended sorted slot j (its middle P entries are the padded sorted
         # sequence); order[b, j]: pixel at sorted slot j < L; rank[b, l]: sorted slot of pixel l.
-        self.gather_ext = order[..., padded_source[ring]].reshape(n * rounds, self.extended)
-        self.order = order.reshape(n * rounds, length)
+        self.gather_ext = order[..., padded_source[ring]].reshape(n * n_rounds, self.extended)
+        self.order = order.reshape(n * n_rounds, length)
         self.rank = torch.empty_like(self.order).scatter_(1, self.order, positions.expand_as(self.order))
         self._scratch: dict[tuple, Tensor] = {}
         self._weights_cast: dict[torch.dtype, Tensor] = {}
 
     @property
     def slots(self) -> int:
-        return self.batch * self.rounds
+        return self.batch * self.n_rounds
 
     @property
     def extended(self) -> int:
         """Rows of an extended sequence: the padded length plus one window on either side."""
         return self.padded + 2 * self.window
 
-    def scratch(self, name: str, rows: int, channels: int, dtype: torch.dtype, channels_first: bool,
-                like: Tensor) -> Tensor:
-        """A reusable (rows, channels) buffer; never handed out of this module."""
-        key = (name, rows, channels, dtype, channels_first, like.device)
+    def scratch(self, name: str, rows: int, channels: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A reusable contiguous (rows, channels) buffer; never handed out of this module."""
+        key = (name, rows, channels, dtype, device)
         buf = self._scratch.get(key)
         if buf is None:
-            buf = self._scratch[key] = _empty((rows, channels), channels_first, like, dtype)
+            buf = self._scratch[key] = torch.empty((rows, channels), dtype=dtype, device=device)
         return buf
 
     def weights_as(self, weights: Tensor, dtype: torch.dtype) -> Tensor:
@@ -177,9 +152,9 @@ class _Plan:
             cast = self._weights_cast[dtype] = weights.detach().to(dtype)
         return cast
 
-    def windows(self, x: Tensor, per_window: int | None = None) -> Tensor:
-        """(nW * per_window, c) -> (nW, per_window, c) view; ``per_window`` defaults to the window size."""
-        return x.unflatten(0, (self.n_windows, per_window or self.window))
+    def windows(self, x: Tensor) -> Tensor:
+        """(nW * w, c) -> (nW, w, c) view."""
+        return x.unflatten(0, (self.n_windows, self.window))
 
     def middle(self, x_ext: Tensor) -> Tensor:
         """Extended rows ((nW + 2) * w, c) -> the padded sorted sequence (P, c) they contain (a view)."""
@@ -193,11 +168,11 @@ class _Plan:
 
 
 def _normalize_backward(x: Tensor, grad: Tensor) -> Tensor:
-    """Gradient of ``F.normalize(x, dim=-1, eps=NORMALIZE_EPS)`` w.r.t. ``x``."""
+    """Gradient of ``F.normalize(x, dim=-1, eps=KEY_NORM_EPS)`` w.r.t. ``x``."""
     norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    denom = norm.clamp_min(NORMALIZE_EPS)
+    denom = norm.clamp_min(KEY_NORM_EPS)
     unit = x / denom
-    radial = (unit * grad).sum(-1, keepdim=True) * (norm >= NORMALIZE_EPS)
+    radial = (unit * grad).sum(-1, keepdim=True) * (norm >= KEY_NORM_EPS)
     return (grad - unit * radial) / denom
 
 
@@ -220,9 +195,9 @@ class _BuildWeights(torch.autograd.Function):
             raw_low = embed.new_empty((n_windows, w, 3 * w), dtype=compute_dtype)
         with torch.autocast(embed.device.type, enabled=False):
             for b in range(plan.slots):
-                _take(source[b // plan.rounds], plan.gather_ext[b], gathered)
+                _take(source[b // plan.n_rounds], plan.gather_ext[b], gathered)
                 queries = plan.windows(plan.middle(gathered).to(compute_dtype))
-                keys = F.normalize(gathered.to(float_dtype), p=2, dim=-1, eps=NORMALIZE_EPS).to(compute_dtype)
+                keys = F.normalize(gathered.to(float_dtype), p=2, dim=-1, eps=KEY_NORM_EPS).to(compute_dtype)
                 raw = weights[b] if raw_low is None else raw_low
                 torch.bmm(queries, plan.triples(keys).transpose(1, 2), out=raw)
                 if raw_low is not None:
@@ -249,9 +224,9 @@ class _BuildWeights(torch.autograd.Function):
         d_embed = torch.zeros(embed.shape, dtype=weights.dtype, device=embed.device)
         gathered = embed.new_empty((plan.extended, channels))
         for b in range(plan.slots):
-            _take(source[b // plan.rounds], plan.gather_ext[b], gathered)
+            _take(source[b // plan.n_rounds], plan.gather_ext[b], gathered)
             x_float = gathered.to(weights.dtype)
-            keys = F.normalize(x_float, p=2, dim=-1, eps=NORMALIZE_EPS)
+            keys = F.normalize(x_float, p=2, dim=-1, eps=KEY_NORM_EPS)
             # Softmax backward: d_raw = W * (dW - sum(dW * W)) + W * d_lse.
             w_b = weights[b]
             if d_weights is None:
@@ -268,41 +243,32 @@ class _BuildWeights(torch.autograd.Function):
             _scatter_triples(d_keys, d_raw, plan.windows(plan.middle(gathered).to(cd)), plan.window)
             d_total = _normalize_backward(x_float, d_keys.to(x_float.dtype))
             plan.middle(d_total).add_(d_queries)
-            d_embed[b // plan.rounds].index_add_(0, plan.gather_ext[b], d_total)
+            d_embed[b // plan.n_rounds].index_add_(0, plan.gather_ext[b], d_total)
         return d_embed.to(embed.dtype), None, None, None
 
 
 class _ApplyWeights(torch.autograd.Function):
     """Attention weights and values (N, L, Cv) -> per-round outputs in pixel order.
 
-    Output shape (N, L, Cv) for one round, (N, R, L, Cv) otherwise; same dtype and memory layout as the values.
+    Output shape (N, L, Cv) for one round, (N, R, L, Cv) otherwise; contiguous, in the dtype of the values.
     """
 
     @staticmethod
     def forward(ctx, weights: Tensor, values: Tensor, plan: _Plan, compute_dtype: torch.dtype):
         ctx.set_materialize_grads(False)
-        channels_first = _is_channels_first(values)
         source = values.to(compute_dtype)
         cv = values.shape[-1]
         mixing = plan.weights_as(weights, compute_dtype)
-        # Sorted values keep the caller's layout (a cheap gather); the products write row-major.
-        gathered = plan.scratch('values', plan.extended, cv, compute_dtype, channels_first, values)
-        mixed = plan.scratch('mixed', plan.padded, cv, compute_dtype, False, values)
-        shape = (plan.batch, plan.length, cv) if plan.rounds == 1 else (plan.batch, plan.rounds, plan.length, cv)
-        out = _empty(shape, channels_first, values, values.dtype)
+        gathered = plan.scratch('values', plan.extended, cv, compute_dtype, values.device)
+        mixed = plan.scratch('mixed', plan.padded, cv, compute_dtype, values.device)
+        shape = (plan.batch, plan.length, cv) if plan.n_rounds == 1 else (plan.batch, plan.n_rounds, plan.length, cv)
+        out = values.new_empty(shape)
         with torch.autocast(values.device.type, enabled=False):
             for b in range(plan.slots):
-                n, r = divmod(b, plan.rounds)
+                n, r = divmod(b, plan.n_rounds)
                 _take(source[n], plan.gather_ext[b], gathered)
                 torch.bmm(mixing[b], plan.triples(gathered), out=plan.windows(mixed))
-                target = out[n] if plan.rounds == 1 else out[n, r]
-                if channels_first:
-                    unsorted = plan.scratch('unsorted', plan.length, cv, compute_dtype, False, values)
-                    torch.index_select(mixed, 0, plan.rank[b], out=unsorted)
-                    # Copy kernels are fastest with a contiguous destination: transpose both sides.
-                    target.t().copy_(unsorted.t())
-                else:
-                    _take(mixed, plan.rank[b], target)
+                _take(mixed, plan.rank[b], out[n] if plan.n_rounds == 1 else out[n, r])
         ctx.save_for_backward(weights, values)
         ctx.plan, ctx.compute_dtype = plan, compute_dtype
         return out
@@ -327,10 +293,10 @@ class _ApplyWeights(torch.autograd.Function):
         # Backward-only buffers are fresh, not scratch: they should not outlive the backward pass.
         d_sorted = values.new_empty((plan.padded, cv), dtype=cd)
         for b in range(plan.slots):
-            n, r = divmod(b, plan.rounds)
+            n, r = divmod(b, plan.n_rounds)
             # Padded rows were dropped in forward: their gradient is zero.
             d_sorted[length:].zero_()
-            _take(d_out[n] if plan.rounds == 1 else d_out[n, r], plan.order[b], d_sorted[:length])
+            _take(d_out[n] if plan.n_rounds == 1 else d_out[n, r], plan.order[b], d_sorted[:length])
             if want_weights:
                 gathered = source[n].index_select(0, plan.gather_ext[b])
                 target = d_weights[b] if d_raw_low is None else d_raw_low
@@ -351,26 +317,14 @@ class SparsePattern:
     """A learnable sparse attention pattern, reusable for any number of value tensors.
 
     Attributes:
-        weights: (N * rounds, nW, window, 3 * window) softmax weights of every sorted window over the
-            keys of [itself | previous | next window]; part of the autograd graph of the embeddings.
-        round_probs: (N, rounds, L) softmax over rounds of each position's log-sum-exp, None for one round.
+        weights: (N * n_rounds, nW, window, 3 * window) softmax weights of every sorted window over the
+            keys of [previous | itself | next window]; part of the autograd graph of the embeddings.
+        round_probs: (N, n_rounds, L) softmax over rounds of each position's log-sum-exp, None for one round.
     """
 
     weights: Tensor
     round_probs: Tensor | None
     plan: _Plan = field(repr=False)
-
-    @property
-    def n_rounds(self) -> int:
-        return self.plan.rounds
-
-    @property
-    def window_size(self) -> int:
-        return self.plan.window
-
-    @property
-    def length(self) -> int:
-        return self.plan.length
 
 
 def build_pattern(embed: Tensor, codes: Tensor, window_size: int) -> SparsePattern:
@@ -387,19 +341,18 @@ def build_pattern(embed: Tensor, codes: Tensor, window_size: int) -> SparsePatte
         raise ValueError(f'need window_size >= 1 and L >= 1, got {window_size} and {length}')
     plan = _Plan(codes.detach(), window_size)
     float_dtype = torch.promote_types(embed.dtype, torch.float32)
-    weights, lse = _BuildWeights.apply(embed, plan, plan.rounds > 1, _compute_dtype(embed, float_dtype))
+    weights, lse = _BuildWeights.apply(embed, plan, plan.n_rounds > 1, _compute_dtype(embed, float_dtype))
     round_probs = None
-    if plan.rounds > 1:
-        lse_pixels = lse.view(n, plan.rounds, plan.padded).gather(2, plan.rank.view(n, plan.rounds, length))
+    if plan.n_rounds > 1:
+        lse_pixels = lse.view(n, plan.n_rounds, plan.padded).gather(2, plan.rank.view(n, plan.n_rounds, length))
         round_probs = torch.softmax(lse_pixels, dim=1)
     return SparsePattern(weights, round_probs, plan)
 
 
 def apply_pattern(pattern: SparsePattern, values: Tensor) -> Tensor:
-    """Attend ``values`` (N, L, Cv) with ``pattern``; returns (N, L, Cv), rounds combined.
+    """Attend ``values`` (N, L, Cv) with ``pattern``; returns (N, L, Cv), contiguous, rounds combined.
 
-    The result has the memory layout of ``values``: for the transposed view of a contiguous
-    (N, Cv, L) tensor it is again such a view, so ``out.transpose(1, 2).view(N, Cv, H, W)`` is free.
+    Row-major values (channels-last features) are the fast case; any other strides work too.
     """
     plan = pattern.plan
     if values.dim() != 3 or values.shape[0] != plan.batch or values.shape[1] != plan.length:

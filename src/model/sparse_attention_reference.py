@@ -1,6 +1,7 @@
 """Learnable sparse attention, written plainly: the test oracle for the fast implementation.
 
-Functional API (``model.sparse_attention`` implements the same two functions):
+Functional API (``model.attention_interface.SparseAttention``; ``model.sparse_attention`` implements
+the same two functions):
 
 * ``build_pattern(embed, codes, window_size)`` sorts the positions by cluster, cuts the sorted
   sequence into windows, and computes the softmax weights of every position over the keys of its
@@ -18,7 +19,7 @@ Semantics (those of the official LCoAN, with two deliberate generalisations):
   code does; the cyclic form also covers images with fewer positions than ``pad`` (where the
   official code fails).
 * Queries are the sorted embeddings; keys are the same embeddings L2-normalised
-  (``eps = 5e-5``). Window ``w`` attends to the keys and values of windows ``w``, ``w - 1`` and
+  (``eps = KEY_NORM_EPS``). Window ``w`` attends to the keys and values of windows ``w``, ``w - 1`` and
   ``w + 1`` (cyclically), so a key that lies in two of those windows (or in all three, when there
   are only one or two windows) is counted once per occurrence.
 * ``lse`` is the logsumexp of a query's scores; the weights are ``exp(score - lse)``. Outputs of
@@ -35,14 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-KEY_NORM_EPS = 5e-5
+from model.attention_interface import KEY_NORM_EPS
 
 
 @dataclass(frozen=True)
 class SparsePattern:
     """The attention pattern of one batch: which values each position mixes, and with which weights.
 
-    Shapes use ``N`` batch, ``R`` rounds, ``L`` positions, ``W`` windows, ``S`` window size.
+    Shapes use ``N`` batch, ``R`` k-means rounds, ``L`` positions, ``W`` windows, ``S`` window size.
     """
 
     order: Tensor  # (N, R, W*S) position held by each slot of the padded sorted sequence
@@ -80,7 +81,7 @@ def build_pattern(embed: Tensor, codes: Tensor, window_size: int) -> SparsePatte
     if window_size <= 0:
         raise ValueError(f'window_size must be positive, got {window_size}')
     n, length, _ = embed.shape
-    rounds = codes.shape[1]
+    n_rounds = codes.shape[1]
     device = embed.device
     with torch.autocast(device_type=device.type, enabled=False):
         e = embed.to(_compute_dtype(embed.dtype))
@@ -89,7 +90,7 @@ def build_pattern(embed: Tensor, codes: Tensor, window_size: int) -> SparsePatte
         slots = torch.arange(length + pad, device=device)
         source_slot = torch.where(slots < length, slots, (slots - pad) % length)
         order = sorted_positions[:, :, source_slot]  # (N, R, W*S)
-        windows = order.view(n, rounds, -1, window_size)  # (N, R, W, S)
+        windows = order.view(n, n_rounds, -1, window_size)  # (N, R, W, S)
         key_index = torch.cat([windows, windows.roll(1, dims=2), windows.roll(-1, dims=2)], dim=-1)
 
         queries = _gather(e, windows)  # (N, R, W, S, C)
@@ -100,7 +101,7 @@ def build_pattern(embed: Tensor, codes: Tensor, window_size: int) -> SparsePatte
 
         undo = torch.empty_like(sorted_positions)
         undo.scatter_(-1, sorted_positions, torch.arange(length, device=device).expand_as(sorted_positions))
-        lse = lse_slots.reshape(n, rounds, -1)[:, :, :length].gather(-1, undo)
+        lse = lse_slots.reshape(n, n_rounds, -1)[:, :, :length].gather(-1, undo)
         round_weights = torch.softmax(lse, dim=1)
     return SparsePattern(order=order, undo=undo, key_index=key_index, weights=weights, lse=lse,
                          round_weights=round_weights)
