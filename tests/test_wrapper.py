@@ -23,7 +23,7 @@ HAVE_LCOAN = importlib.util.find_spec('model.lcoan') is not None
 
 
 class Log:
-    """The part of ``utility.checkpoint`` the wrapper uses."""
+    """The part of ``run_folder.checkpoint`` the wrapper uses."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
