@@ -9,7 +9,7 @@ import distributed
 import loss
 import model
 import option
-import utility
+import run_folder
 from errors import UserError
 from trainer import Trainer
 
@@ -17,7 +17,7 @@ from trainer import Trainer
 def run(args) -> None:
     """Train and/or evaluate in this process (one of several under torch.distributed)."""
     torch.manual_seed(args.seed)
-    ckp = utility.checkpoint(args)
+    ckp = run_folder.checkpoint(args)
     loader = data.Data(args)
     net = model.Model(args, ckp)
     criterion = loss.Loss(args, ckp) if not args.test_only else None

@@ -101,7 +101,8 @@ def test_div2k_pairs_and_data_range(tmp_path):
     pairs = d.loader_train.dataset.pairs
     assert [p.name for p in pairs] == ['0002', '0003']
     assert pairs[0].hr == tmp_path / 'DIV2K' / 'DIV2K_train_HR' / '0002.png'
-    assert pairs[0].lr == (tmp_path / 'DIV2K' / 'DIV2K_train_LR_bicubic' / 'X2' / '0002x2.png',)
+    assert pairs[0].lr == tmp_path / 'DIV2K' / 'DIV2K_train_LR_bicubic' / 'X2' / '0002x2.png'
+    assert (pairs[0].hr_size, pairs[0].lr_size) == ((96, 120), (48, 60))
 
     loader = d.loader_test[0]
     assert (loader.dataset.name, loader.dataset.benchmark, loader.batch_size) == ('DIV2K', False, 1)
@@ -131,9 +132,6 @@ def test_benchmark_test_batches(tmp_path):
         assert np.array_equal(to8(hr[0], 1), images[name[0]])
         assert np.array_equal(to8(lr[0], 1), load(tmp_path / 'benchmark' / 'Set5' / 'LR_bicubic' / 'X2' /
                                                   f'{name[0]}x2.png'))
-    d.loader_test[0].dataset.set_scale(0)
-    with pytest.raises(IndexError):
-        d.loader_test[0].dataset.set_scale(1)
 
 
 def test_y_channel_and_rgb_range(tmp_path):
@@ -281,6 +279,23 @@ def test_sep_cache_is_built_memory_mapped_reset_and_refreshed(tmp_path, capsys):
     assert np.array_equal(np.load(npy), changed)
 
 
+def test_data_files_are_written_by_the_one_atomic_writer(tmp_path, monkeypatch):
+    # LR images, cache files and the Sample marker are fsynced before the rename (io_utils.atomic_write).
+    import io_utils
+    from data import storage
+    synced = []
+    fsync = os.fsync
+    monkeypatch.setattr(io_utils.os, 'fsync', lambda fd: synced.append(fd) or fsync(fd))
+    path = tmp_path / 'new' / 'folders' / 'x.png'
+    storage.save_png(path, photo(0))
+    assert np.array_equal(load(path), photo(0))
+    assert len(synced) == 2  # the file, then its folder
+    assert sorted(p.name for p in path.parent.iterdir()) == ['x.png']
+    with pytest.raises(OSError):
+        storage.save_png(tmp_path / 'new' / 'folders' / 'x.png' / 'y.png', photo(0))  # a file is in the way
+    assert np.array_equal(load(path), photo(0))
+
+
 def test_sep_cache_goes_to_user_cache_when_data_folder_is_read_only(tmp_path):
     make_benchmark(tmp_path, 'Set5', {'a': photo(0)})
     set5 = tmp_path / 'benchmark' / 'Set5'
@@ -307,7 +322,7 @@ def test_missing_lr_images_are_made_beside_or_in_user_cache(tmp_path, capsys):
     with pytest.warns(DataWarning):
         d = data.Data(parse(tmp_path, '--test_only'))
     assert 'read-only' in capsys.readouterr().out
-    made = d.loader_test[0].dataset.pairs[0].lr[0]
+    made = d.loader_test[0].dataset.pairs[0].lr
     assert made == tmp_path / 'user-cache' / 'lcoan' / 'lr' / lr_path.relative_to('/')
 
     made.unlink()

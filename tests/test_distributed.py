@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import conftest
-import utility
 from conftest import MAIN_ENV, SRC, main_command
+from io_utils import load_state
 
 pytestmark = pytest.mark.slow  # every test here starts two or more processes
 
@@ -74,8 +74,8 @@ def test_two_process_run_resumes_exactly(tmp_path):
     # Rank 0 alone writes: one log line per batch, not two.
     log = (tmp_path / 'exp' / 'straight' / 'log.txt').read_text()
     assert log.count('[Epoch 3]\tLearning rate') == 1 and log.count('[Sample x2]\tPSNR') == 3
-    ref = utility.load_state(tmp_path / 'exp' / 'straight' / 'training_state.pt')
-    got = utility.load_state(tmp_path / 'exp' / 'resumed' / 'training_state.pt')
+    ref = load_state(tmp_path / 'exp' / 'straight' / 'training_state.pt')
+    got = load_state(tmp_path / 'exp' / 'resumed' / 'training_state.pt')
     assert got['epoch'] == ref['epoch'] == 3
     assert torch.equal(got['loss_log'], ref['loss_log'])
     assert all(torch.equal(got['model'][k], ref['model'][k]) for k in ref['model'])

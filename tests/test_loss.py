@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import utility
+import distributed
 from errors import UserError
 from loss import Loss, parse_loss_spec
+from run_folder import plot_png
 
 
 def _loss(spec: str, rgb_range: int = 1) -> Loss:
@@ -98,7 +99,7 @@ def test_single_term_has_no_total_and_plots_are_written(tmp_path):
         loss.accept()
         loss.end_log()
 
-    ckp = SimpleNamespace(plot=lambda name, draw: utility._plot_png(tmp_path / name, draw))
+    ckp = SimpleNamespace(plot=lambda name, draw: plot_png(tmp_path / name, draw))
     loss.plot_loss(ckp)
     assert (tmp_path / 'loss_L1.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     two = _loss('1*L1+1*MSE')
@@ -108,3 +109,19 @@ def test_single_term_has_no_total_and_plots_are_written(tmp_path):
     two.end_log()
     two.plot_loss(ckp)
     assert {p.name for p in tmp_path.glob('loss_*.png')} == {'loss_L1.png', 'loss_MSE.png', 'loss_Total.png'}
+
+
+def test_all_reduce_sums_over_processes_when_distributed_is_initialized(monkeypatch):
+    loss = _loss('1*L1+1*MSE')
+    loss.start_log()
+    loss(*_pair())
+    loss.accept()
+    alone = loss.display_loss()
+    loss.all_reduce(torch.device('cpu'))  # one process: nothing to do
+    assert loss._count == 1
+    # Two processes with the same batch: sums and count double, so the means stay.
+    monkeypatch.setattr(distributed, 'is_initialized', lambda: True)
+    monkeypatch.setattr(torch.distributed, 'all_reduce', lambda t: t.mul_(2))
+    before = loss._sum.clone()
+    loss.all_reduce(torch.device('cpu'))
+    assert loss._count == 2 and torch.equal(loss._sum, 2 * before) and loss.display_loss() == alone

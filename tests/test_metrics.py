@@ -1,4 +1,4 @@
-"""PSNR/SSIM of utility.py against scikit-image with MATLAB's settings on real photographs."""
+"""PSNR/SSIM of metrics.py against scikit-image with MATLAB's settings on real photographs."""
 
 import math
 
@@ -10,7 +10,7 @@ from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.transform import resize
 
-import utility
+import metrics
 
 
 def _degraded_pair(image: np.ndarray, scale: int, seed: int, size: int = 120):
@@ -52,8 +52,8 @@ def test_benchmark_metrics_match_skimage_on_y(name, scale, rgb_range):
     hr, sr = _degraded_pair(getattr(skimage.data, name)(), scale, seed=scale)
     ref_psnr, ref_ssim = _reference(hr, sr, shave=scale, on_y=True)
     sr_t, hr_t = _to_tensor(sr, rgb_range), _to_tensor(hr / 255, rgb_range)
-    psnr = utility.calc_psnr(sr_t, hr_t, scale, rgb_range, benchmark=True)
-    ssim = utility.calc_ssim(sr_t, hr_t, scale, rgb_range, benchmark=True)
+    psnr = metrics.calc_psnr(sr_t, hr_t, scale, rgb_range, benchmark=True)
+    ssim = metrics.calc_ssim(sr_t, hr_t, scale, rgb_range, benchmark=True)
     assert 20 < ref_psnr < 45 and 0.5 < ref_ssim < 0.999  # a realistic, non-trivial degradation
     assert psnr == pytest.approx(ref_psnr, abs=1e-4)
     assert ssim == pytest.approx(ref_ssim, abs=1e-5)
@@ -64,10 +64,10 @@ def test_div2k_validation_psnr_is_rgb_with_scale_plus_6_shave():
     hr, sr = _degraded_pair(skimage.data.astronaut(), scale, seed=7)
     ref_psnr, ref_ssim = _reference(hr, sr, shave=scale + 6, on_y=True, psnr_on_rgb=True)
     sr_t, hr_t = _to_tensor(sr, 1), _to_tensor(hr / 255, 1)
-    assert utility.calc_psnr(sr_t, hr_t, scale, 1, benchmark=False) == pytest.approx(ref_psnr, abs=1e-4)
-    assert utility.calc_ssim(sr_t, hr_t, scale, 1, benchmark=False) == pytest.approx(ref_ssim, abs=1e-5)
+    assert metrics.calc_psnr(sr_t, hr_t, scale, 1, benchmark=False) == pytest.approx(ref_psnr, abs=1e-4)
+    assert metrics.calc_ssim(sr_t, hr_t, scale, 1, benchmark=False) == pytest.approx(ref_ssim, abs=1e-5)
     # The two protocols differ measurably on the same pair.
-    assert abs(utility.calc_psnr(sr_t, hr_t, scale, 1, benchmark=True) - ref_psnr) > 0.1
+    assert abs(metrics.calc_psnr(sr_t, hr_t, scale, 1, benchmark=True) - ref_psnr) > 0.1
 
 
 def test_one_channel_input_is_taken_as_y():
@@ -76,8 +76,8 @@ def test_one_channel_input_is_taken_as_y():
     ref_psnr, ref_ssim = _reference(hr, sr, shave=scale, on_y=False)
     sr_t, hr_t = _to_tensor(sr, 255), _to_tensor(hr / 255, 255)
     assert sr_t.shape == (1, 1, 120, 120)
-    assert utility.calc_psnr(sr_t, hr_t, scale, 255) == pytest.approx(ref_psnr, abs=1e-4)
-    assert utility.calc_ssim(sr_t, hr_t, scale, 255) == pytest.approx(ref_ssim, abs=1e-5)
+    assert metrics.calc_psnr(sr_t, hr_t, scale, 255) == pytest.approx(ref_psnr, abs=1e-4)
+    assert metrics.calc_ssim(sr_t, hr_t, scale, 255) == pytest.approx(ref_ssim, abs=1e-5)
 
 
 def test_y_conversion_and_shave():
@@ -86,28 +86,28 @@ def test_y_conversion_and_shave():
     sr = hr.clone()
     sr[:, 0] += 10 / 255  # +10 on R only
     expected = 10 * math.log10(255 ** 2 / (10 * 65.738 / 256) ** 2)
-    assert utility.calc_psnr(sr, hr, 2, 1) == pytest.approx(expected, abs=1e-9)
+    assert metrics.calc_psnr(sr, hr, 2, 1) == pytest.approx(expected, abs=1e-9)
     # Errors inside the shaved border are not counted.
     sr = hr.clone()
     sr[..., :2, :] = 0
     sr[..., :, -2:] = 1
-    assert utility.calc_psnr(sr, hr, 2, 1) == math.inf
-    assert utility.calc_psnr(sr, hr, 1, 1) < 20
+    assert metrics.calc_psnr(sr, hr, 2, 1) == math.inf
+    assert metrics.calc_psnr(sr, hr, 1, 1) < 20
     # SSIM is computed on Y with the +16 offset: a uniform image compares equal to itself.
-    assert utility.calc_ssim(hr, hr, 2, 1) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.calc_ssim(hr, hr, 2, 1) == pytest.approx(1.0, abs=1e-12)
 
 
 def test_sr_is_quantised_before_measuring():
     hr = torch.from_numpy(skimage.data.astronaut()[:48, :48].astype(np.float32) / 255).permute(2, 0, 1)[None]
     off_grid = hr + 0.3 / 255  # rounds back onto hr
-    assert utility.calc_psnr(off_grid, hr, 2, 1) == math.inf
-    assert utility.calc_ssim(off_grid, hr, 2, 1) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.calc_psnr(off_grid, hr, 2, 1) == math.inf
+    assert metrics.calc_ssim(off_grid, hr, 2, 1) == pytest.approx(1.0, abs=1e-12)
     clipped = hr.clone()
     clipped[0, :, 10, 10] = 2.0  # out of range: clamped to 255 first
     at_max = hr.clone()
     at_max[0, :, 10, 10] = 1.0
-    assert utility.calc_psnr(clipped, hr, 2, 1) == pytest.approx(utility.calc_psnr(at_max, hr, 2, 1), abs=1e-12)
-    assert utility.quantize(torch.tensor([0.1, 254.6, 300.0, -3.0]), 255).tolist() == [0.0, 255.0, 255.0, 0.0]
+    assert metrics.calc_psnr(clipped, hr, 2, 1) == pytest.approx(metrics.calc_psnr(at_max, hr, 2, 1), abs=1e-12)
+    assert metrics.quantize(torch.tensor([0.1, 254.6, 300.0, -3.0]), 255).tolist() == [0.0, 255.0, 255.0, 0.0]
 
 
 def test_batch_is_the_mean_of_per_image_values():
@@ -115,7 +115,7 @@ def test_batch_is_the_mean_of_per_image_values():
     b, sb = _degraded_pair(skimage.data.coffee(), 2, seed=2, size=64)
     hr = torch.cat([_to_tensor(a / 255, 1), _to_tensor(b / 255, 1)])
     sr = torch.cat([_to_tensor(sa, 1), _to_tensor(sb, 1)])
-    for fn in (utility.calc_psnr, utility.calc_ssim):
+    for fn in (metrics.calc_psnr, metrics.calc_ssim):
         single = [fn(sr[i:i + 1], hr[i:i + 1], 2, 1) for i in range(2)]
         assert fn(sr, hr, 2, 1) == pytest.approx(sum(single) / 2, abs=1e-12)
 
@@ -123,12 +123,69 @@ def test_batch_is_the_mean_of_per_image_values():
 def test_shape_errors():
     x = torch.zeros(1, 3, 32, 32)
     with pytest.raises(ValueError, match='differ in shape'):
-        utility.calc_psnr(x, torch.zeros(1, 3, 32, 30), 2, 1)
+        metrics.calc_psnr(x, torch.zeros(1, 3, 32, 30), 2, 1)
     with pytest.raises(ValueError, match='differ in shape'):
-        utility.calc_ssim(x, torch.zeros(1, 1, 32, 32), 2, 1)
+        metrics.calc_ssim(x, torch.zeros(1, 1, 32, 32), 2, 1)
     with pytest.raises(ValueError, match=r'\(N, C, H, W\)'):
-        utility.calc_psnr(x[0], x[0], 2, 1)
+        metrics.calc_psnr(x[0], x[0], 2, 1)
     with pytest.raises(ValueError, match='too small'):
-        utility.calc_psnr(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), 4, 1)
+        metrics.calc_psnr(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), 4, 1)
     with pytest.raises(ValueError, match='SSIM window'):
-        utility.calc_ssim(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16), 3, 1)
+        metrics.calc_ssim(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16), 3, 1)
+
+
+@pytest.mark.parametrize('name, crop_border, rgb_range', [('astronaut', 0, 1), ('coffee', 5, 255)])
+def test_explicit_arguments_match_skimage_on_rgb(name, crop_border, rgb_range):
+    # BasicSR's interface: any crop_border, every RGB channel (test_y_channel=False); SSIM is the channel mean.
+    hr, sr = _degraded_pair(getattr(skimage.data, name)(), 2, seed=11)
+    sr_u8 = np.clip(np.round(sr * np.float32(255)), 0, 255).astype(np.uint8)
+    c = slice(crop_border, hr.shape[0] - crop_border)
+    ref_psnr = peak_signal_noise_ratio(hr[c, c].astype(np.float64), sr_u8[c, c].astype(np.float64), data_range=255)
+    ref_ssim = structural_similarity(hr[c, c].astype(np.float64), sr_u8[c, c].astype(np.float64), channel_axis=2,
+                                     gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255)
+    sr_t, hr_t = _to_tensor(sr, rgb_range), _to_tensor(hr / 255, rgb_range)
+    kwargs = dict(rgb_range=rgb_range, crop_border=crop_border, test_y_channel=False)
+    assert 20 < ref_psnr < 45 and 0.5 < ref_ssim < 0.999
+    assert metrics.psnr(sr_t, hr_t, **kwargs) == pytest.approx(ref_psnr, abs=1e-4)
+    assert metrics.ssim(sr_t, hr_t, **kwargs) == pytest.approx(ref_ssim, abs=1e-5)
+    # test_y_channel=True measures skimage's Y instead, a different number on the same pair.
+    ref_y = peak_signal_noise_ratio(rgb2ycbcr(hr)[c, c, 0], rgb2ycbcr(sr_u8)[c, c, 0], data_range=255)
+    y_psnr = metrics.psnr(sr_t, hr_t, rgb_range=rgb_range, crop_border=crop_border, test_y_channel=True)
+    assert y_psnr == pytest.approx(ref_y, abs=1e-4) and abs(y_psnr - ref_psnr) > 0.1
+
+
+def test_protocols_are_the_explicit_functions():
+    hr, sr = _degraded_pair(skimage.data.chelsea(), 3, seed=5, size=96)
+    sr_t, hr_t = _to_tensor(sr, 1), _to_tensor(hr / 255, 1)
+    assert metrics.calc_psnr(sr_t, hr_t, 3, 1) == metrics.psnr(sr_t, hr_t, rgb_range=1, crop_border=3,
+                                                               test_y_channel=True)
+    assert metrics.calc_psnr(sr_t, hr_t, 3, 1, benchmark=False) == metrics.psnr(
+        sr_t, hr_t, rgb_range=1, crop_border=9, test_y_channel=False)
+    assert metrics.calc_ssim(sr_t, hr_t, 3, 1, benchmark=False) == metrics.ssim(
+        sr_t, hr_t, rgb_range=1, crop_border=9, test_y_channel=True)
+    with pytest.raises(ValueError, match='crop_border -1: must not be negative'):
+        metrics.psnr(sr_t, hr_t, rgb_range=1, crop_border=-1, test_y_channel=True)
+    with pytest.raises(TypeError):
+        metrics.psnr(sr_t, hr_t, 1, 3, True)  # keyword-only: no silent swap of rgb_range and crop_border
+
+
+def test_utility_keeps_the_edsr_names():
+    import run_folder
+    import timing
+    from utility import calc_psnr, calc_ssim, checkpoint, quantize, timer
+    assert (calc_psnr, calc_ssim, quantize) == (metrics.calc_psnr, metrics.calc_ssim, metrics.quantize)
+    assert checkpoint is run_folder.checkpoint and timer is timing.timer
+    hr = torch.full((1, 3, 20, 20), 100 / 255)
+    sr = hr.clone()
+    sr[:, 0] += 10 / 255
+    assert calc_psnr(sr, hr, 2, 1) == pytest.approx(10 * math.log10(255 ** 2 / (10 * 65.738 / 256) ** 2), abs=1e-9)
+    assert calc_ssim(hr, hr, 2, 1) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_data_and_metrics_share_the_y_coefficients():
+    from data.common import rgb_to_y
+    rgb = skimage.data.astronaut()[:40, :40]
+    y = torch.from_numpy(rgb_to_y(rgb)[..., 0].astype(np.float64))
+    expected = metrics._luma(torch.from_numpy(rgb).permute(2, 0, 1)[None].double())[0, 0]
+    assert torch.equal(y, torch.floor(expected + 0.5))
+    assert np.array_equal(rgb_to_y(rgb)[..., 0], np.round(rgb2ycbcr(rgb)[..., 0]).astype(np.uint8))

@@ -18,11 +18,16 @@ from torch.utils.data import DataLoader, Dataset
 
 import conftest
 import option
-import utility
 from conftest import MAIN_ENV, SRC, main_command
 from errors import UserError
+from io_utils import atomic_save, load_state
 from loss import Loss
+from metrics import quantize
+from optim import make_optimizer
+from rng import get_rng_state, seed_everything, set_rng_state
+from run_folder import checkpoint
 from trainer import Trainer
+from training import tables
 
 PHOTOS = (skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea())
 
@@ -41,11 +46,8 @@ class PairSet(Dataset):
             photo = PHOTOS[i % len(PHOTOS)]
             y, x = 50 + 17 * (i + offset), 80 + 23 * (i + offset)
             hr = torch.from_numpy(photo[y:y + size, x:x + size].copy()).permute(2, 0, 1).float() / 255
-            lr = utility.quantize(F.avg_pool2d(hr[None], 2)[0], 1)
+            lr = quantize(F.avg_pool2d(hr[None], 2)[0], 1)
             self.items.append((lr, hr, f'{name.lower()}{i:02d}'))
-
-    def set_scale(self, idx_scale: int) -> None:
-        assert idx_scale == 0
 
     def __len__(self) -> int:
         return len(self.items)
@@ -75,7 +77,7 @@ class Wrapper(nn.Module):
         super().__init__()
         self.model = Net()
 
-    def forward(self, lr, idx_scale=0):
+    def forward(self, lr):
         return self.model(lr)
 
     def get_model(self):
@@ -98,7 +100,7 @@ def make_data(train_items=None, batch_size=2) -> SimpleNamespace:
 
 def make_trainer(args, data=None, seed=0):
     torch.manual_seed(seed)
-    ckp = utility.checkpoint(args)
+    ckp = checkpoint(args)
     model = Wrapper()
     loss = Loss(args, ckp) if not args.test_only else None
     return Trainer(args, data or make_data(), model, loss, ckp), ckp, model
@@ -130,7 +132,7 @@ def log_text(ckp):
 ])
 def test_optimizer_choices(tmp_path, name, extra, cls, expected):
     args = make_args(tmp_path, '--optimizer', name, *extra)
-    opt = utility.make_optimizer(args, Net().parameters())
+    opt = make_optimizer(args, Net().parameters())
     assert type(opt) is cls
     group = opt.param_groups[0]
     assert {k: group[k] for k in expected} == expected
@@ -164,7 +166,7 @@ def test_nan_and_huge_loss_batches_are_skipped(tmp_path):
     data.loader_train = DataLoader(data.loader_train.dataset, batch_size=1, shuffle=False)
     trainer, ckp, model = make_trainer(args, data)
     trainer.train()
-    assert trainer.skipped == 2
+    assert trainer.step.skipped == 2
     assert all(torch.isfinite(v).all() for v in model.get_model().state_dict().values())
 
     # The same run without the bad batches ends with bit-identical weights and loss log.
@@ -181,7 +183,7 @@ def test_nan_and_huge_loss_batches_are_skipped(tmp_path):
     assert '[Epoch 1, batch 3] skipped: loss' in text and 'exceeds --skip_threshold 10' in text
     assert ', 2 of 4 batches skipped' in text
     trainer.test()
-    assert utility.load_state(ckp.get_path('training_state.pt'))['skipped'] == 2
+    assert load_state(ckp.get_path('training_state.pt'))['skipped'] == 2
 
 
 @pytest.mark.parametrize('gclip', [0, 0.5])
@@ -197,15 +199,15 @@ def test_nonfinite_gradient_batch_is_skipped(tmp_path, gclip):
     trainer, ckp, model = trainer_on(tmp_path, [items[0], items[1]])
     calls, forward = [], model.forward
 
-    def poisoned(lr, idx_scale=0):  # a finite loss whose gradient overflows on the second batch
-        sr = forward(lr, idx_scale)
+    def poisoned(lr):  # a finite loss whose gradient overflows on the second batch
+        sr = forward(lr)
         calls.append(1)
         if len(calls) == 2:
             sr.register_hook(lambda g: g * math.inf)
         return sr
     model.forward = poisoned
     trainer.train()
-    assert trainer.skipped == 1
+    assert trainer.step.skipped == 1
     assert '[Epoch 1, batch 2] skipped: gradient norm is nan' in log_text(ckp)
 
     ref, _, ref_model = trainer_on(tmp_path / 'ref', [items[0]])
@@ -236,9 +238,9 @@ def test_mixed_precision_training(tmp_path, device, precision, dtype):
     model.get_model().body.register_forward_hook(lambda mod, inp, out: seen.append((mod.training, out.dtype)))
     run_epochs(trainer, 1)
     assert {dt for training, dt in seen if training} == {dtype}  # autocast in training too
-    assert trainer.scaler.is_enabled() == (precision == 'half')
-    assert trainer.skipped == 0 and torch.isfinite(trainer.loss.log).all()
-    state = utility.load_state(ckp.get_path('training_state.pt'))
+    assert trainer.step.scaler.is_enabled() == (precision == 'half')
+    assert trainer.step.skipped == 0 and torch.isfinite(trainer.loss.log).all()
+    state = load_state(ckp.get_path('training_state.pt'))
     assert (state['scaler'] is not None) == (precision == 'half')
     assert all(v.dtype == torch.float32 for k, v in state['model'].items() if k != 'seen')
 
@@ -249,7 +251,7 @@ def test_mixed_precision_training(tmp_path, device, precision, dtype):
 
 def test_atomic_save_keeps_the_old_file_when_the_writer_dies(tmp_path, monkeypatch):
     path = tmp_path / 'model_latest.pt'
-    utility.atomic_save({'w': torch.arange(4)}, path)
+    atomic_save({'w': torch.arange(4)}, path)
     old = path.read_bytes()
 
     def dying_save(obj, f):
@@ -258,36 +260,39 @@ def test_atomic_save_keeps_the_old_file_when_the_writer_dies(tmp_path, monkeypat
 
     monkeypatch.setattr(torch, 'save', dying_save)
     with pytest.raises(KeyboardInterrupt):
-        utility.atomic_save({'w': torch.zeros(4)}, path)
+        atomic_save({'w': torch.zeros(4)}, path)
     assert path.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ['model_latest.pt']
     monkeypatch.undo()
-    assert torch.equal(utility.load_state(path)['w'], torch.arange(4))
+    assert torch.equal(load_state(path)['w'], torch.arange(4))
 
 
 def test_load_state_errors_name_the_file(tmp_path):
-    with pytest.raises(UserError, match=f'^{tmp_path / "missing.pt"}: no such checkpoint file$'):
-        utility.load_state(tmp_path / 'missing.pt')
+    with pytest.raises(UserError, match=f'^training state {tmp_path / "missing.pt"}: no such file$'):
+        load_state(tmp_path / 'missing.pt', what='training state')
+    with pytest.raises(UserError, match=f'^checkpoint {tmp_path}: not a file$'):
+        load_state(tmp_path)
     good = tmp_path / 'good.pt'
-    utility.atomic_save({'w': torch.ones(1000)}, good)
+    atomic_save({'w': torch.ones(1000)}, good)
     torn = tmp_path / 'torn.pt'
     torn.write_bytes(good.read_bytes()[:300])
-    with pytest.raises(UserError, match=f'^{torn}: not a readable checkpoint'):
-        utility.load_state(torn)
+    with pytest.raises(UserError, match=f'^checkpoint {torn}: not a PyTorch checkpoint or cut short'):
+        load_state(torn)
     unsafe = tmp_path / 'unsafe.pt'
     torch.save({'f': SimpleNamespace()}, unsafe)  # needs weights_only=False: refused
-    with pytest.raises(UserError, match=f'^{unsafe}: not a readable checkpoint'):
-        utility.load_state(unsafe)
+    with pytest.raises(UserError, match=f'^checkpoint {unsafe}: refused: it holds pickled objects other than '
+                                        'tensors \\(types.SimpleNamespace\\)'):
+        load_state(unsafe)
 
 
 def test_rng_state_loads_with_weights_only(tmp_path):
     gen = torch.Generator().manual_seed(5)
-    utility.seed_everything(3, gen)
+    seed_everything(3, gen)
     torch.randn(3), np.random.rand(), __import__('random').random(), np.random.randn()
-    utility.atomic_save(utility.get_rng_state(gen), tmp_path / 'rng.pt')
+    atomic_save(get_rng_state(gen), tmp_path / 'rng.pt')
     expected = (torch.randn(3), np.random.rand(2), __import__('random').random(), torch.randn(2, generator=gen))
-    utility.seed_everything(99)
-    utility.set_rng_state(utility.load_state(tmp_path / 'rng.pt'), gen)
+    seed_everything(99)
+    set_rng_state(load_state(tmp_path / 'rng.pt'), gen)
     got = (torch.randn(3), np.random.rand(2), __import__('random').random(), torch.randn(2, generator=gen))
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
     assert got[2] == expected[2] and torch.equal(got[3], expected[3])
@@ -295,25 +300,25 @@ def test_rng_state_loads_with_weights_only(tmp_path):
 
 def test_run_folder_checks(tmp_path):
     with pytest.raises(UserError, match="^--load 'nope': no run folder"):
-        utility.checkpoint(make_args(tmp_path, '--load', 'nope'))
+        checkpoint(make_args(tmp_path, '--load', 'nope'))
     with pytest.raises(UserError, match='^--resume -1: needs --load'):
-        utility.checkpoint(make_args(tmp_path, '--resume', '-1'))
+        checkpoint(make_args(tmp_path, '--resume', '-1'))
     with pytest.raises(UserError, match="^--save '../x': a run name, not a path"):
-        utility.checkpoint(make_args(tmp_path, '--save', '../x'))
+        checkpoint(make_args(tmp_path, '--save', '../x'))
     trainer, ckp, _ = make_trainer(make_args(tmp_path, '--epochs', '1'))
     run_epochs(trainer, 1)
     ckp.done()
     stale = ckp.get_path('model', '.model_latest.pt.tmp-999')  # left by a writer killed mid-write
     stale.write_bytes(b'PK')
-    utility.checkpoint(make_args(tmp_path, '--load', 'run', '--test_only')).done()
+    checkpoint(make_args(tmp_path, '--load', 'run', '--test_only')).done()
     assert not stale.exists()
     with pytest.raises(UserError, match="^--save 'run': .* holds a run already; continue it with --load run"):
-        utility.checkpoint(make_args(tmp_path))
+        checkpoint(make_args(tmp_path))
     with pytest.raises(UserError, match="^--pre_train 'x.pt' and --resume -1: choose one"):
-        utility.checkpoint(make_args(tmp_path, '--load', 'run', '--resume', '-1', '--pre_train', 'x.pt'))
+        checkpoint(make_args(tmp_path, '--load', 'run', '--resume', '-1', '--pre_train', 'x.pt'))
     with pytest.raises(UserError, match='^--reset and --resume -1: choose one'):
-        utility.checkpoint(make_args(tmp_path, '--load', 'run', '--resume', '-1', '--reset'))
-    fresh = utility.checkpoint(make_args(tmp_path, '--reset'))
+        checkpoint(make_args(tmp_path, '--load', 'run', '--resume', '-1', '--reset'))
+    fresh = checkpoint(make_args(tmp_path, '--reset'))
     assert not fresh.get_path('training_state.pt').exists()
     assert fresh.get_path('log.txt').read_text() == ''
     fresh.done()
@@ -339,10 +344,19 @@ def test_outputs_and_in_process_resume(tmp_path):
     psnr, _, bicubic_psnr, bicubic_ssim = (float(v) for v in rows[1].split(',')[1:])
     assert 20 < psnr < 60 and 20 < bicubic_psnr < 60 and 0.5 < bicubic_ssim <= 1
     assert '[Set5 x2]\tPSNR: ' in log_text(ckp) and '(Best: ' in log_text(ckp)
+    # psnr_log.csv: one row per epoch and set, the scale in its own column; the same numbers as the state.
+    saved = load_state(d / 'training_state.pt')
+    assert saved['format'] == 2 and saved['scale'] == 2 and saved['psnr_log'].shape == (2, 1)
+    log_rows = [line.split(',') for line in (d / 'psnr_log.csv').read_text().splitlines()]
+    assert log_rows[0] == ['epoch', 'set', 'scale', 'psnr', 'ssim'] and len(log_rows) == 3
+    assert [r[:3] for r in log_rows[1:]] == [['1', 'Set5', '2'], ['2', 'Set5', '2']]
+    assert float(log_rows[2][3]) == pytest.approx(saved['psnr_log'][1, 0].item(), abs=1e-6)
+    assert float(log_rows[2][4]) == pytest.approx(saved['ssim_log'][1, 0].item(), abs=1e-6)
+    assert float(log_rows[2][3]) == pytest.approx(trainer.psnr_log[1, 0].item(), abs=1e-6)
     # print_every lines: samples, each term's running mean, model + data time.
     assert len(re.findall(r'^\[4/8\]\t\[L1: \d\.\d{4}\]\[MSE: \d\.\d{4}\]\[Total: \d\.\d{4}\]\t\d+\.\d\+\d+\.\ds$',
                           log_text(ckp), flags=re.M)) == 2
-    assert torch.equal(utility.load_state(d / 'model/model_2.pt')['body.weight'], model.get_model().body.weight)
+    assert torch.equal(load_state(d / 'model/model_2.pt')['body.weight'], model.get_model().body.weight)
 
     # Resume from the latest state with a different --lr: the run's schedule and logs are kept.
     resumed, rckp, rmodel = make_trainer(make_args(tmp_path, '--load', 'run', '--resume', '-1', '--lr', '5',
@@ -366,10 +380,84 @@ def test_outputs_and_in_process_resume(tmp_path):
     from_1, ckp1, model1 = make_trainer(make_args(tmp_path, '--load', 'run', '--resume', '1', '--loss',
                                                   '1*L1+0.5*MSE'))
     assert from_1.epoch == 1 and from_1.loss.log.shape == (1, 3)
-    assert torch.equal(model1.get_model().body.weight, utility.load_state(d / 'model/model_1.pt')['body.weight'])
+    assert torch.equal(model1.get_model().body.weight, load_state(d / 'model/model_1.pt')['body.weight'])
     ckp1.done()
     with pytest.raises(UserError, match="^--loss '1\\*L1': the run in .* was trained with terms L1\\+MSE\\+Total"):
         make_trainer(make_args(tmp_path, '--load', 'run', '--resume', '-1'))
+
+
+def _as_format_1(path: Path, scales=(2,)) -> None:
+    """Rewrite a training state in the layout of format 1: 3-D metric logs (epochs, sets, scales), 'scales'."""
+    state = load_state(path)
+    state = {k: v for k, v in state.items() if k != 'scale'}
+    logs = {k: state[k][:, :, None].repeat(1, 1, len(scales)) for k in ('psnr_log', 'ssim_log')}
+    atomic_save({**state, **logs, 'format': 1, 'scales': list(scales)}, path)
+
+
+def test_resume_accepts_a_format_1_state(tmp_path):
+    args = make_args(tmp_path, '--save_models', '--epochs', '3')
+    trainer, ckp, model = make_trainer(args)
+    run_epochs(trainer, 2)
+    ckp.done()
+    d = ckp.dir
+    _as_format_1(d / 'training_state.pt')
+    _as_format_1(d / 'state' / 'training_state_1.pt')
+    assert load_state(d / 'training_state.pt')['psnr_log'].shape == (2, 1, 1)
+
+    resumed, rckp, rmodel = make_trainer(make_args(tmp_path, '--load', 'run', '--resume', '-1', '--epochs', '3'))
+    assert resumed.epoch == 2 and resumed.psnr_log.shape == (2, 1)
+    assert torch.equal(resumed.psnr_log, trainer.psnr_log) and torch.equal(resumed.ssim_log, trainer.ssim_log)
+    # The epoch after the old-format state equals the uninterrupted run's, and is saved in format 2.
+    run_epochs(trainer, 1)
+    run_epochs(resumed, 1)
+    assert torch.equal(resumed.psnr_log, trainer.psnr_log) and torch.equal(resumed.loss.log, trainer.loss.log)
+    for k, v in weights(model).items():
+        assert torch.equal(v, rmodel.get_model().state_dict()[k]), k
+    rckp.done()
+    saved = load_state(d / 'training_state.pt')
+    assert saved['format'] == 2 and saved['psnr_log'].shape == (3, 1) and 'scales' not in saved
+
+    from_1, ckp1, _ = make_trainer(make_args(tmp_path, '--load', 'run', '--resume', '1', '--epochs', '3'))
+    assert from_1.epoch == 1 and torch.equal(from_1.psnr_log, trainer.psnr_log[:1])
+    ckp1.done()
+
+
+def test_resume_refuses_foreign_states(tmp_path):
+    trainer, ckp, _ = make_trainer(make_args(tmp_path, '--epochs', '2'))
+    run_epochs(trainer, 1)
+    ckp.done()
+    path = ckp.get_path('training_state.pt')
+    _as_format_1(path, scales=(2, 3))
+    with pytest.raises(UserError, match=f'^{path}: evaluated at scales \\[2, 3\\]; this program trains and '
+                                        'resumes one scale$'):
+        make_trainer(make_args(tmp_path, '--load', 'run', '--resume', '-1'))
+    atomic_save({**load_state(path), 'format': 7}, path)
+    with pytest.raises(UserError, match=f'^{path}: not a training state of this program$'):
+        make_trainer(make_args(tmp_path, '--load', 'run', '--resume', '-1'))
+    path.unlink()
+    with pytest.raises(UserError, match=f'^training state {path}: no such file$'):
+        make_trainer(make_args(tmp_path, '--load', 'run', '--resume', '-1'))
+    with pytest.raises(UserError, match=f'^model {ckp.get_path("model", "model_5.pt")}: no such file$'):
+        make_trainer(make_args(tmp_path, '--load', 'run', '--resume', '5', '--test_only'))
+
+
+def test_tables():
+    nan = math.nan
+    assert tables.results_table(['Set5', 'Urban100'], 3, [34.5678, nan], [0.92871, nan]).splitlines() == [
+        'PSNR (dB) / SSIM',
+        'Dataset  |        x3       ',
+        '---------------------------',
+        'Set5     |   34.57 / 0.9287',
+        'Urban100 |        -        ']
+    rows = [['baby', 30.0, 0.9, 28.5, 0.85], ['bird', 32.0, 0.8, 29.0, 0.75]]
+    assert tables.comparison_table('Set5', 2, 'LCoAN', rows).splitlines() == [
+        '',
+        'Set5 x2: PSNR (dB) / SSIM',
+        'image   |     bicubic      |      LCoAN       | gain (dB)',
+        '---------------------------------------------------------',
+        'baby    |   28.50 / 0.8500 |   30.00 / 0.9000 | +1.50',
+        'bird    |   29.00 / 0.7500 |   32.00 / 0.8000 | +3.00',
+        'average |   28.75 / 0.8000 |   31.00 / 0.8500 | +2.25']
 
 
 def test_test_only_prints_a_table(tmp_path, capsys):
@@ -415,7 +503,7 @@ def e2e(tmp_path_factory):
 
 
 def net_state(path: Path) -> dict:
-    return utility.load_state(path)
+    return load_state(path)
 
 
 def test_e2e_run_writes_its_files_and_seed_makes_runs_bit_identical(e2e):
@@ -425,7 +513,7 @@ def test_e2e_run_writes_its_files_and_seed_makes_runs_bit_identical(e2e):
         assert (a / name).is_file(), name
     assert sorted(p.name for p in (a / 'results-Sample').iterdir()) == [
         'camera_x2_SR.png', 'chelsea_x2_SR.png', 'coins_x2_SR.png']
-    state = utility.load_state(a / 'training_state.pt')
+    state = load_state(a / 'training_state.pt')
     assert state['epoch'] == 3 and state['loss_log'].shape == (3, 1)
     assert torch.isfinite(state['psnr_log']).all() and (state['psnr_log'] > 10).all()
     log = (a / 'log.txt').read_text()
@@ -435,7 +523,7 @@ def test_e2e_run_writes_its_files_and_seed_makes_runs_bit_identical(e2e):
 
     b = run_main(e2e, '--save', 'b')
     assert b.returncode == 0, b.stdout + b.stderr
-    state_b = utility.load_state(e2e / 'exp' / 'b' / 'training_state.pt')
+    state_b = load_state(e2e / 'exp' / 'b' / 'training_state.pt')
     assert torch.equal(state_b['loss_log'], state['loss_log'])
     assert torch.equal(state_b['psnr_log'], state['psnr_log'])
     model_a, model_b = net_state(a / 'model/model_latest.pt'), net_state(e2e / 'exp/b/model/model_latest.pt')
@@ -459,13 +547,13 @@ def test_e2e_kill_9_mid_epoch_then_resume_reproduces_the_losses(e2e):
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, ''.join(seen)
     c = e2e / 'exp' / 'c'
-    assert utility.load_state(c / 'training_state.pt')['epoch'] == 1
+    assert load_state(c / 'training_state.pt')['epoch'] == 1
 
     resumed = run_main(e2e, '--load', 'c', '--resume', '-1')
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert 'after epoch 1: learning rate in use 5.00e-04' in resumed.stdout
-    ref = utility.load_state(e2e / 'exp' / 'a' / 'training_state.pt')
-    got = utility.load_state(c / 'training_state.pt')
+    ref = load_state(e2e / 'exp' / 'a' / 'training_state.pt')
+    got = load_state(c / 'training_state.pt')
     assert got['epoch'] == 3
     assert torch.equal(got['loss_log'], ref['loss_log'])
     assert torch.equal(got['psnr_log'], ref['psnr_log'])
@@ -482,7 +570,7 @@ def test_e2e_test_only_prints_the_table(e2e):
     row = lines[head + 3]
     assert row.startswith('Sample ')
     psnr, ssim = (float(v) for v in row.split('|')[1].split('/'))
-    last = utility.load_state(a / 'training_state.pt')['psnr_log'][-1, 0, 0].item()
+    last = load_state(a / 'training_state.pt')['psnr_log'][-1, 0].item()
     assert psnr == pytest.approx(last, abs=0.005) and 0 < ssim < 1
     assert (e2e / 'exp' / 't' / 'metrics_Sample_x2.csv').is_file()
 

@@ -20,7 +20,7 @@ from model import checkpoint_io
 
 
 class Log:
-    """The part of ``utility.checkpoint`` the wrapper uses."""
+    """The part of ``run_folder.checkpoint`` the wrapper uses."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []

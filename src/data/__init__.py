@@ -6,7 +6,7 @@
   ``batch_size // world_size`` of them through a DistributedSampler (the trainer calls
   ``loader_train.sampler.set_epoch``).
 - ``loader_test``: one DataLoader per ``--data_test`` set, batch 1, whole images ``(lr, hr, [name])``;
-  ``loader.dataset`` has ``name``, ``benchmark`` and ``set_scale(idx)``. Demo batches have an empty ``hr``.
+  ``loader.dataset`` has ``name`` and ``benchmark``. Demo batches have an empty ``hr``.
 
 Data sets (``--dir_data``): DIV2K (data.div2k), Set5/Set14/B100/Urban100/Manga109 (data.benchmark),
 Sample (data.sample, written at first use), Demo (``--dir_demo``, data.demo). Every image is checked
@@ -33,7 +33,7 @@ from data.demo import demo_set
 from data.srdata import TestImages, TrainPatches, say, scan_pairs
 from data.storage import ImageStore
 from errors import UserError
-from utility import derive_seed
+from rng import derive_seed
 
 # A DataLoader worker that delivers nothing for this long counts as hung and fails the run. A batch
 # of patches from 2K images decodes in well under a second; this leaves room for a loaded machine.
@@ -97,14 +97,14 @@ class Data:
         for name in args.data_train:
             if name == 'DIV2K':
                 root = div2k.root_of(dir_data)
-                entries = div2k.div2k_entries(dir_data, args.train_range, [scale])
+                entries = div2k.div2k_entries(dir_data, args.train_range, scale)
             elif name == 'Sample':
                 sample.ensure_sample(dir_data, say=say)
                 root = sample.train_root(dir_data)
-                entries = benchmark.folder_entries('Sample', root, [scale])
+                entries = benchmark.folder_entries('Sample', root, scale)
             else:
                 raise UserError(f'--data_train {name}: not a training set')
-            pairs += scan_pairs(name=name, root=root, entries=entries, scales=[scale], store=self.store,
+            pairs += scan_pairs(name=name, root=root, entries=entries, scale=scale, store=self.store,
                                 training=True, patch_size=args.patch_size)
         return TrainPatches(name='+'.join(args.data_train), pairs=pairs, store=self.store, scale=scale,
                             patch_size=args.patch_size, n_colors=args.n_colors, rgb_range=args.rgb_range,
@@ -113,20 +113,21 @@ class Data:
 
     def _test_set(self, dir_data: Path, name: str):
         args = self.args
+        scale = args.scale[0]
         if name == 'Demo':
             return demo_set(Path(args.dir_demo), store=self.store, n_colors=args.n_colors, rgb_range=args.rgb_range)
         if name == 'DIV2K':
             root, is_benchmark = div2k.root_of(dir_data), False
-            entries = div2k.div2k_entries(dir_data, args.test_range, args.scale)
+            entries = div2k.div2k_entries(dir_data, args.test_range, scale)
         elif name == 'Sample':
             sample.ensure_sample(dir_data, say=say)
             root, is_benchmark = sample.test_root(dir_data), True
-            entries = benchmark.folder_entries(name, root, args.scale)
+            entries = benchmark.folder_entries(name, root, scale)
         elif name in benchmark.BENCHMARK_SETS:
             root, is_benchmark = benchmark.root_of(dir_data, name), True
-            entries = benchmark.folder_entries(name, root, args.scale)
+            entries = benchmark.folder_entries(name, root, scale)
         else:
             raise UserError(f'--data_test {name}: not a test set')
-        pairs = scan_pairs(name=name, root=root, entries=entries, scales=args.scale, store=self.store, training=False)
-        return TestImages(name=name, benchmark=is_benchmark, pairs=pairs, store=self.store, scales=args.scale,
+        pairs = scan_pairs(name=name, root=root, entries=entries, scale=scale, store=self.store, training=False)
+        return TestImages(name=name, benchmark=is_benchmark, pairs=pairs, store=self.store, scale=scale,
                           n_colors=args.n_colors, rgb_range=args.rgb_range)

@@ -14,8 +14,8 @@ def root_of(dir_data: Path, name: str) -> Path:
     return dir_data / 'benchmark' / name
 
 
-def folder_entries(name: str, root: Path, scales: list[int]) -> list[tuple[Path, list[Path]]]:
-    """``(HR, [expected LR per scale])`` of every image in ``root/HR``; DataError naming the expected
+def folder_entries(name: str, root: Path, scale: int) -> list[tuple[Path, Path]]:
+    """``(HR, expected LR at scale)`` of every image in ``root/HR``; DataError naming the expected
     path if the folder is missing or empty."""
     hr_dir = root / 'HR'
     layout = f'{hr_dir}/<image>.png with {root}/LR_bicubic/X<s>/<image>x<s>.png'
@@ -24,4 +24,4 @@ def folder_entries(name: str, root: Path, scales: list[int]) -> list[tuple[Path,
     images = list_images(hr_dir)
     if not images:
         raise DataError(f'{name}: {hr_dir} holds no images (expected layout: {layout})')
-    return [(hr, [root / 'LR_bicubic' / f'X{s}' / f'{hr.stem}x{s}.png' for s in scales]) for hr in images]
+    return [(hr, root / 'LR_bicubic' / f'X{scale}' / f'{hr.stem}x{scale}.png') for hr in images]

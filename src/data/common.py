@@ -16,11 +16,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from errors import UserError
+from metrics import Y_COEFFS
 
 IMAGE_EXTS = ('.png', '.bmp', '.jpg', '.jpeg', '.tif', '.tiff', '.ppm', '.pgm', '.webp')
-
-# BT.601 luma as MATLAB's rgb2ycbcr, the convention of the metrics (utility.Y_COEFFS).
-Y_COEFFS = (65.738, 129.057, 25.064)
 
 _SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
 # What Pillow raises for a damaged or hostile file, depending on the format and where it breaks.
@@ -151,7 +149,11 @@ def describe_conversion(dataset: str, conversions: Iterable[tuple[str, str | Non
 
 
 def rgb_to_y(img: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (H, W, 1) uint8 luma, MATLAB rgb2ycbcr's Y rounded as it rounds."""
+    """(H, W, 3) uint8 RGB -> (H, W, 1) uint8 luma, MATLAB rgb2ycbcr's Y rounded as it rounds.
+
+    The coefficients are the metrics' (:data:`metrics.Y_COEFFS`), so ``--n_colors 1`` trains on the Y
+    that PSNR and SSIM measure.
+    """
     rgb = img.astype(np.float64)
     y = 16 + (Y_COEFFS[0] * rgb[..., 0] + Y_COEFFS[1] * rgb[..., 1] + Y_COEFFS[2] * rgb[..., 2]) / 256
     return np.floor(y + 0.5).clip(0, 255).astype(np.uint8)[..., None]

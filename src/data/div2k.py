@@ -17,8 +17,8 @@ def root_of(dir_data: Path) -> Path:
     return dir_data / 'DIV2K'
 
 
-def div2k_entries(dir_data: Path, index_range: tuple[int, int], scales: list[int]) -> list[tuple[Path, list[Path]]]:
-    """``(HR, [expected LR per scale])`` of DIV2K images ``index_range[0]..index_range[1]``; DataError
+def div2k_entries(dir_data: Path, index_range: tuple[int, int], scale: int) -> list[tuple[Path, Path]]:
+    """``(HR, expected LR at scale)`` of DIV2K images ``index_range[0]..index_range[1]``; DataError
     naming the expected path if the folder or an image is missing."""
     root = root_of(dir_data)
     folders = [root / 'DIV2K_train_HR', root / 'DIV2K_valid_HR']
@@ -38,5 +38,5 @@ def div2k_entries(dir_data: Path, index_range: tuple[int, int], scales: list[int
                             f'{folders[0] / (stem + ".png")} or {folders[1] / (stem + ".png")}')
         part = 'train' if hr.parent == folders[0] else 'valid'
         lr_root = root / f'DIV2K_{part}_LR_bicubic'
-        entries.append((hr, [lr_root / f'X{s}' / f'{stem}x{s}.png' for s in scales]))
+        entries.append((hr, lr_root / f'X{scale}' / f'{stem}x{scale}.png'))
     return entries

@@ -21,7 +21,8 @@ import skimage.data
 
 from data.common import DataError
 from data.imresize import bicubic_downscale, crop_to_scale
-from data.storage import save_png, write_atomic
+from data.storage import save_png
+from io_utils import atomic_write
 
 SCALES = (2, 3, 4)
 MULTIPLE = 12  # every size a multiple of 2, 3 and 4, so that LR x scale == HR for all scales
@@ -93,7 +94,7 @@ def _build(root: Path, photos: dict) -> None:
         for s in SCALES:
             save_png(root / 'LR_bicubic' / f'X{s}' / f'{name}x{s}.png', bicubic_downscale(hr, s))
     text = _marker_text(root, photos)
-    write_atomic(root / '.complete', lambda f: f.write(text.encode()))
+    atomic_write(root / '.complete', lambda f: f.write(text.encode()))
 
 
 def ensure_sample(dir_data: Path, *, say=print) -> None:

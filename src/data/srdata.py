@@ -1,7 +1,7 @@
 """Pairs of HR and LR images checked once at scan time, and the three kinds of torch datasets over them.
 
 A data set module (div2k, benchmark, sample) only says where files should be: a list of
-``(HR path, [expected LR path per scale])``. :func:`scan_pairs` then makes missing LR images, builds
+``(HR path, expected LR path)`` for the run's one scale. :func:`scan_pairs` then makes missing LR images, builds
 the ``--ext sep`` cache, reads every header, and checks sizes, so that bad data stops the run at
 start-up with a message naming the file rather than in the middle of an epoch.
 """
@@ -35,45 +35,37 @@ def warn(msg: str) -> None:
 
 @dataclass(frozen=True)
 class ImagePair:
-    """One HR image and its LR images, one per scale (in ``--scale`` order)."""
+    """One HR image and its LR image at the run's scale."""
 
     name: str  # the HR file's stem: '0801', 'baby'
     hr: Path
-    lr: tuple[Path, ...]
+    lr: Path
     hr_size: tuple[int, int]  # (height, width) on disk
-    lr_sizes: tuple[tuple[int, int], ...]
+    lr_size: tuple[int, int]
 
 
-def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, list[Path]]], scales: list[int],
+def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, Path]], scale: int,
                store: ImageStore, training: bool, patch_size: int = 0) -> list[ImagePair]:
     """Check and complete the pairs of a data set; DataError naming the file at the first problem.
 
     Args:
         name: data set name for messages.
         root: the data set folder (the ``--ext sep`` cache goes to ``root/bin``).
-        entries: ``(HR path, [expected LR path for each scale])``; HR paths must exist.
-        scales: the scales, in the order of the LR paths.
+        entries: ``(HR path, expected LR path)``; HR paths must exist.
+        scale: the scale of the LR images.
         store: reads headers and builds the decoded cache.
         training: sizes must match exactly (``LR * scale == HR``) and hold a patch; for testing an HR
             image larger than ``LR * scale`` is cropped (with one warning per data set).
         patch_size: HR patch size (training only).
     """
-    lr_paths: list[list[Path]] = []
-    missing: list[tuple[int, int, Path, Path]] = []
-    for i, (hr, expected) in enumerate(entries):
-        found = []
-        for j, lr in enumerate(expected):
-            existing = existing_lr(lr, hr)
-            if existing is None:
-                missing.append((i, j, hr, lr))
-            found.append(existing)
-        lr_paths.append(found)
+    lr_paths = [existing_lr(lr, hr) for hr, lr in entries]
+    missing = [(i, hr, lr) for i, ((hr, lr), found) in enumerate(zip(entries, lr_paths, strict=True)) if found is None]
     if missing:
-        say(f'{name}: {len(missing)} LR image(s) missing (e.g. {missing[0][3]}); making them once from the HR '
+        say(f'{name}: {len(missing)} LR image(s) missing (e.g. {missing[0][2]}); making them once from the HR '
             f'images with MATLAB-style bicubic downscaling')
         redirected = set()
-        for i, j, hr, lr in missing:
-            lr_paths[i][j] = made = make_lr(hr, lr, scales[j])
+        for i, hr, lr in missing:
+            lr_paths[i] = made = make_lr(hr, lr, scale)
             if made != lr and made.parent not in redirected:
                 redirected.add(made.parent)
                 say(f'{name}: {lr.parent} is read-only; its LR images go to {made.parent}')
@@ -93,14 +85,10 @@ def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, list[Path]]],
         conversions.append((path.name, info.conversion))
         return info.height, info.width
 
-    for (hr, _), lrs in zip(entries, lr_paths, strict=True):
-        hr_size = inspect(hr)
-        lr_sizes = []
-        for scale, lr in zip(scales, lrs, strict=True):
-            lh, lw = inspect(lr)
-            _check_sizes(name, hr, hr_size, lr, (lh, lw), scale, training, patch_size, cropped)
-            lr_sizes.append((lh, lw))
-        pairs.append(ImagePair(name=hr.stem, hr=hr, lr=tuple(lrs), hr_size=hr_size, lr_sizes=tuple(lr_sizes)))
+    for (hr, _), lr in zip(entries, lr_paths, strict=True):
+        hr_size, lr_size = inspect(hr), inspect(lr)
+        _check_sizes(name, hr, hr_size, lr, lr_size, scale, training, patch_size, cropped)
+        pairs.append(ImagePair(name=hr.stem, hr=hr, lr=lr, hr_size=hr_size, lr_size=lr_size))
 
     message = describe_conversion(name, conversions)
     if message:
@@ -135,7 +123,7 @@ class TrainPatches(Dataset):
 
     Args:
         name: data set name(s), for messages.
-        pairs: the checked image pairs, scanned for ``scale`` alone.
+        pairs: the checked image pairs at ``scale``.
         store: reads the images.
         scale: the upscaling factor.
         patch_size: HR patch size (a multiple of ``scale``).
@@ -172,7 +160,7 @@ class TrainPatches(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = np.random.default_rng([self.seed, epoch, index])
         pair = self.pairs[index % len(self.pairs)]
-        lr = self.store.load(pair.lr[0])
+        lr = self.store.load(pair.lr)
         hr = self.store.load(pair.hr)
         lr, hr = random_patch(lr, hr, self.patch_size, self.scale, rng)
         if self.augment:
@@ -187,39 +175,32 @@ class TestImages(Dataset):
     Args:
         name: 'Set5', 'DIV2K', 'Sample', ...
         benchmark: True for the benchmark sets (PSNR on Y), False for DIV2K.
-        pairs: the checked image pairs.
+        pairs: the checked image pairs at ``scale``.
         store: reads the images.
-        scales: the scales of the pairs' LR lists.
+        scale: the upscaling factor.
         n_colors: 1 (Y) or 3 (RGB).
         rgb_range: values are ``x * rgb_range / 255``.
     """
 
-    def __init__(self, *, name: str, benchmark: bool, pairs: list[ImagePair], store: ImageStore, scales: list[int],
+    def __init__(self, *, name: str, benchmark: bool, pairs: list[ImagePair], store: ImageStore, scale: int,
                  n_colors: int, rgb_range: int) -> None:
         self.name = name
         self.benchmark = benchmark
         self.pairs = pairs
         self.store = store
-        self.scales = list(scales)
+        self.scale = scale
         self.n_colors = n_colors
         self.rgb_range = rgb_range
-        self.idx_scale = 0
-
-    def set_scale(self, idx_scale: int) -> None:
-        if not 0 <= idx_scale < len(self.scales):
-            raise IndexError(f'{self.name}: no scale index {idx_scale} (scales {self.scales})')
-        self.idx_scale = idx_scale
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int):
         pair = self.pairs[index]
-        scale = self.scales[self.idx_scale]
-        lr = self.store.load(pair.lr[self.idx_scale])
+        lr = self.store.load(pair.lr)
         hr = self.store.load(pair.hr)
         lh, lw = lr.shape[:2]
-        hr = hr[:lh * scale, :lw * scale]
+        hr = hr[:lh * self.scale, :lw * self.scale]
         lr, hr = (to_tensor(set_channel(np.asarray(x), self.n_colors), self.rgb_range) for x in (lr, hr))
         return lr, hr, pair.name
 
@@ -243,10 +224,6 @@ class DemoImages(Dataset):
         self.store = store
         self.n_colors = n_colors
         self.rgb_range = rgb_range
-        self.idx_scale = 0
-
-    def set_scale(self, idx_scale: int) -> None:
-        self.idx_scale = idx_scale
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -9,12 +9,11 @@ Both go next to the data when its folder is writable, else into a per-user cache
 - missing LR images: ``<set>/LR_bicubic/X<s>/<name>x<s>.png`` (the layout's own place); if that is
   read-only, ``$XDG_CACHE_HOME/lcoan/lr/<absolute path of that LR file>``.
 
-Every file is written to a temporary name and renamed, so a crash or two processes writing the
-same file never leave a partial file behind.
+Every file is written by :func:`io_utils.atomic_write` (a temporary name, fsync, rename), so a crash
+or two processes writing the same file never leave a partial file behind.
 """
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from PIL import Image
 
 from data.common import DataError, ImageInfo, find_image, read_image, read_info
 from data.imresize import bicubic_downscale, crop_to_scale
+from io_utils import atomic_write
 
 
 def cache_home() -> Path:
@@ -36,21 +36,10 @@ def mirrored(base: Path, path: Path) -> Path:
     return base / absolute.relative_to(absolute.anchor)
 
 
-def write_atomic(path: Path, write: Callable) -> None:
-    """Create ``path`` through ``write(file)`` via a temporary file and a rename; OSError if impossible."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_png(path: Path, img: np.ndarray) -> None:
-    write_atomic(path, lambda f: Image.fromarray(img).save(f, format='PNG', compress_level=3))
+    """Write ``img`` to ``path`` (making its folders) atomically; OSError if that place is not writable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: Image.fromarray(img).save(f, format='PNG', compress_level=3))
 
 
 def _newer_or_same(target: Path, source: Path) -> bool:
@@ -146,7 +135,8 @@ class ImageStore:
             raise DataError(f'{path}: decoded size {img.shape[1]}x{img.shape[0]} differs from its header')
         for npy in locations:
             try:
-                write_atomic(npy, lambda f: np.save(f, img))
+                npy.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(npy, lambda f: np.save(f, img))
             except OSError:
                 continue
             self._cache[path] = npy

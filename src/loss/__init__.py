@@ -13,6 +13,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 from torch import nn
 
+import distributed
 from errors import UserError
 from loss.terms import TERMS, make_term
 
@@ -52,7 +53,7 @@ class Loss(nn.Module):
 
     Args:
         args: parsed options; uses ``loss`` (the spec) and ``rgb_range`` (Charbonnier's eps).
-        ckp: ``utility.checkpoint`` for the one-line description of the loss, or None.
+        ckp: ``run_folder.checkpoint`` for the one-line description of the loss, or None.
     """
 
     def __init__(self, args: argparse.Namespace, ckp) -> None:
@@ -87,7 +88,7 @@ class Loss(nn.Module):
 
     def all_reduce(self, device: torch.device) -> None:
         """Under torch.distributed: sum this epoch's accumulators over all processes (call before end_log)."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if not distributed.is_initialized():
             return
         t = torch.cat([self._sum, torch.tensor([float(self._count)], dtype=torch.float64)]).to(device)
         torch.distributed.all_reduce(t)

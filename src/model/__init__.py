@@ -19,7 +19,16 @@ import distributed
 from errors import UserError
 from model import checkpoint_io
 
-_AUTOCAST_DTYPES = {'half': torch.float16, 'bf16': torch.bfloat16}
+# --precision -> the autocast dtype of the forward pass (training and test); 'single' runs float32.
+AUTOCAST_DTYPES = {'single': None, 'half': torch.float16, 'bf16': torch.bfloat16}
+
+
+def autocast(precision: str, device_type: str):
+    """The ``--precision`` autocast context on ``device_type`` (a null context for 'single')."""
+    dtype = AUTOCAST_DTYPES[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
 
 
 class Model(nn.Module):
@@ -34,8 +43,7 @@ class Model(nn.Module):
     def __init__(self, args, ckp) -> None:
         super().__init__()
         self.ckp = ckp
-        self.scale = list(args.scale)
-        self.idx_scale = 0
+        self.scale = args.scale[0]
         self.device = torch.device(args.device)
         self.precision = args.precision
         self.self_ensemble = args.self_ensemble
@@ -60,7 +68,7 @@ class Model(nn.Module):
                 forward_sync_buffers=False)
 
     def _check_precision(self) -> None:
-        dtype = _AUTOCAST_DTYPES.get(self.precision)
+        dtype = AUTOCAST_DTYPES[self.precision]
         if dtype is None:
             return
         kind = self.device.type
@@ -93,33 +101,23 @@ class Model(nn.Module):
         """Load ``--pre_train`` (see :mod:`model.checkpoint_io`); returns the checkpoint keys not loaded."""
         return checkpoint_io.load_checkpoint(self.get_model(), path, log=self.log, what='--pre_train')
 
-    def forward(self, lr: torch.Tensor, idx_scale: int = 0) -> torch.Tensor:
-        """Super-resolve ``lr`` (N, C, h, w) by ``args.scale[idx_scale]``.
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        """Super-resolve ``lr`` (N, C, h, w) by ``--scale``.
 
         Training mode: the plain network (through its DDP wrapper, if any). Eval mode: without
         gradients, under ``--precision`` autocast, with ``--self_ensemble`` and ``--chop`` if set;
         the result is float32.
         """
-        self.idx_scale = idx_scale
-        net = self.get_model()
-        if hasattr(net, 'set_scale'):
-            net.set_scale(idx_scale)
         if self.training:
             return self.model(lr)
 
         lr = lr.to(self.device)
         # Eval runs the bare network: a DDP forward would start a buffer broadcast that ranks testing
         # different numbers of images would never all join.
-        forward = self.forward_chop if self.chop else net
-        with torch.no_grad(), self._autocast():
+        forward = self.forward_chop if self.chop else self.get_model()
+        with torch.no_grad(), autocast(self.precision, self.device.type):
             sr = self.forward_x8(lr, forward) if self.self_ensemble else forward(lr)
         return sr.float()
-
-    def _autocast(self):
-        dtype = _AUTOCAST_DTYPES.get(self.precision)
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
 
     def forward_x8(self, lr: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """Average of ``forward`` over the 8 flips/transposes of ``lr``, each output transformed back."""
@@ -144,7 +142,7 @@ class Model(nn.Module):
         if h <= self.chop_size and w <= self.chop_size:
             return net(lr)
 
-        scale = self.scale[self.idx_scale]
+        scale = self.scale
         rows = _tile_spans(h, self.chop_size, self.chop_overlap)
         cols = _tile_spans(w, self.chop_size, self.chop_overlap)
         tiles = [(i, r, c) for i in range(n) for r in rows for c in cols]

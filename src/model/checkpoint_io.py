@@ -1,6 +1,6 @@
 """Reading state dicts from disk and loading them into a network, with checks and clear errors.
 
-Every load goes through ``torch.load(..., weights_only=True)``: a checkpoint is a plain
+Every load goes through :func:`io_utils.load_state` (``torch.load(..., weights_only=True)``): a checkpoint is a plain
 ``state_dict`` (a dict of tensors, as the official LCoAN and EDSR release them). A file that is
 missing, is not a PyTorch checkpoint, or holds pickled objects other than tensors raises
 :class:`errors.UserError` naming the file.
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from errors import UserError
+from io_utils import load_state
 
 UPSAMPLER_PREFIX = 'tail.0.'
 DDP_PREFIX = 'module.'
@@ -38,15 +39,7 @@ def read_state_dict(path: str | Path, *, what: str = 'checkpoint') -> dict[str, 
         UserError: the file is missing, is not a PyTorch checkpoint, holds pickled objects other
             than tensors, or is not a dict from string keys to tensors.
     """
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f'{what} {path}: no such file')
-    if not path.is_file():
-        raise UserError(f'{what} {path}: not a file')
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # torch.load raises many types (KeyError, EOFError, RuntimeError, ...) for bad files
-        raise UserError(f'{what} {path}: {_explain_load_error(e)}') from None
+    obj = load_state(path, what=what)
     if not isinstance(obj, dict):
         raise UserError(f'{what} {path}: expected a state_dict (a dict of tensors), found a {type(obj).__name__}')
     bad = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
@@ -56,24 +49,6 @@ def read_state_dict(path: str | Path, *, what: str = 'checkpoint') -> dict[str, 
         raise UserError(f'{what} {path}: expected a state_dict (a dict of tensors), but entry {bad[0]!r} '
                         f'is a {type(obj[bad[0]]).__name__}{hint}')
     return obj
-
-
-def _explain_load_error(e: Exception) -> str:
-    text = str(e)
-    culprit = re.search(r'Unsupported global: GLOBAL (\S+)', text)
-    if culprit:
-        return (f'refused: it holds pickled objects other than tensors ({culprit.group(1)}); only plain state_dicts '
-                'are loaded (torch.load with weights_only=True)')
-    if 'Weights only load failed' in text:
-        detail = re.search(r'WeightsUnpickler error:\s*(.+)', text)
-        return f'not a PyTorch checkpoint ({detail.group(1).strip() if detail else "unreadable pickle"})'
-    if isinstance(e, EOFError):
-        return 'not a PyTorch checkpoint (the file is empty or cut short)'
-    if 'zip archive' in text:
-        return 'not a PyTorch checkpoint or cut short (its zip archive is unreadable)'
-    if isinstance(e, OSError):
-        return f'cannot read it ({e.strerror or text})'
-    return f'not a PyTorch checkpoint ({type(e).__name__}: {text.splitlines()[0] if text else "unreadable"})'
 
 
 def strip_ddp_prefix(state: dict[str, torch.Tensor], *, log: Callable[[str], None]) -> dict[str, torch.Tensor]:

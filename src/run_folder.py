@@ -1,0 +1,243 @@
+"""The run folder ``<save_dir>/<save>/``: configuration, log, CSV tables, plots and result images.
+
+Only the main process (rank 0) writes. Every file a resumed run reads back is written atomically
+(:mod:`io_utils`). The checkpoints themselves are written by the trainer (:mod:`training.state`).
+"""
+
+import argparse
+import datetime
+import os
+import queue
+import shutil
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from tqdm import tqdm
+
+import distributed
+from errors import UserError
+from io_utils import atomic_write, atomic_write_text
+from metrics import quantize
+
+# The file that defines a run's resume point (see training.state).
+TRAINING_STATE = 'training_state.pt'
+
+
+def _check_run_name(flag: str, name: str) -> None:
+    # The folder may be deleted by --reset: it must stay inside --save_dir.
+    if not name or name in ('.', '..') or '/' in name or '\\' in name:
+        raise UserError(f'--{flag} {name!r}: a run name, not a path (runs live under --save_dir)')
+
+
+def plot_png(path: Path, draw: Callable) -> None:
+    """Draw a figure with ``draw(fig)`` and write it to ``path`` as PNG."""
+    # A bare Figure on the Agg canvas: no pyplot, so no global backend or figure registry.
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    draw(fig)
+    atomic_write(path, lambda f: fig.savefig(f, format='png'))
+
+
+class _ImageWriter:
+    """A background thread writing queued ``(path, uint8 array)`` images; :meth:`close` re-raises its error."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=64)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name='image-writer', daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                iio.imwrite(*item)
+            except BaseException as e:  # reported by close() in the main thread
+                self._error = e
+
+    def put(self, path: Path, array: np.ndarray) -> None:
+        self._queue.put((path, array))
+
+    def close(self) -> None:
+        """Wait until every queued image is written; re-raise a write error."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+class checkpoint:  # lower case: EDSR's name, used the same way
+    """The run folder ``<save_dir>/<save>/`` (or ``<save_dir>/<load>/`` with --load) and its files.
+
+    Layout::
+
+        config.txt  log.txt  training_state.pt  loss_log.csv  psnr_log.csv  loss_<term>.png
+        psnr_<set>.png  metrics_<set>_x<scale>.csv  results-<set>/<img>_x<s>_{SR,LR,HR}.png
+        model/model_latest.pt  model/model_best.pt  model/model_<epoch>.pt  state/training_state_<epoch>.pt
+
+    Positional argument, as main.py and EDSR pass it.
+
+    Args:
+        args: parsed options; uses ``save_dir, save, load, resume, reset, test_only, pre_train,
+            rgb_range`` and writes all of them to config.txt.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.is_main = distributed.is_main()
+        self.dir = self._run_dir(args)
+        self._check_resume_flags(args)
+        if args.reset:
+            if self.is_main and self.dir.exists():
+                shutil.rmtree(self.dir)
+            distributed.barrier()
+        elif not args.test_only and args.resume == 0 and (self.dir / TRAINING_STATE).exists():
+            flag, name = ('load', args.load) if args.load else ('save', args.save)
+            raise UserError(f'--{flag} {name!r}: {self.dir} holds a run already; continue it with '
+                            f'--load {name} --resume -1, or start it over with --reset')
+
+        self._log_file = None
+        self._writer: _ImageWriter | None = None
+        if self.is_main:
+            (self.dir / 'model').mkdir(parents=True, exist_ok=True)
+            # Temporary files of a killed writer (atomic_write) are never read: remove them.
+            for folder in (self.dir, self.dir / 'model', self.dir / 'state'):
+                for stale in folder.glob('.*.tmp-*'):
+                    stale.unlink(missing_ok=True)
+            self._log_file = open(self.dir / 'log.txt', 'a')
+            self._write_config()
+
+    @staticmethod
+    def _run_dir(args: argparse.Namespace) -> Path:
+        if not args.load:
+            _check_run_name('save', args.save)
+            return Path(args.save_dir) / args.save
+        _check_run_name('load', args.load)
+        folder = Path(args.save_dir) / args.load
+        if not folder.is_dir():
+            raise UserError(f'--load {args.load!r}: no run folder {folder}')
+        return folder
+
+    @staticmethod
+    def _check_resume_flags(args: argparse.Namespace) -> None:
+        if args.resume == 0:
+            return
+        if not args.load:
+            raise UserError(f'--resume {args.resume}: needs --load <run> (the run to continue)')
+        if args.pre_train:
+            raise UserError(f'--pre_train {args.pre_train!r} and --resume {args.resume}: choose one (the resumed '
+                            'run brings its own weights)')
+        if args.reset:
+            raise UserError(f'--reset and --resume {args.resume}: choose one (start over or continue)')
+
+    # -- paths and text logs
+
+    def get_path(self, *parts) -> Path:
+        return self.dir.joinpath(*map(str, parts))
+
+    def _write_config(self) -> None:
+        path = self.get_path('config.txt')
+        old = path.read_text() if path.exists() else ''
+        now = datetime.datetime.now().strftime('%Y-%m-%d %H:%M:%S')
+        lines = [now, 'command: ' + ' '.join(sys.argv), '']
+        lines += [f'{key}: {value}' for key, value in vars(self.args).items()]
+        atomic_write_text(old + '\n'.join(lines) + '\n\n', path)
+
+    def write_log(self, msg: str, refresh: bool = False) -> None:
+        """Print ``msg`` (without breaking progress bars) and append it to log.txt (rank 0 only)."""
+        if not self.is_main:
+            return
+        tqdm.write(msg, file=sys.stdout)
+        sys.stdout.flush()
+        if self._log_file is None:  # reopened after done()
+            self._log_file = open(self.dir / 'log.txt', 'a')
+        self._log_file.write(msg + '\n')
+        self._log_file.flush()
+        if refresh:
+            os.fsync(self._log_file.fileno())
+
+    def write_csv(self, name: str, header: Sequence[str], rows: Sequence[Sequence]) -> None:
+        def cell(v):
+            return f'{v:.6f}' if isinstance(v, float) else str(v)
+        text = ','.join(header) + '\n' + ''.join(','.join(cell(v) for v in row) + '\n' for row in rows)
+        if self.is_main:
+            atomic_write_text(text, self.get_path(name))
+
+    def plot(self, name: str, draw: Callable) -> None:
+        """Draw a figure with ``draw(fig)`` and write it to ``<dir>/<name>`` as PNG (rank 0 only)."""
+        if self.is_main:
+            plot_png(self.get_path(name), draw)
+
+    def write_psnr_log(self, psnr_log: torch.Tensor, ssim_log: torch.Tensor, sets: Sequence[str], scale: int) -> None:
+        """``psnr_log.csv`` (a row per epoch and set) and one ``psnr_<set>.png`` per set with ground truth.
+
+        Args:
+            psnr_log, ssim_log: (epochs, len(sets)); NaN for sets without ground truth.
+            sets: the test set names.
+            scale: the run's scale, shown in the CSV and the plots' legends.
+        """
+        rows = [[epoch + 1, name, scale, float(psnr_log[epoch, i]), float(ssim_log[epoch, i])]
+                for epoch in range(psnr_log.shape[0]) for i, name in enumerate(sets)]
+        self.write_csv('psnr_log.csv', ['epoch', 'set', 'scale', 'psnr', 'ssim'], rows)
+        epochs = np.arange(1, psnr_log.shape[0] + 1)
+        for i, name in enumerate(sets):
+            if torch.isnan(psnr_log[:, i]).all():
+                continue
+
+            def draw(fig, i=i, name=name):
+                ax = fig.add_subplot()
+                ax.plot(epochs, psnr_log[:, i].numpy(), marker='.', label=f'x{scale}')
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.set_title(f'SR on {name}')
+                ax.set_xlabel('Epoch')
+                ax.set_ylabel('PSNR (dB)')
+                ax.grid(True)
+                ax.legend()
+            self.plot(f'psnr_{name}.png', draw)
+
+    # -- images, written by a background thread between begin_background and end_background
+
+    def begin_background(self) -> None:
+        if self.is_main and self._writer is None:
+            self._writer = _ImageWriter()
+
+    def end_background(self) -> None:
+        """Wait until every queued image is written; re-raise a write error."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+
+    def save_results(self, dataset_name: str, filename: str, images: dict, scale: int) -> None:
+        """Write ``images`` ({'SR': t, 'LR': t, 'HR': t}, (1, C, H, W) in [0, rgb_range]) as PNGs."""
+        if not self.is_main:
+            return
+        folder = self.get_path(f'results-{dataset_name}')
+        folder.mkdir(exist_ok=True)
+        for postfix, tensor in images.items():
+            if tensor.numel() == 0:
+                continue
+            array = quantize(tensor[0], self.args.rgb_range).mul(255 / self.args.rgb_range).round()
+            array = array.byte().permute(1, 2, 0).cpu().numpy()
+            if array.shape[2] == 1:
+                array = array[..., 0]
+            path = folder / f'{filename}_x{scale}_{postfix}.png'
+            if self._writer is None:
+                iio.imwrite(path, array)
+            else:
+                self._writer.put(path, array)
+
+    def done(self) -> None:
+        """Finish: wait for queued images, flush and close log.txt."""
+        self.end_background()
+        if self._log_file is not None:
+            self._log_file.flush()
+            os.fsync(self._log_file.fileno())
+            self._log_file.close()
+            self._log_file = None

@@ -1,0 +1,86 @@
+"""The checkpoint files of a finished epoch and the training-state format a run resumes from.
+
+Files in the run folder (rank 0 writes them, each atomically):
+
+- ``model/model_latest.pt``, ``model/model_best.pt`` and, with --save_models, ``model/model_<epoch>.pt``:
+  the bare network's state_dict, as the official checkpoints are;
+- ``training_state.pt``: everything :class:`trainer.Trainer` needs to continue after the epoch, the
+  network included; with --save_models also ``state/training_state_<epoch>.pt`` (without the network,
+  which is ``model/model_<epoch>.pt``). All of it loads with ``weights_only=True``.
+
+Format 2 holds ``psnr_log``/``ssim_log`` as (epochs, sets) and the run's ``scale``. Format 1 (the
+first release) held them as (epochs, sets, scales) with a list ``scales`` of one scale; it is read
+by dropping that axis.
+"""
+
+from pathlib import Path
+
+import torch
+
+from errors import UserError
+from io_utils import atomic_save, load_state
+from run_folder import TRAINING_STATE, checkpoint
+
+STATE_FORMAT = 2
+_READABLE_FORMATS = (1, STATE_FORMAT)
+
+
+def check_finite_state(state: dict, what: str) -> None:
+    """Raise RuntimeError if any floating tensor in ``state`` holds NaN or inf (never save those)."""
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise RuntimeError(f'refusing to save {what}: {key} holds NaN or inf values')
+
+
+def save_epoch(ckp: checkpoint, net_state: dict, state: dict, *, epoch: int, is_best: bool,
+               save_models: bool) -> None:
+    """Write the network and training state of finished epoch ``epoch`` (call on rank 0).
+
+    Args:
+        ckp: the run folder.
+        net_state: the bare network's state_dict; RuntimeError before anything is written if it
+            holds NaN or inf.
+        state: the trainer's training state (without the network and the format number).
+        epoch: the finished epoch (1-based).
+        is_best: also write ``model_best.pt``.
+        save_models: also keep this epoch's ``model_<epoch>.pt`` and ``state/training_state_<epoch>.pt``.
+    """
+    check_finite_state(net_state, 'the model')
+    state = {'format': STATE_FORMAT, **state}
+    model_dir = ckp.get_path('model')
+    atomic_save(net_state, model_dir / 'model_latest.pt')
+    if is_best:
+        atomic_save(net_state, model_dir / 'model_best.pt')
+    if save_models:
+        atomic_save(net_state, model_dir / f'model_{epoch}.pt')
+        ckp.get_path('state').mkdir(exist_ok=True)
+        atomic_save(state, ckp.get_path('state', f'training_state_{epoch}.pt'))
+    # Written last and holding the network too: the one file that defines the resume point.
+    atomic_save({**state, 'model': net_state}, ckp.get_path(TRAINING_STATE))
+
+
+def resume_paths(ckp: checkpoint, resume: int) -> tuple[Path, Path]:
+    """The network and training-state files of ``--resume`` (-1: the latest epoch; N: epoch N)."""
+    if resume == -1:
+        return ckp.get_path('model', 'model_latest.pt'), ckp.get_path(TRAINING_STATE)
+    return ckp.get_path('model', f'model_{resume}.pt'), ckp.get_path('state', f'training_state_{resume}.pt')
+
+
+def read_training_state(path: Path) -> dict:
+    """A training state of format 2 (format 1 converted); UserError naming ``path`` if it is none."""
+    state = load_state(path, what='training state')
+    if not isinstance(state, dict) or state.get('format') not in _READABLE_FORMATS:
+        raise UserError(f'{path}: not a training state of this program')
+    if state['format'] == 1:
+        state = _from_format_1(state, path)
+    return state
+
+
+def _from_format_1(state: dict, path: Path) -> dict:
+    scales = state['scales']
+    if len(scales) != 1:
+        raise UserError(f'{path}: evaluated at scales {scales}; this program trains and resumes one scale')
+    upgraded = {k: v for k, v in state.items() if k != 'scales'}
+    upgraded.update(format=STATE_FORMAT, scale=scales[0], psnr_log=state['psnr_log'][:, :, 0],
+                    ssim_log=state['ssim_log'][:, :, 0])
+    return upgraded
