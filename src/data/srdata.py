@@ -2,8 +2,10 @@
 
 A data set module (div2k, benchmark, sample) only says where files should be: a list of
 ``(HR path, [expected LR path per scale])``. :func:`scan_pairs` then makes missing LR images, builds
-the ``--ext sep`` cache, reads every header, and checks sizes, so that bad data stops the run at
-start-up with a message naming the file rather than in the middle of an epoch.
+the ``--ext sep`` cache, checks every file (header and completeness, see ``ImageStore.inspect``), and
+checks sizes, so that bad data stops the run at start-up with a message naming the file rather than
+in the middle of an epoch. Images are named by :func:`data.common.output_names` (the stem, or
+``<stem>_<ext>`` when two images of a set share a stem).
 """
 
 import warnings
@@ -15,8 +17,8 @@ import torch
 from torch.utils.data import Dataset
 
 import distributed
-from data.common import DataError, augment, describe_conversion, random_patch, set_channel, to_tensor
-from data.storage import ImageStore, existing_lr, make_lr
+from data.common import DataError, augment, describe_conversion, output_names, random_patch, set_channel, to_tensor
+from data.storage import ImageStore, available_cores, existing_lr, made_from_other_hr, make_lr_images
 
 
 class DataWarning(UserWarning):
@@ -37,7 +39,7 @@ def warn(msg: str) -> None:
 class ImagePair:
     """One HR image and its LR images, one per scale (in ``--scale`` order)."""
 
-    name: str  # the HR file's stem: '0801', 'baby'
+    name: str  # the name of results and metrics rows: the HR file's stem, '0801', 'baby' (output_names)
     hr: Path
     lr: tuple[Path, ...]
     hr_size: tuple[int, int]  # (height, width) on disk
@@ -45,7 +47,7 @@ class ImagePair:
 
 
 def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, list[Path]]], scales: list[int],
-               store: ImageStore, training: bool, patch_size: int = 0) -> list[ImagePair]:
+               store: ImageStore, training: bool, patch_size: int = 0, workers: int | None = None) -> list[ImagePair]:
     """Check and complete the pairs of a data set; DataError naming the file at the first problem.
 
     Args:
@@ -54,29 +56,44 @@ def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, list[Path]]],
         entries: ``(HR path, [expected LR path for each scale])``; HR paths must exist.
         scales: the scales, in the order of the LR paths.
         store: reads headers and builds the decoded cache.
-        training: sizes must match exactly (``LR * scale == HR``) and hold a patch; for testing an HR
-            image larger than ``LR * scale`` is cropped (with one warning per data set).
+        training: the HR image cropped at the bottom/right to a multiple of the scale must be ``LR *
+            scale`` (the benchmark convention), and the LR image must hold a patch; for testing an HR
+            image larger than ``LR * scale`` is cropped. Crops are reported in one warning per data set.
         patch_size: HR patch size (training only).
+        workers: processes that make missing LR images (default: the available cores; see
+            storage.make_lr_images for when a pool is used).
     """
     lr_paths: list[list[Path]] = []
-    missing: list[tuple[int, int, Path, Path]] = []
+    todo: dict[int, list[tuple[int, Path]]] = {}  # HR index -> [(scale index, expected LR path)]
+    stale = 0
     for i, (hr, expected) in enumerate(entries):
         found = []
         for j, lr in enumerate(expected):
             existing = existing_lr(lr, hr)
+            if existing is not None and made_from_other_hr(existing, hr):
+                stale += 1
+                existing, lr = None, existing  # remade where it is
             if existing is None:
-                missing.append((i, j, hr, lr))
+                todo.setdefault(i, []).append((j, lr))
             found.append(existing)
         lr_paths.append(found)
-    if missing:
-        say(f'{name}: {len(missing)} LR image(s) missing (e.g. {missing[0][3]}); making them once from the HR '
-            f'images with MATLAB-style bicubic downscaling')
+    if todo:
+        count = sum(len(t) for t in todo.values())
+        example = next(iter(todo.values()))[0][1]
+        why = 'missing' if not stale else 'out of date (made from an earlier version of their HR image)' \
+            if stale == count else f'missing or out of date ({stale} made from an earlier version of their HR image)'
+        say(f'{name}: {count} LR image(s) {why} (e.g. {example}); making them once from the HR images with '
+            f'MATLAB-style bicubic downscaling')
+        jobs = [(entries[i][0], [(lr, scales[j]) for j, lr in targets]) for i, targets in todo.items()]
+        made = make_lr_images(jobs, workers=available_cores() if workers is None else workers,
+                              desc=f'{name}: LR images')
         redirected = set()
-        for i, j, hr, lr in missing:
-            lr_paths[i][j] = made = make_lr(hr, lr, scales[j])
-            if made != lr and made.parent not in redirected:
-                redirected.add(made.parent)
-                say(f'{name}: {lr.parent} is read-only; its LR images go to {made.parent}')
+        for (i, targets), paths in zip(todo.items(), made, strict=True):
+            for (j, lr), path in zip(targets, paths, strict=True):
+                lr_paths[i][j] = path
+                if path != lr and path.parent not in redirected:
+                    redirected.add(path.parent)
+                    say(f'{name}: {lr.parent} is read-only; its LR images go to {path.parent}')
 
     conversions: list[tuple[str, str | None]] = []
     cropped: list[str] = []
@@ -93,14 +110,15 @@ def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, list[Path]]],
         conversions.append((path.name, info.conversion))
         return info.height, info.width
 
-    for (hr, _), lrs in zip(entries, lr_paths, strict=True):
+    names = output_names([hr for hr, _ in entries])
+    for (hr, _), lrs, pair_name in zip(entries, lr_paths, names, strict=True):
         hr_size = inspect(hr)
         lr_sizes = []
         for scale, lr in zip(scales, lrs, strict=True):
             lh, lw = inspect(lr)
             _check_sizes(name, hr, hr_size, lr, (lh, lw), scale, training, patch_size, cropped)
             lr_sizes.append((lh, lw))
-        pairs.append(ImagePair(name=hr.stem, hr=hr, lr=tuple(lrs), hr_size=hr_size, lr_sizes=tuple(lr_sizes)))
+        pairs.append(ImagePair(name=pair_name, hr=hr, lr=tuple(lrs), hr_size=hr_size, lr_sizes=tuple(lr_sizes)))
 
     message = describe_conversion(name, conversions)
     if message:
@@ -119,9 +137,9 @@ def _check_sizes(name: str, hr: Path, hr_size: tuple[int, int], lr: Path, lr_siz
     (hh, hw), (lh, lw) = hr_size, lr_size
     if (lh * scale, lw * scale) != (hh, hw):
         pair = f'{lr} ({lw}x{lh}) x{scale} = {lw * scale}x{lh * scale} but {hr} is {hw}x{hh}'
-        if training:
-            raise DataError(f'{name}: {pair}; training needs HR = LR x scale exactly (crop the HR image or remake '
-                            f'the LR image)')
+        if training and (lh * scale, lw * scale) != (hh - hh % scale, hw - hw % scale):
+            raise DataError(f'{name}: {pair}; training needs HR = LR x scale, the HR cropped to a multiple of the '
+                            f'scale (remake the LR image from the HR image, or crop the HR image)')
         if lh * scale > hh or lw * scale > hw:
             raise DataError(f'{name}: {pair}; the LR image is too large for its HR image')
         cropped.append(f'{hr.name} {hw}x{hh} -> {lw * scale}x{lh * scale}')
@@ -225,7 +243,8 @@ class TestImages(Dataset):
 
 
 class DemoImages(Dataset):
-    """Every image of a folder as an LR input, without HR: ``(lr, empty tensor, name)``.
+    """Every image of a folder as an LR input, without HR: ``(lr, empty tensor, name)`` (names as
+    :func:`data.common.output_names` gives them).
 
     Args:
         paths: the image files.
@@ -240,6 +259,7 @@ class DemoImages(Dataset):
 
     def __init__(self, *, paths: list[Path], store: ImageStore, n_colors: int, rgb_range: int) -> None:
         self.paths = paths
+        self.names = output_names(paths)
         self.store = store
         self.n_colors = n_colors
         self.rgb_range = rgb_range
@@ -254,4 +274,4 @@ class DemoImages(Dataset):
     def __getitem__(self, index: int):
         path = self.paths[index]
         lr = to_tensor(set_channel(np.asarray(self.store.load(path)), self.n_colors), self.rgb_range)
-        return lr, torch.empty(0), path.stem
+        return lr, torch.empty(0), self.names[index]
