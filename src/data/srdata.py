@@ -47,7 +47,7 @@ class ImagePair:
 
 
 def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, list[Path]]], scales: list[int],
-               store: ImageStore, training: bool, patch_size: int = 0, workers: int | None = None) -> list[ImagePair]:
+               store: ImageStore, training: bool, patch_size: int = 0) -> list[ImagePair]:
     """Check and complete the pairs of a data set; DataError naming the file at the first problem.
 
     Args:
@@ -60,8 +60,8 @@ def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, list[Path]]],
             scale`` (the benchmark convention), and the LR image must hold a patch; for testing an HR
             image larger than ``LR * scale`` is cropped. Crops are reported in one warning per data set.
         patch_size: HR patch size (training only).
-        workers: processes that make missing LR images (default: the available cores; see
-            storage.make_lr_images for when a pool is used).
+
+    Missing LR images are made with the available cores (storage.make_lr_images), with a progress bar.
     """
     lr_paths: list[list[Path]] = []
     todo: dict[int, list[tuple[int, Path]]] = {}  # HR index -> [(scale index, expected LR path)]
@@ -71,8 +71,8 @@ def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, list[Path]]],
         for j, lr in enumerate(expected):
             existing = existing_lr(lr, hr)
             if existing is not None and made_from_other_hr(existing, hr):
-                stale += 1
-                existing, lr = None, existing  # remade where it is
+                stale += 1  # made by us from an earlier version of the HR image: made again
+                existing = None
             if existing is None:
                 todo.setdefault(i, []).append((j, lr))
             found.append(existing)
@@ -80,13 +80,12 @@ def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, list[Path]]],
     if todo:
         count = sum(len(t) for t in todo.values())
         example = next(iter(todo.values()))[0][1]
-        why = 'missing' if not stale else 'out of date (made from an earlier version of their HR image)' \
-            if stale == count else f'missing or out of date ({stale} made from an earlier version of their HR image)'
-        say(f'{name}: {count} LR image(s) {why} (e.g. {example}); making them once from the HR images with '
+        what = [f'{count - stale} LR image(s) missing'] if count > stale else []
+        what += [f'{stale} LR image(s) out of date (made from an earlier version of their HR image)'] if stale else []
+        say(f'{name}: {" and ".join(what)} (e.g. {example}); making them once from the HR images with '
             f'MATLAB-style bicubic downscaling')
         jobs = [(entries[i][0], [(lr, scales[j]) for j, lr in targets]) for i, targets in todo.items()]
-        made = make_lr_images(jobs, workers=available_cores() if workers is None else workers,
-                              desc=f'{name}: LR images')
+        made = make_lr_images(jobs, workers=available_cores(), desc=f'{name}: LR images')
         redirected = set()
         for (i, targets), paths in zip(todo.items(), made, strict=True):
             for (j, lr), path in zip(targets, paths, strict=True):
