@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add('--template', default=None,
-        help=f'preset of options: {"|".join(template.TEMPLATES)}; flags given still win)')
+        help=f'preset of options: {"|".join(template.TEMPLATES)}; flags given still win')
 
     g = parser.add_argument_group('hardware').add_argument
     g('--n_threads', type=int, default=6, help='data-loading worker processes (0: load in the main process)')

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('hr_folder', type=Path, help='folder of HR images, e.g. ../dataset/benchmark/Set5/HR')
     parser.add_argument('--scale', default='2+3+4', help='"+"-separated downscaling factors, e.g. 2+3+4')
     parser.add_argument('--workers', type=int, default=available_cores(),
-                        help='processes making the LR images (1: this process only)')
+                        help='processes making the LR images (default: the available cores; 1: this process only)')
     return parser
 
 
