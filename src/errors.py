@@ -3,8 +3,22 @@
 Anything the user can fix (a flag out of range, a missing folder, a corrupt image, a checkpoint for
 another configuration) raises :class:`UserError` with a message that names the flag or the file.
 ``main.py`` prints that message on one line and exits with status 2, without a traceback.
+Warnings are shown the same way, as ``warning: <message>`` (see :func:`show_warnings_plainly`).
 """
+
+import sys
+import warnings
 
 
 class UserError(Exception):
     """Bad input that the user can fix; the message names the flag or file at fault."""
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f'warning: {message}', file=file or sys.stderr, flush=True)
+
+
+def show_warnings_plainly() -> None:
+    """Print warnings as one line, ``warning: <message>``, instead of Python's default format (which adds
+    the file, line and source line of the code that warned). Entry points call this, never imports."""
+    warnings.showwarning = _show_warning

@@ -10,12 +10,13 @@ import loss
 import model
 import option
 import run_folder
-from errors import UserError
+from errors import UserError, show_warnings_plainly
 from trainer import Trainer
 
 
 def run(args) -> None:
     """Train and/or evaluate in this process (one of several under torch.distributed)."""
+    show_warnings_plainly()  # again: a spawned process starts with Python's default
     torch.manual_seed(args.seed)
     ckp = run_folder.checkpoint(args)
     loader = data.Data(args)
@@ -29,6 +30,7 @@ def run(args) -> None:
 
 
 def main(argv=None) -> int:
+    show_warnings_plainly()
     try:
         args = option.parse_args(argv)
         if not args.cuda_available and not args.cpu_requested:

@@ -7,6 +7,7 @@ allowed; ``main.py`` prints it without a traceback.
 """
 
 import argparse
+import math
 import re
 
 import torch
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
-    add('--template', default='.', help=f'preset of options: one of {", ".join(template.TEMPLATES)}')
+    add('--template', default=None,
+        help=f'preset of options: {"|".join(template.TEMPLATES)}; flags given still win')
 
     g = parser.add_argument_group('hardware').add_argument
     g('--n_threads', type=int, default=6, help='data-loading worker processes (0: load in the main process)')
@@ -143,6 +145,9 @@ def _names(flag: str, value: str, allowed):
 
 def finalize(args: argparse.Namespace) -> argparse.Namespace:
     """Split list flags and check every value; raises UserError naming the first bad flag."""
+    for flag, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            _fail(flag, value, 'must be a finite number')
     model = {m.lower(): m for m in MODELS}.get(str(args.model).lower())
     if model is None:
         _fail('model', args.model, f'allowed: {", ".join(MODELS)}')
@@ -171,7 +176,7 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         _fail('decay', '-'.join(map(str, args.decay)), 'milestones must increase')
 
     betas = _split_list('betas', args.betas.replace(',', '+'), '+', float, 'two floats in [0, 1), e.g. 0.9+0.999')
-    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+    if len(betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in betas):
         _fail('betas', args.betas, 'two floats in [0, 1), e.g. 0.9+0.999')
     args.betas = tuple(betas)
 
@@ -195,7 +200,7 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         _fail('ema_decay', args.ema_decay, 'must be in [0, 1)')
     if args.n_colors not in (1, 3):
         _fail('n_colors', args.n_colors, 'allowed: 1 (Y channel) or 3 (RGB)')
-    for s in args.scale:
+    for s in [] if args.test_only else args.scale:  # patches are only cut for training
         if args.patch_size % s:
             _fail('patch_size', args.patch_size, f'must be divisible by the scale ({s})')
     if args.chop_overlap * 2 >= args.chop_size:
@@ -224,7 +229,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     """Parse ``argv`` (default ``sys.argv[1:]``); a template's values act as defaults, so flags win."""
     parser = build_parser()
     first, _ = parser.parse_known_args(argv)
-    if first.template != '.':
+    if first.template not in (None, '.'):  # '.': EDSR's default, meaning none
         try:
             parser.set_defaults(**template.get_template(first.template))
         except KeyError:

@@ -5,7 +5,10 @@
 writes ``<HR folder>/../LR_bicubic/X<s>/<name>x<s>.png`` for every image (HR cropped at the
 bottom/right to a multiple of the scale first, as the benchmark sets are; grayscale, RGBA, palette and
 16-bit images are converted to 8-bit RGB), the layout that ``--data_test`` reads for the benchmark sets.
-Existing LR images are overwritten. Errors are one line naming the path, exit status 2.
+``<name>`` is the image's stem, or ``<stem>_<ext>`` for images that share a stem (data.common.output_names).
+Existing LR images are overwritten. The images are shared among ``--workers`` processes (default: the
+available cores) with a progress bar; the files are the same whatever the number. Errors are one line
+naming the path, exit status 2.
 """
 
 import argparse
@@ -13,16 +16,17 @@ import sys
 import warnings
 from pathlib import Path
 
-from data.common import DataError, describe_conversion, list_images, read_image, read_info
-from data.imresize import bicubic_downscale, crop_to_scale
-from data.storage import save_png
-from errors import UserError
+from data.common import DataError, describe_conversion, list_images, output_names, read_info
+from data.storage import available_cores, make_lr_images
+from errors import UserError, show_warnings_plainly
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description='Write MATLAB-bicubic LR images next to a folder of HR images.')
     parser.add_argument('hr_folder', type=Path, help='folder of HR images, e.g. ../dataset/benchmark/Set5/HR')
     parser.add_argument('--scale', default='2+3+4', help='"+"-separated downscaling factors, e.g. 2+3+4')
+    parser.add_argument('--workers', type=int, default=available_cores(),
+                        help='processes making the LR images (default: the available cores; 1: this process only)')
     return parser
 
 
@@ -36,8 +40,9 @@ def parse_scales(value: str) -> list[int]:
     return scales
 
 
-def prepare(hr_folder: Path, scales: list[int]) -> list[Path]:
-    """Write the LR images of every image in ``hr_folder``; returns the files written."""
+def prepare(hr_folder: Path, scales: list[int], workers: int = 1) -> list[Path]:
+    """Write the LR images of every image in ``hr_folder`` with ``workers`` processes; returns the files
+    written."""
     if not hr_folder.is_dir():
         raise DataError(f'{hr_folder}: not a folder of HR images')
     images = list_images(hr_folder)
@@ -47,28 +52,20 @@ def prepare(hr_folder: Path, scales: list[int]) -> list[Path]:
     if message:
         warnings.warn(message, stacklevel=2)
     lr_root = hr_folder.resolve().parent / 'LR_bicubic'
-    written = []
-    for path in images:
-        hr = read_image(path)
-        for s in scales:
-            try:
-                lr = bicubic_downscale(crop_to_scale(hr, s), s)
-            except ValueError as e:
-                raise DataError(f'{path}: cannot make its x{s} LR image ({e})') from None
-            target = lr_root / f'X{s}' / f'{path.stem}x{s}.png'
-            try:
-                save_png(target, lr)
-            except OSError as e:
-                raise DataError(f'{target}: cannot write ({e.strerror or e})') from None
-            written.append(target)
-    return written
+    jobs = [(path, [(lr_root / f'X{s}' / f'{name}x{s}.png', s) for s in scales])
+            for path, name in zip(images, output_names(images), strict=True)]
+    made = make_lr_images(jobs, workers=workers, pool=None if workers > 1 else False, fallback=False)
+    return [path for paths in made for path in paths]
 
 
 def main(argv: list[str] | None = None) -> int:
+    show_warnings_plainly()
     args = build_parser().parse_args(argv)
     try:
         scales = parse_scales(args.scale)
-        written = prepare(args.hr_folder, scales)
+        if args.workers < 1:
+            raise UserError(f'--workers {args.workers}: must be >= 1')
+        written = prepare(args.hr_folder, scales, args.workers)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ LR images made by the independent MATLAB reference of test_data_imresize.py.
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,9 +256,9 @@ def test_sep_cache_is_built_memory_mapped_reset_and_refreshed(tmp_path, capsys):
     set5 = tmp_path / 'benchmark' / 'Set5'
     d = data.Data(parse(tmp_path, '--test_only', '--ext', 'sep'))
     assert 'cache' in capsys.readouterr().out
-    npy = set5 / 'bin' / 'HR' / 'i0.npy'
+    npy = set5 / 'bin' / 'HR' / 'i0.png.npy'
     assert np.array_equal(np.load(npy), images['i0'])
-    assert np.array_equal(np.load(set5 / 'bin' / 'LR_bicubic' / 'X2' / 'i0x2.npy'),
+    assert np.array_equal(np.load(set5 / 'bin' / 'LR_bicubic' / 'X2' / 'i0x2.png.npy'),
                           load(set5 / 'LR_bicubic' / 'X2' / 'i0x2.png'))
     assert isinstance(d.store.load(set5 / 'HR' / 'i0.png'), np.memmap)
 
@@ -302,7 +303,7 @@ def test_sep_cache_goes_to_user_cache_when_data_folder_is_read_only(tmp_path):
     (set5 / 'bin').write_text('not a folder')  # no cache can be written under Set5/
     d = data.Data(parse(tmp_path, '--test_only', '--ext', 'sep'))
     cached = d.store.cache_path(set5 / 'HR' / 'a.png')
-    assert cached == tmp_path / 'user-cache' / 'lcoan' / 'sep' / (set5 / 'HR' / 'a.npy').relative_to('/')
+    assert cached == tmp_path / 'user-cache' / 'lcoan' / 'sep' / (set5 / 'HR' / 'a.png.npy').relative_to('/')
     assert np.array_equal(np.load(cached), photo(0))
 
 
@@ -408,11 +409,9 @@ def test_corrupt_and_truncated_images_name_the_file(tmp_path):
     set5 = tmp_path / 'benchmark' / 'Set5'
     _truncated_png(set5 / 'HR' / 'trunc.png', photo(1))
 
-    d = data.Data(parse(tmp_path, '--test_only'))  # img: the header is fine, decoding fails at load time
-    with pytest.raises(UserError, match='trunc.png'):
-        list(d.loader_test[0])
-    with pytest.raises(UserError, match='trunc.png'):  # sep: at scan time
-        data.Data(parse(tmp_path, '--test_only', '--ext', 'sep'))
+    for ext in ('img', 'sep'):  # at scan time, whatever --ext is (see also test_corrupt_test_images_...)
+        with pytest.raises(UserError, match='trunc.png'):
+            data.Data(parse(tmp_path, '--test_only', '--ext', ext))
 
     (set5 / 'HR' / 'trunc.png').unlink()
     (set5 / 'HR' / 'junk.png').write_bytes(b'this is not an image')
@@ -424,8 +423,8 @@ def test_worker_error_reaches_the_user_as_one_line_naming_the_file(tmp_path):
     make_div2k(tmp_path, range(1, 5))
     make_benchmark(tmp_path, 'Set5', {'x': photo(9)})
     bad = tmp_path / 'DIV2K' / 'DIV2K_train_HR' / '0002.png'
-    _truncated_png(bad, photo(2))
     d = data.Data(parse(tmp_path, '--n_threads', '1'))
+    _truncated_png(bad, photo(2))  # damaged after the start-up check: found by the worker that reads it
     assert d.loader_train.num_workers == 1 and d.loader_train.timeout > 0 and d.loader_train.persistent_workers
     with pytest.raises(UserError) as err:
         for _ in d.loader_train:
@@ -480,3 +479,177 @@ def test_size_mismatch_crops_benchmarks_and_stops_training(tmp_path):
     save(hr_path, photo(3))
     with pytest.raises(UserError, match='--patch_size 128'):
         data.Data(parse(tmp_path, '--data_test', 'DIV2K', '--data_range', '1-4/1-1', '--patch_size', '128'))
+
+
+# ----------------------------------------------------------------------------------------------
+# images that share a stem, stale caches, start-up checks, odd HR sizes, making LR images in parallel
+
+
+def test_same_stem_different_extensions_keep_caches_and_names_apart(tmp_path):
+    a_png, a_bmp, b = photo(0), photo(1), photo(2)
+    hr_dir = tmp_path / 'benchmark' / 'Set5' / 'HR'
+    save(hr_dir / 'a.png', a_png)
+    save(hr_dir / 'a.bmp', a_bmp)  # lossless too, so both can be compared exactly
+    save(hr_dir / 'b.png', b)
+    lr_dir = tmp_path / 'benchmark' / 'Set5' / 'LR_bicubic' / 'X2'
+    save(lr_dir / 'ax2.png', matlab_imresize_reference(a_png, 2))  # the partner of a.png (same extension)
+    # a.bmp has no LR of its own (ax2.png belongs to a.png): it is made as a_bmpx2.png
+    for ext in ('sep', 'img'):
+        d = data.Data(parse(tmp_path, '--test_only', '--ext', ext))
+        ds = d.loader_test[0].dataset
+        assert [p.name for p in ds.pairs] == ['a_bmp', 'a_png', 'b']
+        assert [p.lr.name for p in ds.pairs] == ['a_bmpx2.png', 'ax2.png', 'bx2.png']
+        got = {name[0]: (to8(lr[0]), to8(hr[0])) for lr, hr, name in d.loader_test[0]}
+        for name, hr in (('a_png', a_png), ('a_bmp', a_bmp), ('b', b)):
+            assert np.array_equal(got[name][1], hr), (ext, name)
+            assert np.array_equal(got[name][0], matlab_imresize_reference(hr, 2)), (ext, name)
+        if ext == 'sep':
+            caches = {d.store.cache_path(p.hr) for p in ds.pairs}
+            assert len(caches) == 3 and {c.name for c in caches} == {'a.png.npy', 'a.bmp.npy', 'b.png.npy'}
+
+    # Demo: the same rule names the outputs; a stem shared only up to case is disambiguated too
+    # (a_x2_SR.png and A_x2_SR.png would be one file on macOS or Windows).
+    demo = tmp_path / 'demo'
+    save(demo / 'a.png', photo(0, 40, 50))
+    save(demo / 'a.jpg', photo(1, 30, 36))
+    save(demo / 'C.png', photo(2, 20, 24))
+    save(demo / 'c.bmp', photo(3, 22, 26))
+    save(demo / 'b.png', photo(3, 24, 28))
+    d = data.Data(parse(tmp_path, '--data_test', 'Demo', '--dir_demo', str(demo), '--test_only', '--ext', 'sep'))
+    batches = {n[0]: lr for lr, _, n in d.loader_test[0]}
+    assert sorted(batches) == ['C_png', 'a_jpg', 'a_png', 'b', 'c_bmp']
+    assert batches['a_png'].shape[-2:] == (40, 50) and batches['a_jpg'].shape[-2:] == (30, 36)
+    assert np.array_equal(to8(batches['a_png'][0]), photo(0, 40, 50))
+
+
+def test_output_names_rule():
+    from data.common import output_names
+    paths = [Path(p) for p in ('x/a.png', 'x/a.jpg', 'x/b.png', 'x/B.tif', 'x/a_png.bmp', 'x/c.png')]
+    assert output_names(paths) == ['a_png', 'a_jpg', 'b_png', 'B_tif', 'a_png_2', 'c']
+
+
+def test_sep_cache_is_rebuilt_when_image_is_replaced_by_an_older_one(tmp_path, capsys):
+    old, new = photo(0), photo(1)
+    make_benchmark(tmp_path, 'Set5', {'a': old})
+    hr = tmp_path / 'benchmark' / 'Set5' / 'HR' / 'a.png'
+    d = data.Data(parse(tmp_path, '--test_only', '--ext', 'sep'))
+    npy = d.store.cache_path(hr)
+    assert np.array_equal(np.load(npy), old)
+    capsys.readouterr()
+
+    # Replace the image the way cp -p, tar or rsync -a do: same size on disk, an OLDER time stamp.
+    save(hr, new)
+    past = npy.stat().st_mtime_ns - 10 ** 11
+    os.utime(hr, ns=(past, past))
+    assert hr.stat().st_mtime_ns < npy.stat().st_mtime_ns
+    d = data.Data(parse(tmp_path, '--test_only', '--ext', 'sep'))
+    assert 'cache' in capsys.readouterr().out
+    assert np.array_equal(np.load(npy), new)
+    assert np.array_equal(to8(next(iter(d.loader_test[0]))[1][0]), new)
+
+    # Only the time stamp changes (touch): rebuilt too; nothing changes: not rebuilt.
+    os.utime(hr, ns=(past - 10 ** 9, past - 10 ** 9))
+    data.Data(parse(tmp_path, '--test_only', '--ext', 'sep'))
+    assert 'cache' in capsys.readouterr().out
+    data.Data(parse(tmp_path, '--test_only', '--ext', 'sep'))
+    assert capsys.readouterr().out == ''
+
+
+def test_made_lr_image_is_remade_when_its_hr_is_replaced_by_an_older_one(tmp_path, capsys):
+    make_benchmark(tmp_path, 'Set5', {'a': photo(0)}, with_lr=False)
+    hr = tmp_path / 'benchmark' / 'Set5' / 'HR' / 'a.png'
+    lr_path = tmp_path / 'benchmark' / 'Set5' / 'LR_bicubic' / 'X2' / 'ax2.png'
+    data.Data(parse(tmp_path, '--test_only'))
+    assert np.array_equal(load(lr_path), matlab_imresize_reference(photo(0), 2))
+    capsys.readouterr()
+    save(hr, photo(1))
+    past = lr_path.stat().st_mtime_ns - 10 ** 11
+    os.utime(hr, ns=(past, past))
+    data.Data(parse(tmp_path, '--test_only'))
+    assert 'out of date' in capsys.readouterr().out
+    assert np.array_equal(load(lr_path), matlab_imresize_reference(photo(1), 2))
+    # An LR image the user made (without our stamp) is theirs: kept as it is.
+    user_lr = matlab_imresize_reference(photo(2), 2)
+    save(lr_path, user_lr)
+    data.Data(parse(tmp_path, '--test_only'))
+    assert np.array_equal(load(lr_path), user_lr)
+
+
+@pytest.mark.parametrize('ext', ['img', 'sep'])
+def test_corrupt_test_images_are_found_at_start_up(tmp_path, ext):
+    make_benchmark(tmp_path, 'Set5', {'good': photo(0), 'trunc': photo(1)})
+    set5 = tmp_path / 'benchmark' / 'Set5'
+    _truncated_png(set5 / 'HR' / 'trunc.png', photo(1))
+    with pytest.raises(UserError, match='trunc.png') as err:
+        data.Data(parse(tmp_path, '--test_only', '--ext', ext))
+    assert '\n' not in str(err.value)
+    (set5 / 'HR' / 'trunc.png').unlink()
+    # A garbage file named .png, as an LR image this time.
+    (set5 / 'LR_bicubic' / 'X2' / 'goodx2.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'garbage' * 20)
+    with pytest.raises(UserError, match='goodx2.png'):
+        data.Data(parse(tmp_path, '--test_only', '--ext', ext))
+
+
+def test_truncated_jpeg_and_bmp_are_found_at_start_up(tmp_path):
+    demo = tmp_path / 'demo'
+    save(demo / 'ok.jpg', photo(0, 64, 64))
+    save(demo / 'ok.bmp', photo(1, 64, 64))
+    data.Data(parse(tmp_path, '--data_test', 'Demo', '--dir_demo', str(demo), '--test_only'))
+    for name in ('ok.jpg', 'ok.bmp'):
+        raw = (demo / name).read_bytes()
+        (demo / name).write_bytes(raw[:len(raw) * 2 // 3])
+        with pytest.raises(UserError, match=name):
+            data.Data(parse(tmp_path, '--data_test', 'Demo', '--dir_demo', str(demo), '--test_only'))
+        (demo / name).write_bytes(raw)
+
+
+def test_training_hr_not_a_multiple_of_the_scale_gets_its_lr_from_the_cropped_hr(tmp_path):
+    make_benchmark(tmp_path, 'Set5', {'x': photo(9)})
+    hr = photo(3, 97, 123)
+    save(tmp_path / 'DIV2K' / 'DIV2K_train_HR' / '0001.png', hr)  # no LR image
+    with pytest.warns(DataWarning, match='0001.png 123x97 -> 123x96'):
+        d = data.Data(parse(tmp_path, '--data_range', '1-1/1-1', '--scale', '3', '--patch_size', '48',
+                            '--no_augment', '--rgb_range', '1'))
+    pair = d.loader_train.dataset.pairs[0]
+    assert pair.lr == tmp_path / 'DIV2K' / 'DIV2K_train_LR_bicubic' / 'X3' / '0001x3.png'
+    lr_full = load(pair.lr)
+    assert np.array_equal(lr_full, matlab_imresize_reference(hr[:96, :123], 3))
+    for lr, hr_t, _ in d.loader_train:
+        for k in range(len(lr)):
+            lr8, hr8 = to8(lr[k], 1), to8(hr_t[k], 1)
+            (y, x), = [(y, x) for y in range(lr_full.shape[0] - 15) for x in range(lr_full.shape[1] - 15)
+                       if np.array_equal(lr_full[y:y + 16, x:x + 16], lr8)]
+            assert np.array_equal(hr8, hr[3 * y:3 * y + 48, 3 * x:3 * x + 48])
+
+
+@pytest.mark.parametrize('pool', [False, True])
+def test_lr_images_made_in_a_process_pool_equal_the_sequential_ones(tmp_path, pool):
+    from data import storage
+    images = {f'p{k}': photo(k, 60 + 6 * k, 72 + 3 * k) for k in range(4)}
+    jobs = []
+    for stem, hr in images.items():
+        save(tmp_path / 'HR' / f'{stem}.png', hr)
+        jobs.append((tmp_path / 'HR' / f'{stem}.png', [(tmp_path / 'LR' / f'X{s}' / f'{stem}x{s}.png', s)
+                                                        for s in (2, 3, 4)]))
+    made = storage.make_lr_images(jobs, workers=2, pool=pool, desc='test')
+    assert made == [[lr for lr, _ in expected] for _, expected in jobs]
+    for (hr_path, expected), paths in zip(jobs, made, strict=True):
+        for (_, s), path in zip(expected, paths, strict=True):
+            hr = images[hr_path.stem]
+            assert np.array_equal(load(path), matlab_imresize_reference(crop_to_scale(hr, s), s))
+    if pool:  # byte for byte what the sequential path writes
+        sequential = tmp_path / 'seq'
+        seq_jobs = [(hr, [(sequential / lr.relative_to(tmp_path), s) for lr, s in exp]) for hr, exp in jobs]
+        storage.make_lr_images(seq_jobs, workers=1, pool=False, desc='test')
+        for (_, exp), (_, seq_exp) in zip(jobs, seq_jobs, strict=True):
+            for (lr, _), (seq_lr, _) in zip(exp, seq_exp, strict=True):
+                assert lr.read_bytes() == seq_lr.read_bytes()
+
+
+def test_lr_pool_error_names_the_file(tmp_path):
+    from data import storage
+    save(tmp_path / 'HR' / 'ok.png', photo(0))
+    _truncated_png(tmp_path / 'HR' / 'bad.png', photo(1))
+    jobs = [(tmp_path / 'HR' / f'{n}.png', [(tmp_path / 'LR' / f'{n}x2.png', 2)]) for n in ('ok', 'bad')]
+    with pytest.raises(UserError, match='bad.png'):
+        storage.make_lr_images(jobs, workers=2, pool=True, desc='test')

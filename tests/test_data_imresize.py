@@ -1,5 +1,8 @@
 """data.imresize (bicubic_pytorch underneath) against an independent numpy MATLAB imresize, and prepare_data.py."""
 
+import os
+from concurrent.futures import ProcessPoolExecutor
+
 import numpy as np
 import pytest
 import skimage.data
@@ -134,3 +137,33 @@ def test_prepare_data_errors_are_one_line(tmp_path, capsys):
 
     assert prepare_data.main([str(tmp_path / 'HR'), '--scale', '2+x']) == 2
     assert '--scale' in capsys.readouterr().err
+
+
+def test_prepare_data_pool_writes_the_same_bytes_and_keeps_shared_stems_apart(tmp_path, capsys, monkeypatch):
+    from data import storage
+    monkeypatch.setattr(storage, 'POOL_MIN_PIXELS', 0)  # a pool even for these small images
+    calls = []
+    monkeypatch.setattr(storage, 'ProcessPoolExecutor',
+                        lambda **kw: calls.append(kw) or ProcessPoolExecutor(**kw))
+    photos = {'astro.png': skimage.data.astronaut()[:101, :131], 'astro.bmp': skimage.data.coffee()[:90, :120],
+              'cat.png': skimage.data.chelsea()[50:150, 100:223]}
+    for run in ('seq', 'pool'):
+        hr_dir = tmp_path / run / 'HR'
+        hr_dir.mkdir(parents=True)
+        for name, img in photos.items():
+            Image.fromarray(img).save(hr_dir / name)
+            os.utime(hr_dir / name, ns=(10 ** 18, 10 ** 18))  # made LR images record their HR's time stamp
+    assert prepare_data.main([str(tmp_path / 'seq' / 'HR'), '--scale', '2+3', '--workers', '1']) == 0
+    assert prepare_data.main([str(tmp_path / 'pool' / 'HR'), '--scale', '2+3', '--workers', '2']) == 0
+    assert 'wrote 6 LR images' in capsys.readouterr().out
+    assert [kw['max_workers'] for kw in calls] == [2]  # the second run, not the first
+    for s in (2, 3):
+        names = sorted(p.name for p in (tmp_path / 'pool' / 'LR_bicubic' / f'X{s}').iterdir())
+        assert names == [f'astro_bmpx{s}.png', f'astro_pngx{s}.png', f'catx{s}.png']
+        for name in names:
+            seq, pool = (tmp_path / run / 'LR_bicubic' / f'X{s}' / name for run in ('seq', 'pool'))
+            assert seq.read_bytes() == pool.read_bytes()
+        lr = np.asarray(Image.open(tmp_path / 'pool' / 'LR_bicubic' / f'X{s}' / f'astro_bmpx{s}.png'))
+        assert np.array_equal(lr, matlab_imresize_reference(crop_to_scale(photos['astro.bmp'], s), s))
+    assert prepare_data.main([str(tmp_path / 'seq' / 'HR'), '--workers', '0']) == 2
+    assert '--workers 0' in capsys.readouterr().err

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import option
-from conftest import SRC
+from conftest import MAIN_ENV, SRC
 from errors import UserError
 
 PAPER_X2 = (
@@ -127,3 +127,60 @@ def test_main_prints_one_line_without_traceback():
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --scale '5': LCoAN upsamples by 2, 3, 4"
     assert 'Traceback' not in proc.stdout + proc.stderr
+
+
+# Every float flag, as the parser declares them (flags added later are covered too).
+FLOAT_FLAGS = tuple(a.dest for a in option.build_parser()._actions if a.type is float)
+
+
+def test_float_flags_include_the_optimisation_and_model_ones():
+    assert {'lr', 'gamma', 'momentum', 'epsilon', 'weight_decay', 'gclip', 'skip_threshold', 'res_scale',
+            'ema_decay'} <= set(FLOAT_FLAGS)
+
+
+@pytest.mark.parametrize('flag', FLOAT_FLAGS)
+@pytest.mark.parametrize('value', ['inf', '-inf', 'nan', 'NaN', '1e999'])
+def test_non_finite_float_flags_are_rejected(flag, value):
+    with pytest.raises(UserError) as err:
+        option.parse_args([f'--{flag}={value}'])
+    msg = str(err.value)
+    assert msg.startswith(f'--{flag} ') and 'must be a finite number' in msg and '\n' not in msg
+
+
+@pytest.mark.parametrize('value', ['inf+0.999', '0.9+nan'])
+def test_non_finite_betas_are_rejected(value):
+    with pytest.raises(UserError, match='--betas'):
+        option.parse_args(['--betas', value])
+
+
+def test_test_only_does_not_need_a_patch_size_divisible_by_the_scale():
+    args = option.parse_args(['--test_only', '--scale', '3', '--patch_size', '100', '--cpu'])
+    assert args.scale == [3] and args.patch_size == 100
+    with pytest.raises(UserError, match='--patch_size 100: must be divisible by the scale'):
+        option.parse_args(['--scale', '3', '--patch_size', '100'])
+
+
+def test_template_default_and_help():
+    assert option.parse_args([]).template is None
+    assert option.parse_args(['--template', 'demo']).data_train == ['Sample']
+    assert option.parse_args(['--template', '.']).data_train == ['DIV2K']  # EDSR's "no template"
+    text = option.build_parser().format_help()
+    assert '(default: .)' not in text
+    help_line = ' '.join(text[text.index('--template'):text.index('hardware:')].split())
+    assert 'demo' in help_line and 'LCoAN_paper_x4' in help_line and '(default: None)' in help_line
+
+
+def test_warnings_print_one_line_without_source(tmp_path):
+    from PIL import Image
+    demo = tmp_path / 'demo'
+    demo.mkdir()
+    Image.new('L', (24, 20), 128).save(demo / 'gray.png')  # a grayscale image: one conversion warning
+    proc = subprocess.run([sys.executable, 'main.py', '--template', 'demo', '--cpu', '--test_only',
+                           '--data_test', 'Demo', '--dir_demo', str(demo), '--dir_data', str(tmp_path / 'data'),
+                           '--save_dir', str(tmp_path / 'exp'), '--n_threads', '0', '--n_resgroups', '1',
+                           '--n_resblocks', '1', '--n_feats', '8', '--n_clusters', '4', '--window_size', '32'],
+                          cwd=SRC, env=MAIN_ENV, capture_output=True, text=True, timeout=300)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    ours = [line for line in lines if 'converted to 8-bit RGB' in line]
+    assert ours == ['warning: Demo: converted to 8-bit RGB on reading: 1 grayscale (gray.png)'], lines
+    assert not any('warnings.warn' in line or 'Warning:' in line or '.py:' in line for line in lines), lines

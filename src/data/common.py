@@ -56,6 +56,29 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
+def output_names(paths: list[Path]) -> list[str]:
+    """The name of each image in its data set: what its results, metrics rows and made LR images are called.
+
+    An image's name is its stem (``baby.png`` -> ``baby``) unless another image of the set has the same
+    stem up to case (``a.png`` and ``a.jpg``, or ``a.png`` and ``A.png``, which are one file name on
+    macOS and Windows); those are named ``<stem>_<extension>`` (``a_png``, ``a_jpg``). A name that still
+    clashes gets ``_2``, ``_3``, ... in the order of ``paths``.
+    """
+    stems: dict[str, int] = {}
+    for p in paths:
+        stems[p.stem.casefold()] = stems.get(p.stem.casefold(), 0) + 1
+    taken: set[str] = set()
+    names = []
+    for p in paths:
+        base = p.stem if stems[p.stem.casefold()] == 1 else f'{p.stem}_{p.suffix.lstrip(".")}'
+        name, k = base, 2
+        while name.casefold() in taken:
+            name, k = f'{base}_{k}', k + 1
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
 def find_image(folder: Path, stem: str) -> Path | None:
     """``folder/<stem>.png``, else ``folder/<stem>.<another image extension>``, else None."""
     for ext in IMAGE_EXTS:
@@ -98,6 +121,37 @@ def read_info(path: Path) -> ImageInfo:
     """Size and pixel format from the header only (no decoding); DataError naming ``path`` if unreadable."""
     with _open(path) as img:
         return ImageInfo(height=img.height, width=img.width, conversion=_conversion(img))
+
+
+def check_image(path: Path) -> None:
+    """Make sure the whole of ``path`` is there and intact without decoding its pixels where the format
+    allows; DataError naming ``path`` if not.
+
+    PNG: every chunk is read up to IEND and its CRC checked (Pillow's ``verify``), which finds a
+    truncated or damaged file at the cost of reading it. JPEG: a file that ends with the end-of-image
+    marker is complete; one that does not (truncated, or with data appended) is decoded. Other formats
+    are decoded.
+    """
+    with _open(path) as img:
+        fmt = img.format
+        try:
+            if fmt == 'PNG':
+                img.verify()
+                return
+            if fmt == 'JPEG' and _ends_with(path, b'\xff\xd9'):
+                return
+            img.load()
+        except _DECODE_ERRORS as e:
+            raise DataError(f'{path}: corrupt or truncated image ({_reason(e)})') from None
+
+
+def _ends_with(path: Path, tail: bytes) -> bool:
+    with open(path, 'rb') as f:
+        f.seek(0, 2)
+        if f.tell() < len(tail):
+            return False
+        f.seek(-len(tail), 2)
+        return f.read() == tail
 
 
 def read_image(path: Path) -> np.ndarray:

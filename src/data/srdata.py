@@ -1,9 +1,11 @@
 """Pairs of HR and LR images checked once at scan time, and the three kinds of torch datasets over them.
 
 A data set module (div2k, benchmark, sample) only says where files should be: a list of
-``(HR path, expected LR path)`` for the run's one scale. :func:`scan_pairs` then makes missing LR images, builds
-the ``--ext sep`` cache, reads every header, and checks sizes, so that bad data stops the run at
-start-up with a message naming the file rather than in the middle of an epoch.
+``(HR path, expected LR path)`` for the run's one scale. :func:`scan_pairs` then makes missing LR
+images, builds the ``--ext sep`` cache, checks every file (header and completeness, see
+``ImageStore.inspect``), and checks sizes, so that bad data stops the run at start-up with a message
+naming the file rather than in the middle of an epoch. Images are named by
+:func:`data.common.output_names` (the stem, or ``<stem>_<ext>`` when two images of a set share a stem).
 """
 
 import warnings
@@ -15,8 +17,8 @@ import torch
 from torch.utils.data import Dataset
 
 import distributed
-from data.common import DataError, augment, describe_conversion, random_patch, set_channel, to_tensor
-from data.storage import ImageStore, existing_lr, make_lr
+from data.common import DataError, augment, describe_conversion, output_names, random_patch, set_channel, to_tensor
+from data.storage import ImageStore, available_cores, existing_lr, made_from_other_hr, make_lr_images
 
 
 class DataWarning(UserWarning):
@@ -37,7 +39,7 @@ def warn(msg: str) -> None:
 class ImagePair:
     """One HR image and its LR image at the run's scale."""
 
-    name: str  # the HR file's stem: '0801', 'baby'
+    name: str  # the name of results and metrics rows: the HR file's stem, '0801', 'baby' (output_names)
     hr: Path
     lr: Path
     hr_size: tuple[int, int]  # (height, width) on disk
@@ -54,21 +56,38 @@ def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, Path]], scale
         entries: ``(HR path, expected LR path)``; HR paths must exist.
         scale: the scale of the LR images.
         store: reads headers and builds the decoded cache.
-        training: sizes must match exactly (``LR * scale == HR``) and hold a patch; for testing an HR
-            image larger than ``LR * scale`` is cropped (with one warning per data set).
+        training: the HR image cropped at the bottom/right to a multiple of the scale must be ``LR *
+            scale`` (the benchmark convention), and the LR image must hold a patch; for testing an HR
+            image larger than ``LR * scale`` is cropped. Crops are reported in one warning per data set.
         patch_size: HR patch size (training only).
+
+    Missing LR images are made with the available cores (storage.make_lr_images), with a progress bar.
     """
-    lr_paths = [existing_lr(lr, hr) for hr, lr in entries]
-    missing = [(i, hr, lr) for i, ((hr, lr), found) in enumerate(zip(entries, lr_paths, strict=True)) if found is None]
-    if missing:
-        say(f'{name}: {len(missing)} LR image(s) missing (e.g. {missing[0][2]}); making them once from the HR '
-            f'images with MATLAB-style bicubic downscaling')
+    lr_paths: list[Path | None] = []
+    todo: list[int] = []  # indices of the pairs whose LR image is made now
+    stale = 0
+    for i, (hr, lr) in enumerate(entries):
+        existing = existing_lr(lr, hr)
+        if existing is not None and made_from_other_hr(existing, hr):
+            stale += 1  # made by us from an earlier version of the HR image: made again
+            existing = None
+        if existing is None:
+            todo.append(i)
+        lr_paths.append(existing)
+    if todo:
+        what = [f'{len(todo) - stale} LR image(s) missing'] if len(todo) > stale else []
+        what += [f'{stale} LR image(s) out of date (made from an earlier version of their HR image)'] if stale else []
+        say(f'{name}: {" and ".join(what)} (e.g. {entries[todo[0]][1]}); making them once from the HR images '
+            f'with MATLAB-style bicubic downscaling')
+        jobs = [(entries[i][0], [(entries[i][1], scale)]) for i in todo]
+        made = make_lr_images(jobs, workers=available_cores(), desc=f'{name}: LR images')
         redirected = set()
-        for i, hr, lr in missing:
-            lr_paths[i] = made = make_lr(hr, lr, scale)
-            if made != lr and made.parent not in redirected:
-                redirected.add(made.parent)
-                say(f'{name}: {lr.parent} is read-only; its LR images go to {made.parent}')
+        for i, (path,) in zip(todo, made, strict=True):
+            lr_paths[i] = path
+            lr = entries[i][1]
+            if path != lr and path.parent not in redirected:
+                redirected.add(path.parent)
+                say(f'{name}: {lr.parent} is read-only; its LR images go to {path.parent}')
 
     conversions: list[tuple[str, str | None]] = []
     cropped: list[str] = []
@@ -85,10 +104,11 @@ def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, Path]], scale
         conversions.append((path.name, info.conversion))
         return info.height, info.width
 
-    for (hr, _), lr in zip(entries, lr_paths, strict=True):
+    names = output_names([hr for hr, _ in entries])
+    for (hr, _), lr, pair_name in zip(entries, lr_paths, names, strict=True):
         hr_size, lr_size = inspect(hr), inspect(lr)
         _check_sizes(name, hr, hr_size, lr, lr_size, scale, training, patch_size, cropped)
-        pairs.append(ImagePair(name=hr.stem, hr=hr, lr=lr, hr_size=hr_size, lr_size=lr_size))
+        pairs.append(ImagePair(name=pair_name, hr=hr, lr=lr, hr_size=hr_size, lr_size=lr_size))
 
     message = describe_conversion(name, conversions)
     if message:
@@ -107,9 +127,9 @@ def _check_sizes(name: str, hr: Path, hr_size: tuple[int, int], lr: Path, lr_siz
     (hh, hw), (lh, lw) = hr_size, lr_size
     if (lh * scale, lw * scale) != (hh, hw):
         pair = f'{lr} ({lw}x{lh}) x{scale} = {lw * scale}x{lh * scale} but {hr} is {hw}x{hh}'
-        if training:
-            raise DataError(f'{name}: {pair}; training needs HR = LR x scale exactly (crop the HR image or remake '
-                            f'the LR image)')
+        if training and (lh * scale, lw * scale) != (hh - hh % scale, hw - hw % scale):
+            raise DataError(f'{name}: {pair}; training needs HR = LR x scale, the HR cropped to a multiple of the '
+                            f'scale (remake the LR image from the HR image, or crop the HR image)')
         if lh * scale > hh or lw * scale > hw:
             raise DataError(f'{name}: {pair}; the LR image is too large for its HR image')
         cropped.append(f'{hr.name} {hw}x{hh} -> {lw * scale}x{lh * scale}')
@@ -206,7 +226,8 @@ class TestImages(Dataset):
 
 
 class DemoImages(Dataset):
-    """Every image of a folder as an LR input, without HR: ``(lr, empty tensor, name)``.
+    """Every image of a folder as an LR input, without HR: ``(lr, empty tensor, name)`` (names as
+    :func:`data.common.output_names` gives them).
 
     Args:
         paths: the image files.
@@ -221,6 +242,7 @@ class DemoImages(Dataset):
 
     def __init__(self, *, paths: list[Path], store: ImageStore, n_colors: int, rgb_range: int) -> None:
         self.paths = paths
+        self.names = output_names(paths)
         self.store = store
         self.n_colors = n_colors
         self.rgb_range = rgb_range
@@ -231,4 +253,4 @@ class DemoImages(Dataset):
     def __getitem__(self, index: int):
         path = self.paths[index]
         lr = to_tensor(set_channel(np.asarray(self.store.load(path)), self.n_colors), self.rgb_range)
-        return lr, torch.empty(0), path.stem
+        return lr, torch.empty(0), self.names[index]
