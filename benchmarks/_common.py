@@ -16,8 +16,10 @@ function does before returning is not timed (building models, making inputs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib
+import io
 import json
 import os
 import platform
@@ -31,6 +33,12 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 SRC_DIR = BENCH_DIR.parent / 'src'
 _RESULT_PREFIX = 'BENCH_RESULT '
+# NLSN's published configuration (its README / demo.sh): 32 residual blocks of 256 features, an NLSA
+# module before the first and after every 8th block (5 in all), 4 hash rounds, chunks of 144,
+# query/key reduction 4, residual scaling 0.1.
+NLSN_FLAGS = ['--model', 'NLSN', '--n_resblocks', '32', '--n_feats', '256', '--res_scale', '0.1', '--chunk_size', '144',
+              '--n_hashes', '4', '--rgb_range', '1', '--cpu']
+NLSN_ATTENTION = dict(n_hashes=4, chunk_size=144, reduction=4)
 _TIMING_ENV_PREFIXES = ('MALLOC_', 'THP_', 'OMP_', 'MKL_', 'KMP_', 'LD_PRELOAD')
 
 
@@ -41,20 +49,29 @@ def add_src_to_path() -> None:
             sys.path.insert(0, path)
 
 
-def import_official_lcoan(src: str):
-    """The official ``model.lcoan`` module from a checkout of YigangZhao/LCoAN's ``src/`` folder.
+def missing_nlsn(*, network: bool) -> str | None:
+    """Why our NLSN re-implementation cannot be benchmarked, or None when it can.
 
-    For same-run baselines only (``--official_src``); nothing of that code is in this repository.
-    Both code bases name their package ``model``, so call this in a child process that has not
-    imported ours.
+    ``network=False`` asks for the attention module only (``model.nlsa.NonLocalSparseAttention``);
+    ``network=True`` also for the network (``model.nlsn.make_model``) and our options parsing
+    NLSN's documented flags (``NLSN_FLAGS``).
     """
-    if 'model' in sys.modules:
-        raise RuntimeError('our model package is already imported in this process')
-    path = Path(src).resolve()
-    if not (path / 'model' / 'lcoan.py').is_file():
-        raise FileNotFoundError(f'--official_src {src}: no model/lcoan.py there (expected LCoAN\'s src/ folder)')
-    sys.path.insert(0, str(path))
-    return importlib.import_module('model.lcoan')
+    add_src_to_path()
+    try:
+        from model.nlsa import NonLocalSparseAttention  # noqa: F401
+        if network:
+            from model.nlsn import make_model  # noqa: F401
+    except ImportError as error:
+        return f'{error}'
+    if network:
+        import option
+
+        try:
+            with contextlib.redirect_stderr(io.StringIO()) as err:
+                option.parse_args(NLSN_FLAGS + ['--scale', '2'])
+        except SystemExit:
+            return f'src/option.py does not take NLSN\'s flags: {err.getvalue().strip().splitlines()[-1]}'
+    return None
 
 
 def initialise_centroids(net) -> None:
