@@ -39,6 +39,7 @@ SRC_DIR = BENCH_DIR.parent / 'src'
 # The EDSR layout both code bases share; more names come from listing the two trees.
 SHARED_NAMES = frozenset({'option', 'utility', 'model', 'data', 'loss', 'template', 'trainer'})
 REFUSED = 'option'
+_active: OfficialSource | None = None  # the source whose sealed block is open
 
 
 def top_level_names(directory: Path) -> set[str]:
@@ -87,7 +88,6 @@ class OfficialSource:
         self.prefix = f'_official_{label}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}'
         self.names = frozenset(SHARED_NAMES | top_level_names(path) | top_level_names(SRC_DIR)
                                | top_level_names(BENCH_DIR))
-        self._depth = 0
 
     def _isolated(self, name: str) -> bool:
         return name.partition('.')[0] in self.names
@@ -103,8 +103,9 @@ class OfficialSource:
     @contextlib.contextmanager
     def imports(self) -> Iterator[OfficialSource]:
         """Within the block, the official modules are importable under their own names, ours are not."""
-        if self._depth:
-            raise RuntimeError(f'{self.src}: sealed import blocks do not nest')
+        global _active
+        if _active is not None:  # two blocks would hand each other the same top-level names
+            raise RuntimeError(f'{self.src}: sealed import blocks do not nest (one for {_active.src} is open)')
         ours = {name: sys.modules.pop(name) for name in list(sys.modules) if self._isolated(name)}
         start = len(self.prefix) + 1
         for name in [n for n in sys.modules if n.startswith(self.prefix + '.')]:
@@ -116,11 +117,11 @@ class OfficialSource:
         refuse = _RefuseOption(self.src)
         sys.meta_path.insert(0, refuse)
         importlib.invalidate_caches()
-        self._depth += 1
+        _active = self
         try:
             yield self
         finally:
-            self._depth -= 1
+            _active = None
             sys.meta_path.remove(refuse)
             for name in [n for n in sys.modules if self._isolated(n)]:
                 module = sys.modules.pop(name)
@@ -135,7 +136,7 @@ class OfficialSource:
     def module(self, name: str) -> ModuleType:
         """The official module ``name`` (e.g. ``'model.lcoan'``); imports it in a sealed block unless
         called inside one."""
-        if self._depth:
+        if _active is self:
             return importlib.import_module(name)
         loaded = sys.modules.get(f'{self.prefix}.{name}')
         if loaded is not None:

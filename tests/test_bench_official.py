@@ -222,8 +222,10 @@ def test_a_folder_without_the_official_files_is_named(tmp_path, make, flag, requ
 def test_sealed_blocks_do_not_nest(fake_src):
     source = OfficialSource(fake_src, flag='--x', required='model/common.py', label='x')
     with source.imports(), pytest.raises(RuntimeError, match='do not nest'):
-        with source.imports():
+        with official_nlsn(fake_src).imports():
             pass
+    with source.imports():  # the failed attempt left nothing open
+        assert source.module('model.common').OFFICIAL
 
 
 @pytest.mark.parametrize(('setup', 'kwargs'), [
