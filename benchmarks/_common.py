@@ -131,6 +131,32 @@ def run_in_subprocess(fn_name: str, kwargs: dict, *, threads: int = 2, repeats: 
     return json.loads(results[-1][len(_RESULT_PREFIX):])
 
 
+def interleaved(jobs: dict[str, tuple[str, dict]], *, rounds: int, threads: int, repeats: int,
+                log=None) -> dict[str, dict]:
+    """Measure several setups in ``rounds`` rounds, each round one fresh process per setup, in turn.
+
+    On a machine whose load changes (other programs on the same cores), measuring A five times and
+    then B five times compares A's quiet minutes with B's busy ones; taking turns spreads the load
+    over all of them, so ratios of the medians stay meaningful. ``jobs`` maps a row name to
+    ``(setup function, kwargs)``; each row's result pools the times of all its rounds.
+    """
+    pooled: dict[str, list[dict]] = {name: [] for name in jobs}
+    for round_index in range(rounds):
+        for name, (fn_name, kwargs) in jobs.items():
+            if log:
+                log(f'running {name} (round {round_index + 1} of {rounds}) ...')
+            pooled[name].append(run_in_subprocess(fn_name, kwargs, threads=threads, repeats=repeats))
+    results = {}
+    for name, parts in pooled.items():
+        times = [t for part in parts for t in part['times_s']]
+        cpu_times = [t for part in parts for t in part['cpu_times_s']]
+        results[name] = {'median_s': statistics.median(times), 'min_s': min(times), 'times_s': times,
+                         'median_cpu_s': statistics.median(cpu_times), 'cpu_times_s': cpu_times,
+                         'peak_rss_mb': max(part['peak_rss_mb'] for part in parts), 'threads': threads,
+                         'rounds': rounds}
+    return results
+
+
 def _load(fn_name: str):
     module_name, _, function = fn_name.partition(':')
     if not function:
@@ -154,13 +180,17 @@ def _child(argv: list[str]) -> None:
     fn = _load(args.child)(**json.loads(args.kwargs))
     for _ in range(args.warmup):
         fn()
-    times = []
+    times, cpu_times = [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - start_cpu)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    # CPU seconds of the process (all its threads): less sensitive than wall time to other programs
+    # taking the cores, though not immune (shared caches, threads that wait for each other).
     result = {'median_s': statistics.median(times), 'min_s': min(times), 'times_s': times,
+              'median_cpu_s': statistics.median(cpu_times), 'cpu_times_s': cpu_times,
               'peak_rss_mb': peak_kb / 1024, 'threads': args.threads}
     print(_RESULT_PREFIX + json.dumps(result), flush=True)
 

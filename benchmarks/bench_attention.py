@@ -42,6 +42,7 @@ from _common import (  # noqa: E402
     NLSN_ATTENTION,
     add_src_to_path,
     initialise_centroids,
+    interleaved,
     machine_info,
     missing_nlsn,
     run_in_subprocess,
@@ -242,21 +243,23 @@ def chain_flops(size: int, modules: int = 10) -> float:
     return 2.0 * pixels * c * c * 9 + product + modules * (2.0 * pixels * c * c + product)
 
 
-def _table(info: dict, size: int, repeats: int, results: dict, ratios: dict) -> str:
+def _table(info: dict, size: int, repeats: int, rounds: int, results: dict, ratios: dict, cpu_ratios: dict) -> str:
     lines = [
-        f'Non-local part, 10 modules on 1 x 128 x {size} x {size}, eval, fp32, median of {repeats} after warm-up',
+        f'Non-local part, 10 modules on 1 x 128 x {size} x {size} unless named, eval, fp32, median of {repeats} '
+        f'after warm-up in each of {rounds} process(es) per variant, taking turns',
         '',
         f'machine: {info["cpu"]} ({info["logical_cpus"]} logical CPUs), torch {info["torch"]}, '
         f'threads {info["threads"]}, {info["date"]}',
         '',
-        '| variant | median (s) | min (s) | peak RSS (MB) |',
-        '|---|---:|---:|---:|',
+        '| variant | median (s) | min (s) | median CPU (s) | peak RSS (MB) |',
+        '|---|---:|---:|---:|---:|',
     ]
     for name, r in results.items():
-        lines.append(f'| {name} | {r["median_s"]:.3f} | {r["min_s"]:.3f} | {r["peak_rss_mb"]:.0f} |')
+        lines.append(f'| {name} | {r["median_s"]:.3f} | {r["min_s"]:.3f} | {r["median_cpu_s"]:.3f} '
+                     f'| {r["peak_rss_mb"]:.0f} |')
     if ratios:
-        lines += ['', '| ratio (median time) | value |', '|---|---:|']
-        lines += [f'| {name} | {value:.2f} |' for name, value in ratios.items()]
+        lines += ['', '| ratio of medians | time | CPU time |', '|---|---:|---:|']
+        lines += [f'| {name} | {value:.2f} | {cpu_ratios[name]:.2f} |' for name, value in ratios.items()]
     return '\n'.join(lines)
 
 
@@ -270,7 +273,9 @@ def _nlsa_config(parser: argparse.ArgumentParser, text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--size', type=int, default=96, help='feature map height and width')
-    parser.add_argument('--repeats', type=int, default=5, help='timed runs per variant (after one warm-up)')
+    parser.add_argument('--repeats', type=int, default=5, help='timed runs per process (after one warm-up)')
+    parser.add_argument('--rounds', type=int, default=1, help='processes per variant, the variants taking turns '
+                        '(on a machine with changing load, 3 or more keeps the ratios fair)')
     parser.add_argument('--threads', type=int, default=2, help='torch intra-op threads')
     parser.add_argument('--variants', nargs='+', default=list(DEFAULT_VARIANTS), choices=sorted(VARIANTS))
     parser.add_argument('--json', type=Path, help='also write the results to this JSON file')
@@ -290,44 +295,36 @@ def main(argv: list[str] | None = None) -> dict:
     if ours_missing:
         print(f'our NLSN is not available ({ours_missing}): skipping the rows of our NLSA', flush=True)
 
-    results = {}
-    for name in args.variants:
-        setup, kwargs = VARIANTS[name]
-        print(f'running {name} ...', file=sys.stderr, flush=True)
-        results[name] = run_in_subprocess(f'bench_attention:{setup}', dict(kwargs, size=args.size),
-                                          threads=args.threads, repeats=args.repeats)
+    jobs = {name: (f'bench_attention:{VARIANTS[name][0]}', dict(VARIANTS[name][1], size=args.size))
+            for name in args.variants}
     if official:
-        print('running official ...', file=sys.stderr, flush=True)
-        results['official'] = run_in_subprocess('bench_attention:official_chain',
-                                                {'src': str(official), 'size': args.size},
-                                                threads=args.threads, repeats=args.repeats)
+        jobs['official'] = ('bench_attention:official_chain', {'src': str(official), 'size': args.size})
     for modules, channels in nlsa_configs:
         shape = dict(size=args.size, channels=channels, modules=modules)
-        runs = [('official', 'nlsn_official_chain', dict(shape, src=str(nlsn)))] if nlsn else []
-        runs += [('ours', 'nlsn_ours_chain', shape)] if not ours_missing else []
-        for who, setup, kwargs in runs:
-            name = f'nlsa_{who} {modules}x{channels}'
-            print(f'running {name} ...', file=sys.stderr, flush=True)
-            results[name] = run_in_subprocess(f'bench_attention:{setup}', kwargs, threads=args.threads,
-                                              repeats=args.repeats)
+        if nlsn:
+            jobs[f'nlsa_official {modules}x{channels}'] = ('bench_attention:nlsn_official_chain',
+                                                          dict(shape, src=str(nlsn)))
+        if not ours_missing:
+            jobs[f'nlsa_ours {modules}x{channels}'] = ('bench_attention:nlsn_ours_chain', shape)
+    results = interleaved(jobs, rounds=args.rounds, threads=args.threads, repeats=args.repeats,
+                          log=lambda line: print(line, file=sys.stderr, flush=True))
     print('running window_matmul ...', file=sys.stderr, flush=True)
     matmul = run_in_subprocess('bench_attention:window_matmul', {'size': args.size}, threads=args.threads, repeats=20)
     n_windows, w, c = _window_shape(args.size)
     gflops = 2.0 * n_windows * w * 3 * w * c / matmul['median_s'] / 1e9
     floor_s = chain_flops(args.size) / (gflops * 1e9)
-    ratios = {}
-    for num, den in (('lcoa_fast', 'lcoa_reference'), ('lcoa_fast', 'nlsa'), ('lcoa_reference', 'nlsa'),
-                     ('lcoa_fast', 'official')):
-        if num in results and den in results:
-            ratios[f'{num} / {den}'] = results[num]['median_s'] / results[den]['median_s']
+    pairs = [('lcoa_fast', 'lcoa_reference'), ('lcoa_fast', 'nlsa'), ('lcoa_reference', 'nlsa'),
+             ('lcoa_fast', 'official')]
     for modules, channels in nlsa_configs:
         config = f'{modules}x{channels}'
-        for num in ('lcoa_fast', 'official', f'nlsa_ours {config}'):
-            den = f'nlsa_official {config}'
-            if num in results and den in results:
-                ratios[f'{num} / {den}'] = results[num]['median_s'] / results[den]['median_s']
+        pairs += [(num, f'nlsa_official {config}') for num in ('lcoa_fast', 'official', f'nlsa_ours {config}')]
+    ratios, cpu_ratios = {}, {}
+    for num, den in pairs:
+        if num in results and den in results:
+            ratios[f'{num} / {den}'] = results[num]['median_s'] / results[den]['median_s']
+            cpu_ratios[f'{num} / {den}'] = results[num]['median_cpu_s'] / results[den]['median_cpu_s']
     info = machine_info(args.threads)
-    print(_table(info, args.size, args.repeats, results, ratios))
+    print(_table(info, args.size, args.repeats, args.rounds, results, ratios, cpu_ratios))
     print(f'\nbatched window product ({n_windows} x {w} x {3 * w} x {c}): {gflops:.0f} GFLOP/s; '
           f'chain: {chain_flops(args.size) / 1e9:.1f} GFLOP -> arithmetic floor {floor_s:.3f} s at that rate')
     for name, value in ratios.items():
@@ -335,10 +332,11 @@ def main(argv: list[str] | None = None) -> dict:
             print(f'{name}: {1 - value:.0%} less non-local time')
     if 'lcoa_fast' in results:
         print(f'lcoa_fast takes {results["lcoa_fast"]["median_s"] / floor_s:.2f}x that floor')
-    report = {'machine': info, 'config': {'size': args.size, 'repeats': args.repeats, 'paper': PAPER, 'nlsn': NLSN,
-                                          'nlsa_configs': args.nlsa_configs},
-              'results': results, 'ratios': ratios, 'window_matmul': dict(matmul, gflops=gflops),
-              'chain_gflop': chain_flops(args.size) / 1e9, 'floor_s': floor_s}
+    config = {'size': args.size, 'repeats': args.repeats, 'rounds': args.rounds, 'paper': PAPER, 'nlsn': NLSN,
+              'nlsa_configs': args.nlsa_configs}
+    report = {'machine': info, 'config': config, 'results': results, 'ratios': ratios, 'cpu_ratios': cpu_ratios,
+              'window_matmul': dict(matmul, gflops=gflops), 'chain_gflop': chain_flops(args.size) / 1e9,
+              'floor_s': floor_s}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + '\n')
     return report

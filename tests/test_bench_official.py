@@ -242,9 +242,11 @@ def test_benchmark_children_load_the_official_code(fake_src, setup, kwargs):
 
 
 def test_attention_benchmark_runs_the_official_nlsa_rows(fake_src, capsys):
-    report = bench_attention.main(['--size', '16', '--repeats', '1', '--threads', '1', '--variants', 'nlsa',
-                                   '--nlsa_configs', '2x8', '--nlsn_src', str(fake_src)])
-    assert report['results']['nlsa_official 2x8']['median_s'] > 0
+    report = bench_attention.main(['--size', '16', '--repeats', '1', '--rounds', '2', '--threads', '1',
+                                   '--variants', 'nlsa', '--nlsa_configs', '2x8', '--nlsn_src', str(fake_src)])
+    official = report['results']['nlsa_official 2x8']
+    assert official['rounds'] == 2 and len(official['times_s']) == 2 and len(official['cpu_times_s']) == 2
+    assert official['median_s'] > 0 and official['median_cpu_s'] > 0
     missing = _common.missing_nlsn(network=False)
     out = capsys.readouterr().out
     if missing:
