@@ -20,6 +20,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='small sizes, one repeat: checks that all scripts run')
     parser.add_argument('--threads', default='2')
+    parser.add_argument('--rounds', default='1', help='bench_attention.py --rounds: its variants take turns in this '
+                        'many processes each (3 keeps its ratios fair on a machine with changing load)')
     parser.add_argument('--official_src', help="a checkout of YigangZhao/LCoAN's src/ folder: adds the official "
                         'code as a same-run baseline to the attention and model benchmarks')
     parser.add_argument('--nlsn_src', help="a checkout of the official NLSN's src/ folder: adds its NLSA modules and "
@@ -39,7 +41,7 @@ def main() -> int:
         ]
     else:
         runs = [
-            ['bench_attention.py', '--size', '96', '--repeats', '5', *threads, '--variants', 'lcoa_fast',
+            ['bench_attention.py', '--size', '96', '--repeats', '5', '--rounds', opts.rounds, *threads, '--variants', 'lcoa_fast',
              'lcoa_reference', 'nlsa', 'lcoa_fast_no_coa', 'lcoa_reference_no_coa', *official],
             ['bench_model.py', '--repeats', '3', *threads, *official],
             ['bench_data.py'],
