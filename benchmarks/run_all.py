@@ -42,7 +42,8 @@ def main() -> int:
     else:
         runs = [
             ['bench_attention.py', '--size', '96', '--repeats', '5', '--rounds', opts.rounds, *threads,
-             '--variants', 'lcoa_fast', 'lcoa_reference', 'nlsa', 'lcoa_fast_no_coa', 'lcoa_reference_no_coa', *official],
+             '--variants', 'lcoa_fast', 'lcoa_reference', 'nlsa', 'lcoa_fast_no_coa', 'lcoa_reference_no_coa',
+             *official],
             ['bench_model.py', '--repeats', '3', *threads, *official],
             ['bench_data.py'],
             ['bench_conv.py', *threads],
