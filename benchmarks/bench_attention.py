@@ -289,8 +289,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     nlsa_configs = [_nlsa_config(parser, text) for text in args.nlsa_configs]
     # Check the checkouts before anything runs, so a wrong path fails at once.
-    official = official_lcoan(args.official_src).src if args.official_src else None
-    nlsn = official_nlsn(args.nlsn_src).src if args.nlsn_src else None
+    try:
+        official = official_lcoan(args.official_src).src if args.official_src else None
+        nlsn = official_nlsn(args.nlsn_src).src if args.nlsn_src else None
+    except FileNotFoundError as error:
+        parser.error(str(error))
     ours_missing = missing_nlsn(network=False) if nlsa_configs else None
     if ours_missing:
         print(f'our NLSN is not available ({ours_missing}): skipping the rows of our NLSA', flush=True)

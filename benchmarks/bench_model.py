@@ -222,8 +222,11 @@ def main() -> None:
                         'network (32 blocks, 256 features) at x2 LR 96, beside ours when src/model/nlsn.py exists')
     opts = parser.parse_args()
     # Check the checkouts before anything runs, so a wrong path fails at once.
-    official = str(official_lcoan(opts.official_src).src) if opts.official_src else None
-    nlsn = str(official_nlsn(opts.nlsn_src).src) if opts.nlsn_src else None
+    try:
+        official = str(official_lcoan(opts.official_src).src) if opts.official_src else None
+        nlsn = str(official_nlsn(opts.nlsn_src).src) if opts.nlsn_src else None
+    except FileNotFoundError as error:
+        parser.error(str(error))
     only = set(opts.only.split(','))
     results: dict = {'machine': machine_info(opts.threads), 'rows': {}}
     rows = results['rows']

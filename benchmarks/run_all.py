@@ -29,8 +29,11 @@ def main() -> int:
     opts = parser.parse_args()
     threads = ['--threads', opts.threads]
     # Check the checkouts now rather than after minutes of measurements.
-    official = ['--official_src', str(official_lcoan(opts.official_src).src)] if opts.official_src else []
-    official += ['--nlsn_src', str(official_nlsn(opts.nlsn_src).src)] if opts.nlsn_src else []
+    try:
+        official = ['--official_src', str(official_lcoan(opts.official_src).src)] if opts.official_src else []
+        official += ['--nlsn_src', str(official_nlsn(opts.nlsn_src).src)] if opts.nlsn_src else []
+    except FileNotFoundError as error:
+        parser.error(str(error))
     if opts.quick:
         runs = [
             ['bench_attention.py', '--size', '32', '--repeats', '1', *threads, *official],

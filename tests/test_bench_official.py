@@ -259,6 +259,12 @@ def test_attention_benchmark_runs_the_official_nlsa_rows(fake_src, capsys):
     assert '| nlsa_official 2x8 |' in out
 
 
+def test_attention_benchmark_names_a_wrong_checkout(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench_attention.main(['--nlsn_src', str(tmp_path)])
+    assert f'--nlsn_src {tmp_path}: no model/attention.py there' in capsys.readouterr().err
+
+
 def test_bad_nlsa_config_is_named(fake_src, capsys):
     with pytest.raises(SystemExit):
         bench_attention.main(['--nlsa_configs', '5x130', '--nlsn_src', str(fake_src)])
