@@ -20,9 +20,9 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q tests
 
-# OFFICIAL_SRC=/path/to/LCoAN/src adds the official code as a same-run baseline.
+# OFFICIAL_SRC=/path/to/LCoAN/src and NLSN_SRC=/path/to/NLSN/src add the official code as same-run baselines.
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py $(if $(OFFICIAL_SRC),--official_src $(OFFICIAL_SRC))
+	$(PY) benchmarks/run_all.py $(if $(OFFICIAL_SRC),--official_src $(OFFICIAL_SRC)) $(if $(NLSN_SRC),--nlsn_src $(NLSN_SRC))
 
 figs: $(STAMP)
 	$(PY) Figs/draw_architecture.py

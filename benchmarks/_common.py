@@ -16,8 +16,10 @@ function does before returning is not timed (building models, making inputs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib
+import io
 import json
 import os
 import platform
@@ -31,6 +33,12 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 SRC_DIR = BENCH_DIR.parent / 'src'
 _RESULT_PREFIX = 'BENCH_RESULT '
+# NLSN's published configuration (its README / demo.sh): 32 residual blocks of 256 features, an NLSA
+# module before the first and after every 8th block (5 in all), 4 hash rounds, chunks of 144,
+# query/key reduction 4, residual scaling 0.1.
+NLSN_FLAGS = ['--model', 'NLSN', '--n_resblocks', '32', '--n_feats', '256', '--res_scale', '0.1', '--chunk_size', '144',
+              '--n_hashes', '4', '--rgb_range', '1', '--cpu']
+NLSN_ATTENTION = dict(n_hashes=4, chunk_size=144, reduction=4)
 _TIMING_ENV_PREFIXES = ('MALLOC_', 'THP_', 'OMP_', 'MKL_', 'KMP_', 'LD_PRELOAD')
 
 
@@ -41,20 +49,29 @@ def add_src_to_path() -> None:
             sys.path.insert(0, path)
 
 
-def import_official_lcoan(src: str):
-    """The official ``model.lcoan`` module from a checkout of YigangZhao/LCoAN's ``src/`` folder.
+def missing_nlsn(*, network: bool) -> str | None:
+    """Why our NLSN re-implementation cannot be benchmarked, or None when it can.
 
-    For same-run baselines only (``--official_src``); nothing of that code is in this repository.
-    Both code bases name their package ``model``, so call this in a child process that has not
-    imported ours.
+    ``network=False`` asks for the attention module only (``model.nlsa.NonLocalSparseAttention``);
+    ``network=True`` also for the network (``model.nlsn.make_model``) and our options parsing
+    NLSN's documented flags (``NLSN_FLAGS``).
     """
-    if 'model' in sys.modules:
-        raise RuntimeError('our model package is already imported in this process')
-    path = Path(src).resolve()
-    if not (path / 'model' / 'lcoan.py').is_file():
-        raise FileNotFoundError(f'--official_src {src}: no model/lcoan.py there (expected LCoAN\'s src/ folder)')
-    sys.path.insert(0, str(path))
-    return importlib.import_module('model.lcoan')
+    add_src_to_path()
+    try:
+        from model.nlsa import NonLocalSparseAttention  # noqa: F401
+        if network:
+            from model.nlsn import make_model  # noqa: F401
+    except ImportError as error:
+        return f'{error}'
+    if network:
+        import option
+
+        try:
+            with contextlib.redirect_stderr(io.StringIO()) as err:
+                option.parse_args(NLSN_FLAGS + ['--scale', '2'])
+        except SystemExit:
+            return f'src/option.py does not take NLSN\'s flags: {err.getvalue().strip().splitlines()[-1]}'
+    return None
 
 
 def initialise_centroids(net) -> None:
@@ -114,6 +131,32 @@ def run_in_subprocess(fn_name: str, kwargs: dict, *, threads: int = 2, repeats: 
     return json.loads(results[-1][len(_RESULT_PREFIX):])
 
 
+def interleaved(jobs: dict[str, tuple[str, dict]], *, rounds: int, threads: int, repeats: int,
+                log=None) -> dict[str, dict]:
+    """Measure several setups in ``rounds`` rounds, each round one fresh process per setup, in turn.
+
+    On a machine whose load changes (other programs on the same cores), measuring A five times and
+    then B five times compares A's quiet minutes with B's busy ones; taking turns spreads the load
+    over all of them, so ratios of the medians stay meaningful. ``jobs`` maps a row name to
+    ``(setup function, kwargs)``; each row's result pools the times of all its rounds.
+    """
+    pooled: dict[str, list[dict]] = {name: [] for name in jobs}
+    for round_index in range(rounds):
+        for name, (fn_name, kwargs) in jobs.items():
+            if log:
+                log(f'running {name} (round {round_index + 1} of {rounds}) ...')
+            pooled[name].append(run_in_subprocess(fn_name, kwargs, threads=threads, repeats=repeats))
+    results = {}
+    for name, parts in pooled.items():
+        times = [t for part in parts for t in part['times_s']]
+        cpu_times = [t for part in parts for t in part['cpu_times_s']]
+        results[name] = {'median_s': statistics.median(times), 'min_s': min(times), 'times_s': times,
+                         'median_cpu_s': statistics.median(cpu_times), 'cpu_times_s': cpu_times,
+                         'peak_rss_mb': max(part['peak_rss_mb'] for part in parts), 'threads': threads,
+                         'rounds': rounds}
+    return results
+
+
 def _load(fn_name: str):
     module_name, _, function = fn_name.partition(':')
     if not function:
@@ -137,13 +180,17 @@ def _child(argv: list[str]) -> None:
     fn = _load(args.child)(**json.loads(args.kwargs))
     for _ in range(args.warmup):
         fn()
-    times = []
+    times, cpu_times = [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - start_cpu)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    # CPU seconds of the process (all its threads): less sensitive than wall time to other programs
+    # taking the cores, though not immune (shared caches, threads that wait for each other).
     result = {'median_s': statistics.median(times), 'min_s': min(times), 'times_s': times,
+              'median_cpu_s': statistics.median(cpu_times), 'cpu_times_s': cpu_times,
               'peak_rss_mb': peak_kb / 1024, 'threads': args.threads}
     print(_RESULT_PREFIX + json.dumps(result), flush=True)
 

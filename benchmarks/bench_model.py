@@ -25,15 +25,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    NLSN_FLAGS,
     add_src_to_path,
-    import_official_lcoan,
     initialise_centroids,
     machine_info,
+    missing_nlsn,
     run_in_subprocess,
 )
+from _official import official_lcoan, official_nlsn  # noqa: E402
 
 add_src_to_path()
 
@@ -45,10 +48,14 @@ PAPER_FLAGS = ['--n_resgroups', '10', '--n_resblocks', '4', '--n_feats', '128', 
                '--rgb_range', '1', '--cpu']
 
 
-def _args(scale: int, extra: list[str] | None = None):
+def _args_from(flags: list[str]):
     import option
 
-    return option.parse_args(PAPER_FLAGS + ['--scale', str(scale), '--patch_size', str(48 * scale)] + (extra or []))
+    return option.parse_args(flags)
+
+
+def _args(scale: int, extra: list[str] | None = None):
+    return _args_from(PAPER_FLAGS + ['--scale', str(scale), '--patch_size', str(48 * scale)] + (extra or []))
 
 
 def _network(scale: int, impl: str) -> nn.Module:
@@ -62,11 +69,36 @@ def _network(scale: int, impl: str) -> nn.Module:
 
 def _official_network(src: str, scale: int) -> nn.Module:
     """The official LCoAN (from a checkout's ``src/``) in the same configuration, centroids initialised."""
-    official = import_official_lcoan(src)
-    args = _args(scale)  # safe after the import: our option module does not import our model package
-    net = official.LCoAN(args)
+    args = _args(scale)  # our options: the official option.py parses sys.argv when imported
+    lcoan = official_lcoan(src)
+    with lcoan.imports():
+        net = lcoan.module('model.lcoan').make_model(args)
     initialise_centroids(net)
     return net
+
+
+def _nlsn_args(scale: int):
+    """NLSN's documented flags parsed by our options (``_common.NLSN_FLAGS``)."""
+    return _args_from(NLSN_FLAGS + ['--scale', str(scale)])
+
+
+def official_nlsn_infer(*, src: str, scale: int, size: int):
+    """Setup: like :func:`infer`, with the official NLSN network (``model/nlsn.py`` of ``src``) in its
+    published configuration. Its options are a plain namespace: NLSN's own option.py parses
+    sys.argv when imported, and ours need not know NLSN's flags."""
+    args = SimpleNamespace(n_resblocks=32, n_feats=256, res_scale=0.1, chunk_size=144, n_hashes=4, rgb_range=1,
+                           n_colors=3, scale=[scale], dilation=False)
+    nlsn = official_nlsn(src)
+    with nlsn.imports():
+        net = nlsn.module('model.nlsn').make_model(args)
+    return _forward(net, size)
+
+
+def nlsn_infer(*, scale: int, size: int):
+    """Setup: like :func:`official_nlsn_infer`, with our NLSN (``model.nlsn``) from NLSN's documented flags."""
+    from model import nlsn
+
+    return _forward(nlsn.make_model(_nlsn_args(scale)), size)
 
 
 def _forward(net: nn.Module, size: int):
@@ -179,7 +211,15 @@ def main() -> None:
     parser.add_argument('--json', type=Path)
     parser.add_argument('--official_src', help="a checkout of YigangZhao/LCoAN's src/ folder: adds the official "
                         'model as a same-run baseline (x2 LR 96, x4 LR 192, the train step)')
+    parser.add_argument('--nlsn_src', help="a checkout of the official NLSN's src/ folder: adds the official NLSN "
+                        'network (32 blocks, 256 features) at x2 LR 96, beside ours when src/model/nlsn.py exists')
     opts = parser.parse_args()
+    # Check the checkouts before anything runs, so a wrong path fails at once.
+    try:
+        official = str(official_lcoan(opts.official_src).src) if opts.official_src else None
+        nlsn = str(official_nlsn(opts.nlsn_src).src) if opts.nlsn_src else None
+    except FileNotFoundError as error:
+        parser.error(str(error))
     only = set(opts.only.split(','))
     results: dict = {'machine': machine_info(opts.threads), 'rows': {}}
     rows = results['rows']
@@ -207,22 +247,32 @@ def main() -> None:
             name = 'fast' if fast_weight_grad else 'fast, oneDNN weight gradient'
             measure(f'train step x2 16x48x48 {name}', 'train_step',
                     dict(scale=2, size=48, batch=16, impl='fast', fast_weight_grad=fast_weight_grad), repeats=2)
-    if opts.official_src:
-        scales, sizes = set(map(int, opts.scales.split(','))), set(map(int, opts.sizes.split(',')))
+    scales, sizes = set(map(int, opts.scales.split(','))), set(map(int, opts.sizes.split(',')))
+    if official:
         for scale, size in ((2, 96), (4, 192)):  # the issue's full-model rows
             if 'infer' in only and scale in scales and size in sizes:
                 measure(f'infer x{scale} LR {size} official', 'official_infer',
-                        dict(src=opts.official_src, scale=scale, size=size))
+                        dict(src=official, scale=scale, size=size))
         if 'train' in only:
             measure('train step x2 2x48x48 official', 'official_train_step',
-                    dict(src=opts.official_src, scale=2, size=48, batch=2))
-        for name in list(rows):
-            base = name.replace(' fast', ' official', 1)
-            if name.endswith(' fast') and base in rows:
+                    dict(src=official, scale=2, size=48, batch=2))
+    if nlsn and 'infer' in only and 2 in scales and 96 in sizes:
+        ours_missing = missing_nlsn(network=True)
+        if ours_missing:
+            print(f'our NLSN is not available ({ours_missing}): skipping the rows of our NLSN network', flush=True)
+        else:
+            measure('NLSN infer x2 LR 96 ours', 'nlsn_infer', dict(scale=2, size=96))
+        measure('NLSN infer x2 LR 96 official', 'official_nlsn_infer', dict(src=nlsn, scale=2, size=96))
+    if official or nlsn:
+        pairs = [(name, name.replace(' fast', ' official', 1)) for name in rows if name.endswith(' fast')]
+        pairs += [('NLSN infer x2 LR 96 ours', 'NLSN infer x2 LR 96 official'),
+                  ('infer x2 LR 96 fast', 'NLSN infer x2 LR 96 official')]
+        for name, base in pairs:
+            if name in rows and base in rows:
                 for key, label in (('median_s', 'time'), ('peak_rss_mb', 'peak RSS')):
                     ratio = rows[name][key] / rows[base][key]
-                    results.setdefault('ratios', {})[f'{name} / official {label}'] = ratio
-                    lines.append(f'{name} / official: {label} {ratio:.2f}x')
+                    results.setdefault('ratios', {})[f'{name} / {base} {label}'] = ratio
+                    lines.append(f'{name} / {base}: {label} {ratio:.2f}x')
     if 'chop' in only:
         measure(f'chop x4 LR {opts.chop_lr} fast', 'chopped', dict(scale=4, size=opts.chop_lr, impl='fast'),
                 repeats=1, warmup=0)
