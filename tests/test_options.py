@@ -89,7 +89,7 @@ def test_template_sets_defaults_and_flags_win():
     (['--window_size', '-4'], "--window_size -4: must be a positive integer"),
     (['--batch_size', '0'], '--batch_size 0'),
     (['--patch_size', '95', '--scale', '2'], '--patch_size 95: must be divisible by the scale (2)'),
-    (['--data_range', '1-800'], "--data_range '1-800': expected \"a-b/c-d\""),
+    (['--data_range', '1-800/801'], "--data_range '1-800/801': expected \"a-b/c-d\""),
     (['--data_range', '10-1/801-810'], "--data_range '10-1/801-810'"),
     (['--decay', '300-x'], "--decay '300-x': expected positive epochs"),
     (['--decay', '600-300'], 'milestones must increase'),
