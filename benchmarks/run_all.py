@@ -37,6 +37,7 @@ def main() -> int:
             ['bench_model.py', '--repeats', '3', *threads, *official],
             ['bench_data.py'],
             ['bench_conv.py', *threads],
+            ['compare_models.py', '--repeats', '3', *threads],
         ]
     for run in runs:
         print(f'\n$ python benchmarks/{" ".join(run)}', flush=True)

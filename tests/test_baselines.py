@@ -192,3 +192,17 @@ def test_nlsn_any_input_size_and_batch(size):
         torch.manual_seed(1)
         with torch.no_grad():
             torch.testing.assert_close(net(x[i:i + 1]), batch[i:i + 1], rtol=1e-5, atol=1e-6)
+
+
+def test_nlsn_under_bf16_autocast_stays_close_to_fp32():
+    torch.manual_seed(0)
+    net = TINY['nlsn'](2).eval()
+    x = torch.rand(1, 3, 6, 5)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        ref = net(x)
+    torch.manual_seed(1)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        out = net(x)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    assert (out.float() - ref).abs().max() <= 0.05 * ref.abs().max()

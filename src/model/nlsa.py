@@ -112,9 +112,10 @@ class NonLocalSparseAttention(nn.Module):
         key = _with_neighbours(F.normalize(query, p=2, dim=-1, eps=KEY_NORM_EPS))
         value = _with_neighbours(value.view(n, rounds, -1, chunk, channels))
 
-        score = query @ key.transpose(-1, -2)  # (N, rounds, chunks, chunk, 3 * chunk)
+        # Softmax statistics in float32 also under autocast (they weigh the rounds, too).
+        score = (query @ key.transpose(-1, -2)).float()  # (N, rounds, chunks, chunk, 3 * chunk)
         log_norm = score.logsumexp(dim=-1, keepdim=True)
-        out = (score - log_norm).exp() @ value  # (N, rounds, chunks, chunk, C)
+        out = (score - log_norm).exp().to(value.dtype) @ value  # (N, rounds, chunks, chunk, C)
         del score
 
         # Undo padding and sort, then weigh the rounds by how much each position's chunk matched.
