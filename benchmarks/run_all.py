@@ -50,6 +50,7 @@ def main() -> int:
             ['bench_model.py', '--repeats', '3', *threads, *official],
             ['bench_data.py'],
             ['bench_conv.py', *threads],
+            ['compare_models.py', '--repeats', '3', *threads],
         ]
     start = time.perf_counter()
     for run in runs:

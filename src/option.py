@@ -4,36 +4,72 @@
 (``--scale 2+3`` -> ``[2, 3]``, ``--decay 300-600`` -> ``[300, 600]``) and whose values have been
 checked. A bad value raises :class:`errors.UserError` with one line naming the flag and what is
 allowed; ``main.py`` prints it without a traceback.
+
+Model flags (``MODEL_DEFAULTS``) mean different things per model and have each model's published
+defaults (``--n_hashes`` is LCoAN's k-means rounds, 1, and NLSN's LSH rounds, 4). Their parser
+default is ``None``; a flag given on the command line or by ``--template`` wins, and
+:func:`fill_model_defaults` gives every other one of the chosen model's flags its published value.
+``args.given`` is the set of option names set on the command line or by the template; a model
+flag the chosen model does not use is an error when given, and ``None`` otherwise.
 """
 
 import argparse
 import math
 import re
+import sys
 
 import torch
 
 import template
 from errors import UserError
 
-MODELS = ('LCoAN',)
+MODELS = ('LCoAN', 'EDSR', 'RCAN', 'RDN', 'NLSN')
+# The published configuration of each model: the values its model flags take when not given.
+MODEL_DEFAULTS = {
+    'LCoAN': dict(n_resgroups=10, n_resblocks=4, n_feats=128, reduction=1, res_scale=0.1, n_clusters=128,
+                  window_size=384, ema_decay=0.999, n_hashes=1),
+    'EDSR': dict(n_resblocks=16, n_feats=64, res_scale=1.0),  # EDSR-PyTorch's EDSR baseline
+    'RCAN': dict(n_resgroups=10, n_resblocks=20, n_feats=64, reduction=16, res_scale=1.0),
+    'RDN': dict(G0=64, RDNkSize=3, RDNconfig='B'),
+    'NLSN': dict(n_resblocks=32, n_feats=256, res_scale=0.1, chunk_size=144, n_hashes=4),
+}
+MODEL_FLAGS = tuple(dict.fromkeys(f for defaults in MODEL_DEFAULTS.values() for f in defaults))
+# Scales each model's official upsampler supports (sub-pixel stages of 2, or one of 3; RDN: 2, 3, 4).
+MODEL_SCALES = {'LCoAN': (2, 3, 4), 'EDSR': (2, 3, 4, 8), 'RCAN': (2, 3, 4, 8), 'RDN': (2, 3, 4),
+                'NLSN': (2, 3, 4, 8)}
 TRAIN_SETS = ('DIV2K', 'Sample')
 BENCHMARK_SETS = ('Set5', 'Set14', 'B100', 'Urban100', 'Manga109')
 TEST_SETS = ('DIV2K', 'Sample', 'Demo') + BENCHMARK_SETS
-SCALES = (2, 3, 4)
 PRECISIONS = ('single', 'half', 'bf16')
 ATTENTION_IMPLS = ('fast', 'reference')  # the keys of model.lcoa.IMPLEMENTATIONS
 OPTIMIZERS = ('ADAM', 'SGD', 'RMSprop')
 EXTS = ('img', 'sep', 'sep_reset')
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` except for model flags, whose help lists the default of each model."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _model_help(flag: str, meaning: str) -> str:
+    defaults = ', '.join(f'{model} {d[flag]}' for model, d in MODEL_DEFAULTS.items() if flag in d)
+    return f'{meaning} (default per model: {defaults})'
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description='LCoAN: Learnable Collaborative Attention Network for single-image SR',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description='LCoAN (and the baselines EDSR, RCAN, RDN, NLSN) for single-image super-resolution',
+        epilog='Model flags that are not given take the published default of the chosen --model (listed with '
+               'each flag); a flag given on the command line always wins. config.txt records the values in force.',
+        formatter_class=_HelpFormatter,
     )
     add = parser.add_argument
     add('--template', default=None,
-        help=f'preset of options: {"|".join(template.TEMPLATES)}; flags given still win')
+        help=f'preset of options: {"|".join(template.TEMPLATES)}; flags given still win (default: none)')
 
     g = parser.add_argument_group('hardware').add_argument
     g('--n_threads', type=int, default=6, help='data-loading worker processes (0: load in the main process)')
@@ -48,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     g('--dir_demo', type=str, default='../test', help='folder of images for --data_test Demo')
     g('--data_train', type=str, default='DIV2K', help=f'training set(s), "+"-separated: {"|".join(TRAIN_SETS)}')
     g('--data_test', type=str, default='DIV2K', help=f'test set(s), "+"-separated: {"|".join(TEST_SETS)}')
-    g('--data_range', type=str, default='1-800/801-810', help='DIV2K train/validation image index ranges')
+    g('--data_range', type=str, default='1-800/801-810',
+      help='DIV2K train/validation image index ranges; one range a-b serves both')
     g('--ext', type=str, default='sep', help=f'image storage: {"|".join(EXTS)} (sep: decoded .npy cache)')
     g('--scale', type=str, default='4', help='super-resolution scale(s), "+"-separated')
     g('--patch_size', type=int, default=192, help='HR training patch size (a multiple of the scale)')
@@ -57,19 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     g('--no_augment', action='store_true', help='no random flips and rotations of training patches')
 
     g = parser.add_argument_group('model').add_argument
-    g('--model', default='LCoAN', help=f'model name: {"|".join(MODELS)}')
+    g('--model', default='LCoAN', help=f'model name, any letter case: {"|".join(MODELS)}')
     g('--pre_train', type=str, default='', help='checkpoint (.pt state_dict) to start from')
-    g('--n_resgroups', type=int, default=10, help='residual groups')
-    g('--n_resblocks', type=int, default=4, help='residual blocks per group')
-    g('--n_feats', type=int, default=128, help='feature channels')
-    g('--reduction', type=int, default=1, help='query/key embedding has n_feats // reduction channels')
-    g('--res_scale', type=float, default=0.1, help='residual scaling of groups and attention')
-    g('--n_clusters', type=int, default=128, help='k-means clusters of the learnable sparse pattern')
-    g('--window_size', type=int, default=384, help='attention window (positions sorted by cluster)')
-    g('--ema_decay', type=float, default=0.999, help='decay of the centroids\' moving average')
-    g('--n_hashes', type=int, default=1, help='k-means rounds')
+    g('--n_resgroups', type=int, help=_model_help('n_resgroups', 'residual groups'))
+    g('--n_resblocks', type=int, help=_model_help('n_resblocks', 'residual blocks (per group for LCoAN and RCAN)'))
+    g('--n_feats', type=int, help=_model_help('n_feats', 'feature channels'))
+    g('--reduction', type=int, help=_model_help(
+        'reduction', "LCoAN: the attention's query/key embedding has n_feats // reduction channels; RCAN: "
+        'channel attention squeezes n_feats to n_feats // reduction'))
+    g('--res_scale', type=float, help=_model_help('res_scale', 'residual scaling'))
+    g('--n_clusters', type=int, help=_model_help('n_clusters', 'k-means clusters of the learnable sparse pattern'))
+    g('--window_size', type=int, help=_model_help('window_size', 'attention window (positions sorted by cluster)'))
+    g('--ema_decay', type=float, help=_model_help('ema_decay', "decay of the centroids' moving average"))
+    g('--n_hashes', type=int, help=_model_help('n_hashes', 'LCoAN: k-means rounds; NLSN: LSH rounds'))
+    g('--chunk_size', type=int, help=_model_help('chunk_size', 'positions per NLSN attention chunk'))
+    g('--G0', type=int, help=_model_help('G0', 'RDN: feature channels between residual dense blocks'))
+    g('--RDNkSize', type=int, help=_model_help('RDNkSize', 'RDN: kernel size (odd) outside the dense blocks'))
+    g('--RDNconfig', type=str, help=_model_help(
+        'RDNconfig', 'RDN: A (20 blocks x 6 layers, growth 32) or B (16 x 8, growth 64)'))
     g('--attention_impl', type=str, default='fast',
-      help=f'sparse-attention implementation: {"|".join(ATTENTION_IMPLS)} (same outputs; reference is the plain one)')
+      help=f'LCoAN sparse-attention implementation: {"|".join(ATTENTION_IMPLS)} '
+           '(same outputs; reference is the plain one)')
     g('--precision', type=str, default='single', help=f'{"|".join(PRECISIONS)} (autocast on CUDA)')
     g('--chop', action='store_true', help='tiled inference for large images')
     g('--chop_size', type=int, default=96, help='LR tile size for --chop')
@@ -143,8 +188,22 @@ def _names(flag: str, value: str, allowed):
     return out
 
 
+def fill_model_defaults(args: argparse.Namespace) -> None:
+    """Give every model flag of ``args.model`` that is still ``None`` the model's published default;
+    refuse a given model flag that the model does not use."""
+    defaults = MODEL_DEFAULTS[args.model]
+    for flag in MODEL_FLAGS:
+        if flag in defaults:
+            if getattr(args, flag) is None:
+                setattr(args, flag, defaults[flag])
+        elif flag in args.given and getattr(args, flag) is not None:
+            _fail(flag, getattr(args, flag), f'{args.model} has no such option; its model options are '
+                  + ', '.join(f'--{f}' for f in defaults))
+
+
 def finalize(args: argparse.Namespace) -> argparse.Namespace:
-    """Split list flags and check every value; raises UserError naming the first bad flag."""
+    """Split list flags, fill in the model's defaults and check every value; raises UserError naming the first
+    bad flag."""
     for flag, value in vars(args).items():
         if isinstance(value, float) and not math.isfinite(value):
             _fail(flag, value, 'must be a finite number')
@@ -152,20 +211,27 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     if model is None:
         _fail('model', args.model, f'allowed: {", ".join(MODELS)}')
     args.model = model
+    if not hasattr(args, 'given'):
+        args.given = set()
+    fill_model_defaults(args)
 
-    args.scale = _split_list('scale', args.scale, '+', int, f'"+"-separated integers from {SCALES}')
-    if not args.scale or any(s not in SCALES for s in args.scale):
-        _fail('scale', '+'.join(map(str, args.scale)), f'LCoAN upsamples by {", ".join(map(str, SCALES))}')
+    scales = MODEL_SCALES[model]
+    args.scale = _split_list('scale', args.scale, '+', int, f'"+"-separated integers from {scales}')
+    if not args.scale or any(s not in scales for s in args.scale):
+        _fail('scale', '+'.join(map(str, args.scale)), f'{model} upsamples by {", ".join(map(str, scales))}')
     if len(args.scale) != 1:
-        _fail('scale', '+'.join(map(str, args.scale)), 'LCoAN has one upsampler: give a single scale')
+        _fail('scale', '+'.join(map(str, args.scale)), f'{model} has one upsampler: give a single scale')
 
     args.data_train = _names('data_train', args.data_train, TRAIN_SETS)
     args.data_test = _names('data_test', args.data_test, TEST_SETS)
 
     parts = args.data_range.split('/')
     ranges = [_parse_range(p) for p in parts]
-    if len(parts) != 2 or None in ranges:
-        _fail('data_range', args.data_range, 'expected "a-b/c-d" with 1 <= a <= b and 1 <= c <= d, e.g. 1-800/801-810')
+    if len(parts) not in (1, 2) or None in ranges:
+        _fail('data_range', args.data_range, 'expected "a-b/c-d" (training/validation) or "a-b" (both) with '
+              '1 <= a <= b and 1 <= c <= d, e.g. 1-800/801-810')
+    if len(ranges) == 1:  # EDSR-PyTorch's single range: the images to train on, or to test with --test_only
+        ranges *= 2
     args.train_range, args.test_range = ranges
 
     decay = args.decay.split('-')
@@ -181,23 +247,33 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     args.betas = tuple(betas)
 
     for flag in ('n_resgroups', 'n_resblocks', 'n_feats', 'reduction', 'n_clusters', 'window_size',
-                 'n_hashes', 'batch_size', 'patch_size', 'epochs', 'test_every', 'print_every',
-                 'rgb_range', 'n_GPUs', 'chop_size', 'chop_batch', 'dist_timeout'):
-        if getattr(args, flag) <= 0:
+                 'n_hashes', 'chunk_size', 'G0', 'RDNkSize', 'batch_size', 'patch_size', 'epochs', 'test_every',
+                 'print_every', 'rgb_range', 'n_GPUs', 'chop_size', 'chop_batch', 'dist_timeout'):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             _fail(flag, getattr(args, flag), 'must be a positive integer')
     for flag in ('n_threads', 'chop_overlap', 'seed'):
         if getattr(args, flag) < 0:
             _fail(flag, getattr(args, flag), 'must be >= 0')
     for flag in ('lr', 'res_scale', 'gamma', 'epsilon', 'skip_threshold'):
-        if not getattr(args, flag) > 0:
+        if getattr(args, flag) is not None and not getattr(args, flag) > 0:
             _fail(flag, getattr(args, flag), 'must be > 0')
     for flag in ('weight_decay', 'gclip', 'momentum'):
         if getattr(args, flag) < 0:
             _fail(flag, getattr(args, flag), 'must be >= 0')
-    if args.n_feats % args.reduction:
+    if model == 'LCoAN' and args.n_feats % args.reduction:
         _fail('reduction', args.reduction, f'must divide --n_feats ({args.n_feats})')
-    if not 0 <= args.ema_decay < 1:
+    if model == 'RCAN' and args.reduction > args.n_feats:
+        _fail('reduction', args.reduction, f'must be at most --n_feats ({args.n_feats})')
+    if model == 'NLSN' and args.n_feats % 4:
+        _fail('n_feats', args.n_feats, "NLSN's attention needs a multiple of 4")
+    if model == 'LCoAN' and not 0 <= args.ema_decay < 1:
         _fail('ema_decay', args.ema_decay, 'must be in [0, 1)')
+    if model == 'RDN':
+        if args.RDNkSize % 2 == 0:
+            _fail('RDNkSize', args.RDNkSize, 'must be odd')
+        if args.RDNconfig.upper() not in ('A', 'B'):
+            _fail('RDNconfig', args.RDNconfig, 'allowed: A (D20 C6 G32) or B (D16 C8 G64)')
+        args.RDNconfig = args.RDNconfig.upper()
     if args.n_colors not in (1, 3):
         _fail('n_colors', args.n_colors, 'allowed: 1 (Y channel) or 3 (RGB)')
     for s in [] if args.test_only else args.scale:  # patches are only cut for training
@@ -225,14 +301,33 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _given(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """Names of the options set on the command line ``argv`` (whatever their value)."""
+    unset = object()
+    # argparse fills in a default only for attributes the namespace lacks: pre-set ones stay ``unset``
+    # unless their option is on the command line.
+    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != 'help'})
+    found, _ = parser.parse_known_args(argv, namespace)
+    return {dest for dest, value in vars(found).items() if value is not unset}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    """Parse ``argv`` (default ``sys.argv[1:]``); a template's values act as defaults, so flags win."""
+    """Parse ``argv`` (default ``sys.argv[1:]``); a template's values act as defaults, so flags win.
+
+    ``args.given`` records the options set on the command line or by the template.
+    """
+    if argv is None:
+        argv = sys.argv[1:]
     parser = build_parser()
     first, _ = parser.parse_known_args(argv)
+    given = _given(parser, argv)
     if first.template not in (None, '.'):  # '.': EDSR's default, meaning none
         try:
-            parser.set_defaults(**template.get_template(first.template))
+            preset = template.get_template(first.template, model=first.model if 'model' in given else None)
         except KeyError:
             raise UserError(f'--template {first.template!r}: allowed: {", ".join(template.TEMPLATES)}') from None
+        parser.set_defaults(**preset)
+        given |= set(preset)
     args = parser.parse_args(argv)
+    args.given = given - {'template'}
     return finalize(args)

@@ -1,35 +1,59 @@
 """Named presets of options (``--template NAME``).
 
-A template only changes defaults: any flag given on the command line still wins.
+A template only changes defaults: any flag given on the command line still wins. Model flags sit
+under ``models``, per model: a template applies those of the model in force (its own ``model``, or
+the one given with ``--model``, e.g. ``--template demo --model NLSN`` for a small NLSN demo); other
+model flags keep the chosen model's published defaults.
 """
 
 TEMPLATES = {
     # The paper's configuration (all flags of the paper's x2 command line except paths and --save).
     'LCoAN_paper': dict(
-        model='LCoAN', n_resgroups=10, n_resblocks=4, n_feats=128, reduction=1, n_clusters=128,
-        window_size=384, ema_decay=0.999, res_scale=0.1, rgb_range=1, batch_size=16, patch_size=96,
-        scale='2', lr=1e-4, decay='300-600-900-1200', epochs=1500, data_train='DIV2K',
-        data_range='1-800/1-5', chop=True,
+        model='LCoAN', rgb_range=1, batch_size=16, patch_size=96, scale='2', lr=1e-4, decay='300-600-900-1200',
+        epochs=1500, data_train='DIV2K', data_range='1-800/1-5', chop=True,
+        models={'LCoAN': dict(n_resgroups=10, n_resblocks=4, n_feats=128, reduction=1, n_clusters=128,
+                              window_size=384, ema_decay=0.999, res_scale=0.1)},
     ),
     # The paper's x4 fine-tuning from the x2 weights (its own milestones; add --pre_train <x2 .pt>).
     'LCoAN_paper_x4': dict(
-        model='LCoAN', n_resgroups=10, n_resblocks=4, n_feats=128, reduction=1, n_clusters=128,
-        window_size=384, ema_decay=0.999, res_scale=0.1, rgb_range=1, batch_size=16, patch_size=192,
-        scale='4', lr=1e-4, decay='100-200-300-400', epochs=500, data_train='DIV2K',
-        data_range='1-800/1-5', chop=True,
+        model='LCoAN', rgb_range=1, batch_size=16, patch_size=192, scale='4', lr=1e-4, decay='100-200-300-400',
+        epochs=500, data_train='DIV2K', data_range='1-800/1-5', chop=True,
+        models={'LCoAN': dict(n_resgroups=10, n_resblocks=4, n_feats=128, reduction=1, n_clusters=128,
+                              window_size=384, ema_decay=0.999, res_scale=0.1)},
     ),
-    # A small LCoAN that learns something useful on the built-in sample data in about two minutes
-    # on two CPU cores (``make demo``).
+    # A small model that learns something useful on the built-in sample data in about two minutes
+    # on two CPU cores (``make demo``); ``--model`` picks another network, in a small configuration.
     'demo': dict(
-        model='LCoAN', n_resgroups=2, n_resblocks=2, n_feats=32, reduction=2, n_clusters=16,
-        window_size=96, ema_decay=0.99, res_scale=0.1, rgb_range=1, scale='2', patch_size=64,
-        batch_size=8, test_every=50, epochs=12, lr=5e-4, decay='8', data_train='Sample',
-        data_test='Sample', ext='sep', n_threads=1, print_every=25, save='demo',
+        model='LCoAN', rgb_range=1, scale='2', patch_size=64, batch_size=8, test_every=50, epochs=12, lr=5e-4,
+        decay='8', data_train='Sample', data_test='Sample', ext='sep', n_threads=1, print_every=25, save='demo',
         save_results=True, compare_bicubic=True,
+        models={
+            'LCoAN': dict(n_resgroups=2, n_resblocks=2, n_feats=32, reduction=2, n_clusters=16, window_size=96,
+                          ema_decay=0.99, res_scale=0.1),
+            'EDSR': dict(n_resblocks=4, n_feats=32, res_scale=0.1),
+            'RCAN': dict(n_resgroups=2, n_resblocks=2, n_feats=32, reduction=4),
+            'NLSN': dict(n_resblocks=4, n_feats=32, res_scale=0.1, chunk_size=64, n_hashes=4),
+            'RDN': dict(G0=16, RDNconfig='A'),
+        },
     ),
+    # The baselines' published configurations (EDSR-PyTorch and NLSN documentation).
+    'EDSR_baseline': dict(model='EDSR', models={'EDSR': dict(n_resblocks=16, n_feats=64, res_scale=1.0)}),
+    'EDSR_paper': dict(model='EDSR', models={'EDSR': dict(n_resblocks=32, n_feats=256, res_scale=0.1)}),
+    'RCAN': dict(model='RCAN', chop=True,
+                 models={'RCAN': dict(n_resgroups=10, n_resblocks=20, n_feats=64, reduction=16)}),
+    'RDN': dict(model='RDN', models={'RDN': dict(G0=64, RDNkSize=3, RDNconfig='B')}),
+    'NLSN': dict(model='NLSN', models={'NLSN': dict(n_resblocks=32, n_feats=256, res_scale=0.1, chunk_size=144,
+                                                    n_hashes=4)}),
 }
 
 
-def get_template(name: str) -> dict:
-    """The defaults of template ``name``; KeyError if there is none."""
-    return dict(TEMPLATES[name])
+def get_template(name: str, model: str | None = None) -> dict:
+    """The defaults of template ``name`` for ``model`` (default: the template's own); KeyError if there is none.
+
+    ``model`` is matched in any letter case.
+    """
+    preset = dict(TEMPLATES[name])
+    per_model = {m.lower(): flags for m, flags in preset.pop('models', {}).items()}
+    chosen = model if model is not None else preset.get('model', '')
+    preset.update(per_model.get(str(chosen).lower(), {}))
+    return preset

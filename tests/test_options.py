@@ -103,7 +103,7 @@ def test_template_sets_defaults_and_flags_win():
     (['--window_size', '-4'], "--window_size -4: must be a positive integer"),
     (['--batch_size', '0'], '--batch_size 0'),
     (['--patch_size', '95', '--scale', '2'], '--patch_size 95: must be divisible by the scale (2)'),
-    (['--data_range', '1-800'], "--data_range '1-800': expected \"a-b/c-d\""),
+    (['--data_range', '1-800/801'], "--data_range '1-800/801': expected \"a-b/c-d\""),
     (['--data_range', '10-1/801-810'], "--data_range '10-1/801-810'"),
     (['--decay', '300-x'], "--decay '300-x': expected positive epochs"),
     (['--decay', '600-300'], 'milestones must increase'),
@@ -167,7 +167,7 @@ def test_template_default_and_help():
     text = option.build_parser().format_help()
     assert '(default: .)' not in text
     help_line = ' '.join(text[text.index('--template'):text.index('hardware:')].split())
-    assert 'demo' in help_line and 'LCoAN_paper_x4' in help_line and '(default: None)' in help_line
+    assert 'demo' in help_line and 'LCoAN_paper_x4' in help_line and '(default: none)' in help_line
 
 
 def test_warnings_print_one_line_without_source(tmp_path):

@@ -5,14 +5,17 @@ Every load goes through :func:`io_utils.load_state` (``torch.load(..., weights_o
 missing, is not a PyTorch checkpoint, or holds pickled objects other than tensors raises
 :class:`errors.UserError` naming the file.
 
-Keys and shapes must match the network exactly, with one exception: the paper fine-tunes its x3
-and x4 models from the x2 one (``--scale 4 --pre_train LCoAN_x2.pt``). When the only differences
-are in the upsampler (``tail.0.*``), every other tensor is loaded and the network keeps its freshly
-initialised upsampler, as a whole; the log names what was kept and skipped.
+Keys and shapes must match the network exactly, with two exceptions:
+
+- The papers fine-tune their x3 and x4 models from the x2 one (``--scale 4 --pre_train LCoAN_x2.pt``).
+  When the only differences are in the upsampler (``tail.0.*``; a network names another with an
+  ``upsampler_prefix`` attribute, e.g. RDN's ``UPNet.``), every other tensor is loaded and the
+  network keeps its freshly initialised upsampler, as a whole; the log names what was kept and skipped.
+- The placeholder parameter ``a`` (unused by forward, present in the official LCoAN and NLSN-repository
+  RCAN checkpoints, absent from RCAN's own ``RCAN_BIX2.pt``) may be missing; the network keeps its own.
 """
 
 import math
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +26,8 @@ from errors import UserError
 from io_utils import load_state
 
 UPSAMPLER_PREFIX = 'tail.0.'
+# Parameters that forward never reads, kept only for checkpoint compatibility: a checkpoint may lack them.
+PLACEHOLDER_KEYS = ('a',)
 DDP_PREFIX = 'module.'
 # How many mismatched keys an error message lists before it says "and N more".
 _LIST_AT_MOST = 4
@@ -60,24 +65,33 @@ def strip_ddp_prefix(state: dict[str, torch.Tensor], *, log: Callable[[str], Non
     return state
 
 
-def upsampler_scale(state: dict[str, torch.Tensor]) -> int | None:
-    """The scale of the upsampler in ``state``: the product over its conv + PixelShuffle stages.
+def upsampler_prefix(network: nn.Module) -> str:
+    """The state_dict prefix of ``network``'s upsampler: its ``upsampler_prefix`` attribute, else ``tail.0.``."""
+    return getattr(network, 'upsampler_prefix', UPSAMPLER_PREFIX)
 
-    Each stage is a conv from ``n`` to ``r*r*n`` channels followed by PixelShuffle(r); ``None`` when
-    the keys do not look like that.
+
+def upsampler_scale(state: dict[str, torch.Tensor], prefix: str = UPSAMPLER_PREFIX) -> int | None:
+    """The scale of the upsampler in ``state``: the product over its conv + PixelShuffle(r) stages.
+
+    The convolutions under ``prefix`` and the first one after them are taken in state_dict order;
+    each but the last feeds a PixelShuffle(r), so its output channels are ``r*r`` times the input
+    channels of the next one. ``None`` when the keys do not look like that.
     """
-    weights = [v for k, v in state.items()
-               if re.fullmatch(re.escape(UPSAMPLER_PREFIX) + r'\d+\.weight', k) and v.dim() == 4]
-    if not weights:
+    keys = list(state)
+    convs = [i for i, k in enumerate(keys)
+             if k.startswith(prefix) and k.endswith('.weight') and state[k].dim() == 4]
+    if not convs:
         return None
+    after = [i for i, k in enumerate(keys) if i > convs[-1] and k.endswith('.weight') and state[k].dim() == 4]
+    weights = [state[keys[i]] for i in convs + after[:1]]
     scale = 1
-    for w in weights:
-        out_ch, in_ch = w.shape[:2]
+    for w, following in zip(weights, weights[1:], strict=False):
+        out_ch, in_ch = w.shape[0], following.shape[1]
         root = math.isqrt(out_ch // in_ch) if out_ch % in_ch == 0 else 0
         if root < 2 or root * root * in_ch != out_ch:
             return None
         scale *= root
-    return scale
+    return scale if len(weights) > 1 else None
 
 
 def _fmt_shape(shape: torch.Size) -> str:
@@ -108,6 +122,11 @@ def load_into(network: nn.Module, state: dict[str, torch.Tensor], *, source: str
             ``allow_new_upsampler``); the message lists the first keys with both shapes.
     """
     own = network.state_dict()
+    prefix = upsampler_prefix(network)
+    absent = [k for k in PLACEHOLDER_KEYS if k in own and k not in state]
+    if absent:
+        state = {**state, **{k: own[k].detach().clone() for k in absent}}
+        log(f'{source} has no {", ".join(absent)} (a placeholder the network never uses): kept the network\'s own.')
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     resized = [k for k in own if k in state and state[k].shape != own[k].shape]
@@ -116,7 +135,7 @@ def load_into(network: nn.Module, state: dict[str, torch.Tensor], *, source: str
         network.load_state_dict(state, strict=True)
         return []
 
-    only_upsampler = all(k.startswith(UPSAMPLER_PREFIX) for k in differing)
+    only_upsampler = all(k.startswith(prefix) for k in differing)
     if not (only_upsampler and allow_new_upsampler):
         parts = []
         if resized:
@@ -128,18 +147,18 @@ def load_into(network: nn.Module, state: dict[str, torch.Tensor], *, source: str
             parts.append('not in the model: ' + _listing(unexpected))
         hint = '' if not only_upsampler else ' (only the upsampler differs: the checkpoint is for another scale)'
         raise UserError(f'{source} does not fit this model{hint}; ' + '; '.join(parts)
-                        + '. Check --scale, --n_feats, --n_resgroups, --n_resblocks, --n_clusters, --reduction, '
-                        '--n_colors against the run that saved it.')
+                        + '. Check --model, --scale and the model flags (--n_feats, --n_resgroups, --n_resblocks, '
+                        '--n_clusters, --reduction, --G0, --RDNconfig, --n_colors) against the run that saved it.')
 
     # The upsampler is a unit: a x2 conv in the first slot of a x4 upsampler would feed a stage it was
     # never trained with, so the whole fresh upsampler is kept rather than a shape-compatible part.
-    skipped = [k for k in state if k.startswith(UPSAMPLER_PREFIX)]
-    kept = [k for k in own if k.startswith(UPSAMPLER_PREFIX)]
+    skipped = [k for k in state if k.startswith(prefix)]
+    kept = [k for k in own if k.startswith(prefix)]
     merged = {k: (own[k].detach().clone() if k in kept else state[k]) for k in own}
     network.load_state_dict(merged, strict=True)
 
     def scale_of(s):
-        found = upsampler_scale(s)
+        found = upsampler_scale(s, prefix)
         return f'x{found}' if found else 'another scale'
 
     new_scale, old_scale = scale_of(own), scale_of(state)

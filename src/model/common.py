@@ -1,8 +1,8 @@
-"""Building blocks shared by the network (EDSR-style convolutions, mean shift, residual block, upsampler).
+"""Building blocks shared by the networks (EDSR-style convolutions, mean shift, residual block, upsampler).
 
-Module and index layout follows the official LCoAN so that its checkpoints load with ``strict=True``
-(e.g. ``ResBlock.body.0``/``body.2`` for the two convolutions, ``Upsampler.0``/``.2`` for the
-convolutions of a x4 upsampler).
+Module and index layout follows the official LCoAN and EDSR-PyTorch code so that their checkpoints
+load with ``strict=True`` (e.g. ``ResBlock.body.0``/``body.2`` for the two convolutions,
+``Upsampler.0``/``.2`` for the convolutions of a x4 upsampler).
 """
 
 import math
@@ -14,6 +14,9 @@ from torch import nn
 from model.conv import Conv2d
 
 ConvFactory = Callable[..., nn.Conv2d]
+
+# Mean colour of the DIV2K training images, which the EDSR family subtracts before the network.
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
 
 def default_conv(in_channels: int, out_channels: int, kernel_size: int, bias: bool = True) -> nn.Conv2d:
@@ -53,6 +56,17 @@ class MeanShift(nn.Conv2d):
             p.requires_grad = False
 
 
+def div2k_mean_shift(*, n_colors: int, rgb_range: float, sign: int) -> MeanShift:
+    """``MeanShift`` of the DIV2K mean colour; for one channel, the mean of the three channel means."""
+    if n_colors == 3:
+        rgb_mean = DIV2K_RGB_MEAN
+    elif n_colors == 1:
+        rgb_mean = (sum(DIV2K_RGB_MEAN) / 3,)
+    else:
+        raise ValueError(f'n_colors must be 1 or 3, got {n_colors}')
+    return MeanShift(rgb_range=rgb_range, rgb_mean=rgb_mean, rgb_std=(1.0,) * n_colors, sign=sign)
+
+
 class BasicBlock(nn.Sequential):
     """A convolution optionally followed by an activation, as a ``Sequential`` (the convolution is index 0).
 
@@ -74,16 +88,19 @@ class BasicBlock(nn.Sequential):
 
 
 class ResBlock(nn.Module):
-    """``x + conv(relu(conv(x)))``; LCoAN applies no residual scaling inside its blocks.
+    """``x + res_scale * conv(relu(conv(x)))`` (EDSR's residual block; LCoAN uses ``res_scale=1``).
 
     Args:
         conv: factory ``conv(in_channels, out_channels, kernel_size, bias=...)``.
         n_feats: channels of input and output.
         kernel_size: kernel size of both convolutions.
+        res_scale: scale of the residual branch (EDSR's paper model: 0.1).
     """
 
-    def __init__(self, *, conv: ConvFactory = default_conv, n_feats: int, kernel_size: int = 3) -> None:
+    def __init__(self, *, conv: ConvFactory = default_conv, n_feats: int, kernel_size: int = 3,
+                 res_scale: float = 1.0) -> None:
         super().__init__()
+        self.res_scale = res_scale
         self.body = nn.Sequential(
             conv(n_feats, n_feats, kernel_size, bias=True),
             nn.ReLU(inplace=True),
@@ -93,7 +110,10 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # In place: the last convolution's output is not needed by its backward, and a fresh
         # feature map per block costs page faults on large images.
-        return self.body(x).add_(x)
+        res = self.body(x)
+        if self.res_scale != 1:
+            res.mul_(self.res_scale)
+        return res.add_(x)
 
 
 class Upsampler(nn.Sequential):

@@ -1,0 +1,55 @@
+"""EDSR: Enhanced Deep Residual Network (Lim et al., "Enhanced Deep Residual Networks for Single Image
+Super-Resolution", CVPRW 2017), in the layout of EDSR-PyTorch, whose checkpoints
+(``edsr_baseline_x2-1bc95232.pt``, ``edsr_x2-0edfb8a3.pt``, ...) load with ``strict=True``:
+
+    sub_mean -> head -> body (n_resblocks x ResBlock, conv) -> (+ head output) -> tail -> add_mean
+"""
+
+import argparse
+
+import torch
+from torch import Tensor, nn
+
+from model import common
+
+
+def make_model(args: argparse.Namespace) -> 'EDSR':
+    """The network configured by the parsed options ``args`` (see ``option.py``)."""
+    return EDSR(scale=args.scale[0], n_resblocks=args.n_resblocks, n_feats=args.n_feats, res_scale=args.res_scale,
+                n_colors=args.n_colors, rgb_range=args.rgb_range)
+
+
+class EDSR(nn.Module):
+    """The EDSR network: LR (N, n_colors, h, w) in [0, rgb_range] -> SR (N, n_colors, scale*h, scale*w).
+
+    Args:
+        scale: upscaling factor: 3 or a power of two (2, 4, 8).
+        n_resblocks: residual blocks (baseline 16, paper 32).
+        n_feats: feature channels (baseline 64, paper 256).
+        res_scale: scale of each block's residual branch (baseline 1, paper 0.1).
+        n_colors: 3 (RGB) or 1.
+        rgb_range: pixel values lie in [0, rgb_range].
+    """
+
+    def __init__(self, *, scale: int, n_resblocks: int = 16, n_feats: int = 64, res_scale: float = 1.0,
+                 n_colors: int = 3, rgb_range: float = 255) -> None:
+        super().__init__()
+        # Built in the official order (same seed, same initial weights), registered in the official
+        # state_dict order (add_mean before head).
+        self.sub_mean = common.div2k_mean_shift(n_colors=n_colors, rgb_range=rgb_range, sign=-1)
+        head = nn.Sequential(common.default_conv(n_colors, n_feats, 3))
+        body = nn.Sequential(
+            *[common.ResBlock(n_feats=n_feats, res_scale=res_scale) for _ in range(n_resblocks)],
+            common.default_conv(n_feats, n_feats, 3))
+        tail = nn.Sequential(common.Upsampler(scale=scale, n_feats=n_feats), common.default_conv(n_feats, n_colors, 3))
+        self.add_mean = common.div2k_mean_shift(n_colors=n_colors, rgb_range=rgb_range, sign=1)
+        self.head = head
+        self.body = body
+        self.tail = tail
+        # Channels-last features: faster 3x3 convolutions on CPU and GPU; the state_dict is unchanged.
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.head(self.sub_mean(x.contiguous(memory_format=torch.channels_last)))
+        res = self.body(x).add_(x)
+        return self.add_mean(self.tail(res))

@@ -1,0 +1,128 @@
+"""RCAN: Residual Channel Attention Network (Zhang et al., "Image Super-Resolution Using Very Deep
+Residual Channel Attention Networks", ECCV 2018), in the layout of the EDSR-PyTorch/NLSN code:
+
+    sub_mean -> head -> body (n_resgroups x ResidualGroup, conv) -> (+ head output) -> tail -> add_mean
+
+A ResidualGroup is ``x + conv(RCAB(...RCAB(x)))``; an RCAB is
+``x + res_scale * CA(conv(relu(conv(x))))`` with squeeze-and-excitation channel attention CA.
+"""
+
+import argparse
+
+import torch
+from torch import Tensor, nn
+
+from model import common
+
+
+def make_model(args: argparse.Namespace) -> 'RCAN':
+    """The network configured by the parsed options ``args`` (see ``option.py``)."""
+    return RCAN(scale=args.scale[0], n_resgroups=args.n_resgroups, n_resblocks=args.n_resblocks,
+                n_feats=args.n_feats, reduction=args.reduction, res_scale=args.res_scale, n_colors=args.n_colors,
+                rgb_range=args.rgb_range)
+
+
+class ChannelAttention(nn.Module):
+    """``x * sigmoid(conv(relu(conv(mean over H, W of x))))``: per-channel gates from global statistics.
+
+    Args:
+        channels: feature channels.
+        reduction: the bottleneck has ``channels // reduction`` channels.
+    """
+
+    def __init__(self, *, channels: int, reduction: int) -> None:
+        super().__init__()
+        self.conv_du = nn.Sequential(
+            nn.Conv2d(channels, channels // reduction, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(channels // reduction, channels, 1), nn.Sigmoid())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.conv_du(x.mean(dim=(-2, -1), keepdim=True))
+
+
+class RCAB(nn.Module):
+    """Residual channel attention block: ``x + res_scale * CA(conv(relu(conv(x))))``.
+
+    The official code takes ``res_scale`` but never applies it; the published models use 1, which
+    is the same network. Here it is applied, so that a value other than 1 means what it says.
+
+    Args:
+        n_feats: feature channels.
+        reduction: channel attention bottleneck factor.
+        res_scale: scale of the residual branch.
+    """
+
+    def __init__(self, *, n_feats: int, reduction: int, res_scale: float = 1.0) -> None:
+        super().__init__()
+        self.res_scale = res_scale
+        self.body = nn.Sequential(
+            common.default_conv(n_feats, n_feats, 3), nn.ReLU(inplace=True), common.default_conv(n_feats, n_feats, 3),
+            ChannelAttention(channels=n_feats, reduction=reduction))
+
+    def forward(self, x: Tensor) -> Tensor:
+        res = self.body(x)
+        if self.res_scale != 1:
+            res = res * self.res_scale
+        return res + x
+
+
+class ResidualGroup(nn.Module):
+    """``x + conv(RCAB_n(...RCAB_1(x)))``.
+
+    Args:
+        n_feats: feature channels.
+        n_resblocks: RCABs in the group.
+        reduction: channel attention bottleneck factor.
+        res_scale: scale of each RCAB's residual branch.
+    """
+
+    def __init__(self, *, n_feats: int, n_resblocks: int, reduction: int, res_scale: float = 1.0) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            *[RCAB(n_feats=n_feats, reduction=reduction, res_scale=res_scale) for _ in range(n_resblocks)],
+            common.default_conv(n_feats, n_feats, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x) + x
+
+
+class RCAN(nn.Module):
+    """The RCAN network: LR (N, n_colors, h, w) in [0, rgb_range] -> SR (N, n_colors, scale*h, scale*w).
+
+    Args:
+        scale: upscaling factor: 3 or a power of two (2, 4, 8).
+        n_resgroups: residual groups (published: 10).
+        n_resblocks: RCABs per group (published: 20).
+        n_feats: feature channels (published: 64).
+        reduction: channel attention bottleneck factor (published: 16).
+        res_scale: scale of each RCAB's residual branch (published: 1).
+        n_colors: 3 (RGB) or 1.
+        rgb_range: pixel values lie in [0, rgb_range].
+    """
+
+    def __init__(self, *, scale: int, n_resgroups: int = 10, n_resblocks: int = 20, n_feats: int = 64,
+                 reduction: int = 16, res_scale: float = 1.0, n_colors: int = 3, rgb_range: float = 255) -> None:
+        super().__init__()
+        # Unused by forward: the NLSN/LCoAN versions of RCAN hold it, so their checkpoints have it.
+        # Frozen, so that DistributedDataParallel finds no unused trainable parameter. A checkpoint
+        # without it (RCAN's own RCAN_BIX2.pt) loads too (see model.checkpoint_io).
+        self.a = nn.Parameter(torch.zeros(1), requires_grad=False)
+        # Built in the official order (same seed, same initial weights), registered in the official
+        # state_dict order (add_mean before head).
+        self.sub_mean = common.div2k_mean_shift(n_colors=n_colors, rgb_range=rgb_range, sign=-1)
+        head = nn.Sequential(common.default_conv(n_colors, n_feats, 3))
+        body = nn.Sequential(
+            *[ResidualGroup(n_feats=n_feats, n_resblocks=n_resblocks, reduction=reduction, res_scale=res_scale)
+              for _ in range(n_resgroups)],
+            common.default_conv(n_feats, n_feats, 3))
+        tail = nn.Sequential(common.Upsampler(scale=scale, n_feats=n_feats), common.default_conv(n_feats, n_colors, 3))
+        self.add_mean = common.div2k_mean_shift(n_colors=n_colors, rgb_range=rgb_range, sign=1)
+        self.head = head
+        self.body = body
+        self.tail = tail
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.head(self.sub_mean(x.contiguous(memory_format=torch.channels_last)))
+        res = self.body(x) + x
+        return self.add_mean(self.tail(res))

@@ -1,0 +1,113 @@
+"""RDN: Residual Dense Network (Zhang et al., "Residual Dense Network for Image Super-Resolution",
+CVPR 2018), in the layout of EDSR-PyTorch (``SFENet1/2``, ``RDBs``, ``GFF``, ``UPNet``):
+
+    SFENet1 -> SFENet2 -> D x RDB -> GFF(concat of all RDB outputs) -> (+ SFENet1 output) -> UPNet
+
+RDN has no mean shift: it works on the pixel values as they come. Its upsampler ``UPNet`` ends
+with the output convolution, so fine-tuning to another scale replaces all of ``UPNet``.
+"""
+
+import argparse
+
+import torch
+from torch import Tensor, nn
+
+from model import common
+
+# --RDNconfig: (RDBs D, convolutions per RDB C, growth rate G), as published.
+CONFIGS = {'A': (20, 6, 32), 'B': (16, 8, 64)}
+
+
+def make_model(args: argparse.Namespace) -> 'RDN':
+    """The network configured by the parsed options ``args`` (see ``option.py``)."""
+    return RDN(scale=args.scale[0], G0=args.G0, RDNkSize=args.RDNkSize, RDNconfig=args.RDNconfig,
+               n_colors=args.n_colors)
+
+
+class DenseLayer(nn.Module):
+    """``concat(x, relu(conv(x)))``: adds ``growth`` channels to the input (official ``RDB_Conv``).
+
+    Args:
+        in_channels: input channels.
+        growth: channels added.
+        kernel_size: odd kernel size.
+    """
+
+    def __init__(self, *, in_channels: int, growth: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(common.default_conv(in_channels, growth, kernel_size), nn.ReLU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat((x, self.conv(x)), dim=1)
+
+
+class RDB(nn.Module):
+    """Residual dense block: ``x + LFF(dense layers(x))`` with a 1x1 local feature fusion ``LFF``.
+
+    Args:
+        G0: input and output channels.
+        G: growth rate of each dense layer.
+        C: dense layers.
+        kernel_size: odd kernel size of the dense layers.
+    """
+
+    def __init__(self, *, G0: int, G: int, C: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(*[DenseLayer(in_channels=G0 + c * G, growth=G, kernel_size=kernel_size)
+                                     for c in range(C)])
+        self.LFF = nn.Conv2d(G0 + C * G, G0, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.LFF(self.convs(x)) + x
+
+
+class RDN(nn.Module):
+    """The RDN network: LR (N, n_colors, h, w) -> SR (N, n_colors, scale*h, scale*w).
+
+    Args:
+        scale: upscaling factor: 2, 3 or 4 (the official upsampler has no other).
+        G0: feature channels between blocks (published: 64).
+        RDNkSize: odd kernel size of the shallow-feature, global-fusion and upsampler convolutions
+            (published: 3). As in the official code, the dense layers inside the RDBs are 3x3 whatever it is.
+        RDNconfig: 'A' (20 RDBs x 6 layers, growth 32) or 'B' (16 x 8, growth 64; published), or
+            any (RDBs, layers per RDB, growth) triple.
+        n_colors: 3 (RGB) or 1.
+    """
+
+    # Fine-tuning from a checkpoint of another scale re-initialises these keys (see model.checkpoint_io).
+    upsampler_prefix = 'UPNet.'
+
+    def __init__(self, *, scale: int, G0: int = 64, RDNkSize: int = 3,
+                 RDNconfig: str | tuple[int, int, int] = 'B', n_colors: int = 3) -> None:
+        super().__init__()
+        if isinstance(RDNconfig, str) and RDNconfig not in CONFIGS:
+            raise ValueError(f'RDNconfig must be one of {", ".join(CONFIGS)}, got {RDNconfig!r}')
+        if RDNkSize < 1 or RDNkSize % 2 == 0:
+            raise ValueError(f'RDNkSize must be odd, got {RDNkSize}')
+        self.D, C, G = CONFIGS[RDNconfig] if isinstance(RDNconfig, str) else RDNconfig
+        k = RDNkSize
+
+        self.SFENet1 = common.default_conv(n_colors, G0, k)
+        self.SFENet2 = common.default_conv(G0, G0, k)
+        self.RDBs = nn.ModuleList([RDB(G0=G0, G=G, C=C) for _ in range(self.D)])
+        # Global feature fusion of the concatenated outputs of all RDBs.
+        self.GFF = nn.Sequential(nn.Conv2d(self.D * G0, G0, 1), common.default_conv(G0, G0, k))
+        if scale in (2, 3):
+            up = [common.default_conv(G0, G * scale * scale, k), nn.PixelShuffle(scale)]
+        elif scale == 4:
+            up = [common.default_conv(G0, G * 4, k), nn.PixelShuffle(2), common.default_conv(G, G * 4, k),
+                  nn.PixelShuffle(2)]
+        else:
+            raise ValueError(f'RDN upsamples by 2, 3 or 4, got {scale}')
+        self.UPNet = nn.Sequential(*up, common.default_conv(G, n_colors, k))
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shallow = self.SFENet1(x.contiguous(memory_format=torch.channels_last))
+        x = self.SFENet2(shallow)
+        outputs = []
+        for block in self.RDBs:
+            x = block(x)
+            outputs.append(x)
+        x = self.GFF(torch.cat(outputs, dim=1)) + shallow
+        return self.UPNet(x)

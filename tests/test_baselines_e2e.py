@@ -1,0 +1,66 @@
+"""main.py end to end for every baseline: train, resume after a stop, test with --chop and --self_ensemble.
+
+Tiny configurations of ``--template demo --model X`` on the built-in Sample data, in subprocesses.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import conftest
+import utility
+
+COMMON = ['--template', 'demo', '--cpu', '--patch_size', '32', '--batch_size', '2', '--test_every', '2',
+          '--print_every', '1', '--n_threads', '0']
+TINY = {
+    'EDSR': ['--n_resblocks', '1', '--n_feats', '8'],
+    'RCAN': ['--n_resgroups', '1', '--n_resblocks', '1', '--n_feats', '8', '--reduction', '2'],
+    'RDN': ['--G0', '8', '--RDNconfig', 'A'],
+    'NLSN': ['--n_resblocks', '1', '--n_feats', '8', '--chunk_size', '16', '--n_hashes', '2'],
+}
+
+
+def run(base: Path, model: str, *flags):
+    done = conftest.run_main(base, *COMMON, '--model', model, *TINY[model], *flags, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('model', list(TINY))
+def test_train_resume_and_test_only(model, tmp_path):
+    run(tmp_path, model, '--save', 'a', '--epochs', '1')
+    a = tmp_path / 'exp' / 'a'
+    config = (a / 'config.txt').read_text()
+    assert f'model: {model}' in config
+    resumed = run(tmp_path, model, '--load', 'a', '--resume', '-1', '--epochs', '2')
+    assert 'after epoch 1' in resumed.stdout
+    state = utility.load_state(a / 'training_state.pt')
+    assert state['epoch'] == 2 and torch.isfinite(state['loss_log']).all()
+    assert (state['psnr_log'] > 10).all()
+
+    if model == 'NLSN':  # random LSH rotations: the resumed run equals one that went straight through
+        run(tmp_path, model, '--save', 'b', '--epochs', '2')
+        straight = utility.load_state(tmp_path / 'exp' / 'b' / 'training_state.pt')
+        assert torch.equal(straight['loss_log'], state['loss_log'])
+        assert all(torch.equal(straight['model'][k], state['model'][k]) for k in state['model'])
+
+    latest = a / 'model' / 'model_latest.pt'
+    tested = [run(tmp_path, model, '--test_only', '--save', f't{i}', '--pre_train', latest, '--chop',
+                  '--chop_size', '24', '--chop_overlap', '4', '--self_ensemble', '--seed', '5') for i in range(2)]
+    rows = [next(line for line in t.stdout.splitlines() if line.startswith('Sample ')) for t in tested]
+    assert rows[0] == rows[1]  # --seed: the same numbers run after run (NLSN draws its rotations from it)
+    assert f'Made {model} with' in (tmp_path / 'exp' / 't0' / 'log.txt').read_text()
+
+
+def test_config_records_the_values_in_force(tmp_path):
+    # Only the parse and the run folder: config.txt lists every model flag of NLSN with the value in force.
+    import option
+    args = option.parse_args(['--model', 'NLSN', '--n_hashes', '2', '--save_dir', str(tmp_path), '--save', 'cfg'])
+    ckp = utility.checkpoint(args)
+    ckp.done()
+    config = (tmp_path / 'cfg' / 'config.txt').read_text()
+    for line in ('model: NLSN', 'n_hashes: 2', 'n_resblocks: 32', 'n_feats: 256', 'res_scale: 0.1',
+                 'chunk_size: 144', 'n_clusters: None', "given: {'", "'n_hashes'"):
+        assert line in config, line
