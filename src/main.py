@@ -18,6 +18,8 @@ def run(args) -> None:
     """Train and/or evaluate in this process (one of several under torch.distributed)."""
     torch.manual_seed(args.seed)
     ckp = utility.checkpoint(args)
+    if getattr(args, 'pre_train_detected', ''):
+        ckp.write_log(args.pre_train_detected)
     loader = data.Data(args)
     net = model.Model(args, ckp)
     criterion = loss.Loss(args, ckp) if not args.test_only else None

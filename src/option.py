@@ -13,6 +13,7 @@ import torch
 
 import template
 from errors import UserError
+from model import detect
 
 MODELS = ('LCoAN',)
 TRAIN_SETS = ('DIV2K', 'Sample')
@@ -214,14 +215,31 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def given_flags(argv=None) -> set[str]:
+    """Destinations of the flags that ``argv`` sets explicitly (parsed again with every default suppressed)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(argv)[0]))
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    """Parse ``argv`` (default ``sys.argv[1:]``); a template's values act as defaults, so flags win."""
+    """Parse ``argv`` (default ``sys.argv[1:]``); a template's values act as defaults, so flags win.
+
+    ``args.given`` is the set of options set on the command line or by ``--template``. With
+    ``--pre_train``, the options not in it are read from the checkpoint (``model.detect``).
+    """
     parser = build_parser()
     first, _ = parser.parse_known_args(argv)
+    preset = {}
     if first.template != '.':
         try:
-            parser.set_defaults(**template.get_template(first.template))
+            preset = template.get_template(first.template)
         except KeyError:
             raise UserError(f'--template {first.template!r}: allowed: {", ".join(template.TEMPLATES)}') from None
+        parser.set_defaults(**preset)
     args = parser.parse_args(argv)
+    args.given = given_flags(argv) | set(preset)
+    # Checkpoint-detected options, logged by main.run once the run's log exists.
+    args.pre_train_detected = detect.apply_pre_train(args)
     return finalize(args)
