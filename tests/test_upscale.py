@@ -283,12 +283,17 @@ def test_upscale_cli_weights_errors_exit_2(tmp_path, weights, capsys):
 
 def test_upscale_cli_precision_and_tiles(tmp_path, weights, capsys):
     Image.fromarray(rgb(40, 36)).save(tmp_path / 'a.png')
-    assert run_cli('--weights', weights, tmp_path / 'a.png', '-o', tmp_path / 'o', '--cpu', '--tile', '20',
-                   '--precision', 'bf16') == 0
-    got = upscale.read_image(tmp_path / 'o' / 'a_x2.png').astype(int)
+    Image.fromarray(rgb(8, 8)).save(tmp_path / 'b.png')
+    assert run_cli('--weights', weights, tmp_path / 'a.png', '-o', tmp_path / 'o', '--cpu', '--tile', '24',
+                   '--tile_halo', '4') == 0
+    assert run_cli('--weights', weights, tmp_path / 'b.png', '-o', tmp_path / 'o', '--cpu', '--precision', 'bf16') == 0
     net = api.load_pretrained(weights, device='cpu')
+    tiled = upscale.read_image(tmp_path / 'o' / 'a_x2.png').astype(int)
     ref = api.upscale(net, rgb(40, 36)).astype(int)
-    assert got.shape == ref.shape and np.abs(got - ref).mean() < 4
+    assert tiled.shape == ref.shape == (80, 72, 3) and np.abs(tiled - ref).mean() < 2
+    np.testing.assert_array_equal(tiled, api.upscale(net, rgb(40, 36), tile=24, halo=4))
+    bf16 = upscale.read_image(tmp_path / 'o' / 'b_x2.png').astype(int)
+    assert bf16.shape == (16, 16, 3) and np.abs(bf16 - api.upscale(net, rgb(8, 8)).astype(int)).mean() < 4
 
 
 def test_detected_options_reach_the_cli_description(weights):
