@@ -19,6 +19,8 @@ def run(args) -> None:
     show_warnings_plainly()  # again: a spawned process starts with Python's default
     torch.manual_seed(args.seed)
     ckp = run_folder.checkpoint(args)
+    if getattr(args, 'pre_train_detected', ''):
+        ckp.write_log(args.pre_train_detected)
     loader = data.Data(args)
     net = model.Model(args, ckp)
     criterion = loss.Loss(args, ckp) if not args.test_only else None

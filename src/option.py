@@ -22,6 +22,7 @@ import torch
 
 import template
 from errors import UserError
+from model import detect
 
 MODELS = ('LCoAN', 'EDSR', 'RCAN', 'RDN', 'NLSN')
 # The published configuration of each model: the values its model flags take when not given.
@@ -314,7 +315,9 @@ def _given(parser: argparse.ArgumentParser, argv) -> set[str]:
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse ``argv`` (default ``sys.argv[1:]``); a template's values act as defaults, so flags win.
 
-    ``args.given`` records the options set on the command line or by the template.
+    ``args.given`` records the options set on the command line or by the template. With ``--pre_train``,
+    the model options not in it are read from the checkpoint (``model.detect``) before the model's
+    published defaults fill the rest.
     """
     if argv is None:
         argv = sys.argv[1:]
@@ -330,4 +333,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         given |= set(preset)
     args = parser.parse_args(argv)
     args.given = given - {'template'}
+    # Checkpoint-detected options, logged by main.run once the run's log exists.
+    args.pre_train_detected = detect.apply_pre_train(args)
     return finalize(args)

@@ -85,8 +85,14 @@ def register(monkeypatch, name: str, cls) -> None:
 
 
 def make_args(*extra: str, model_name: str | None = None):
+    # --pre_train is set after parsing: the stand-in networks' checkpoints are unknown to model.detect.
+    extra = list(extra)
+    pre_train = extra.pop(extra.index('--pre_train') + 1) if '--pre_train' in extra else ''
+    if pre_train:
+        extra.remove('--pre_train')
     args = option.parse_args(['--template', 'demo', '--cpu', '--n_feats', '4', '--n_colors', '3', '--patch_size', '96',
                               *extra])
+    args.pre_train = pre_train
     if model_name is not None:
         args.model = model_name
     return args
@@ -375,7 +381,8 @@ class Payload:
     ('pickled.pt', lambda p: torch.save({'w': torch.ones(1), 'x': Payload()}, p),
      'refused: it holds pickled objects other than tensors (test_wrapper.Payload)'),
     ('list.pt', lambda p: torch.save([torch.ones(1)], p), 'expected a state_dict (a dict of tensors), found a list'),
-    ('nested.pt', lambda p: torch.save({'state_dict': {'w': torch.ones(1)}}, p), "nests one under 'state_dict'"),
+    ('nested.pt', lambda p: torch.save({'weights': {'w': torch.ones(1)}, 'step': torch.ones(1)}, p),
+     "nests one under 'weights'"),
     ('folder.pt', lambda p: p.mkdir(), 'not a file'),
 ])
 def test_unreadable_checkpoints_are_user_errors_naming_the_file(tmp_path, monkeypatch, name, write, reason):

@@ -1,7 +1,8 @@
 """Reading state dicts from disk and loading them into a network, with checks and clear errors.
 
 Every load goes through :func:`io_utils.load_state` (``torch.load(..., weights_only=True)``): a checkpoint is a plain
-``state_dict`` (a dict of tensors, as the official LCoAN and EDSR release them). A file that is
+``state_dict`` (a dict of tensors, as the official LCoAN and EDSR release them), or one nested under a
+training checkpoint's ``state_dict``/``model``/``params(_ema)`` entry. A file that is
 missing, is not a PyTorch checkpoint, or holds pickled objects other than tensors raises
 :class:`errors.UserError` naming the file.
 
@@ -29,6 +30,8 @@ UPSAMPLER_PREFIX = 'tail.0.'
 # Parameters that forward never reads, kept only for checkpoint compatibility: a checkpoint may lack them.
 PLACEHOLDER_KEYS = ('a',)
 DDP_PREFIX = 'module.'
+# Entries under which training scripts commonly nest the state_dict, in order of preference.
+WRAPPER_KEYS = ('params_ema', 'params', 'state_dict', 'model', 'net')
 # How many mismatched keys an error message lists before it says "and N more".
 _LIST_AT_MOST = 4
 
@@ -47,12 +50,29 @@ def read_state_dict(path: str | Path, *, what: str = 'checkpoint') -> dict[str, 
     obj = load_state(path, what=what)
     if not isinstance(obj, dict):
         raise UserError(f'{what} {path}: expected a state_dict (a dict of tensors), found a {type(obj).__name__}')
+    obj = unwrap_state_dict(obj)
     bad = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
     if bad:
         nested = [k for k in bad if isinstance(obj[k], dict)]
         hint = f" (it nests one under {nested[0]!r}; save that entry on its own)" if nested else ''
         raise UserError(f'{what} {path}: expected a state_dict (a dict of tensors), but entry {bad[0]!r} '
                         f'is a {type(obj[bad[0]]).__name__}{hint}')
+    return obj
+
+
+def unwrap_state_dict(obj: dict) -> dict:
+    """The state_dict inside a training checkpoint that wraps it, else ``obj`` itself.
+
+    People save ``{'state_dict': sd, 'optimizer': ...}``, ``{'model': sd, ...}`` or BasicSR's
+    ``{'params': sd, 'params_ema': sd}`` (whose EMA weights are the ones to evaluate). A wrapper is
+    only looked into when ``obj`` itself is not a flat dict of tensors.
+    """
+    if all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    for key in WRAPPER_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            return inner
     return obj
 
 

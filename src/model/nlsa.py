@@ -91,7 +91,6 @@ class NonLocalSparseAttention(nn.Module):
         # (N, L, D) position-major views; free for channels-last feature maps.
         match = self.conv_match(x).permute(0, 2, 3, 1).reshape(n, length, -1)
         values = self.conv_assembly(x).permute(0, 2, 3, 1).reshape(n, length, channels)
-        dim = match.shape[-1]
 
         with torch.no_grad():
             order = self.hash_codes(match.detach()).sort(dim=-1).indices  # (N, rounds * L), grouped by round
@@ -99,18 +98,22 @@ class NonLocalSparseAttention(nn.Module):
                 1, order, torch.arange(order.shape[1], device=order.device).expand(n, -1))
             position = order % length
 
+            # The last chunk is filled up with copies of the last sorted positions: padded slot j >= L of a
+            # round reads sorted slot j - padding. Folding that into the sort's gather costs nothing and
+            # keeps the padding free of data-dependent branches (ONNX export with dynamic H, W).
+            chunk = min(self.chunk_size, length)
+            padding = -length % chunk
+            slot = torch.arange(length + padding, device=x.device)
+            slot = torch.where(slot < length, slot, slot - padding)
+            position = position.view(n, rounds, length).index_select(2, slot).view(n, -1)
+
         def sort(t: Tensor) -> Tensor:
-            return t.gather(1, position.unsqueeze(-1).expand(-1, -1, t.shape[-1])).view(n, rounds, length, -1)
+            gathered = t.gather(1, position.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+            return gathered.view(n, rounds, -1, chunk, t.shape[-1])  # (N, rounds, chunks, chunk, D)
 
         query, value = sort(match), sort(values)
-        chunk = min(self.chunk_size, length)
-        padding = -length % chunk
-        if padding:  # the last chunk is filled up with copies of the last sorted positions
-            query = torch.cat([query, query[:, :, -padding:]], dim=2)
-            value = torch.cat([value, value[:, :, -padding:]], dim=2)
-        query = query.view(n, rounds, -1, chunk, dim)
         key = _with_neighbours(F.normalize(query, p=2, dim=-1, eps=KEY_NORM_EPS))
-        value = _with_neighbours(value.view(n, rounds, -1, chunk, channels))
+        value = _with_neighbours(value)
 
         # Softmax statistics in float32 also under autocast (they weigh the rounds, too).
         score = (query @ key.transpose(-1, -2)).float()  # (N, rounds, chunks, chunk, 3 * chunk)
