@@ -276,12 +276,12 @@ def test_load_state_errors_name_the_file(tmp_path):
     atomic_save({'w': torch.ones(1000)}, good)
     torn = tmp_path / 'torn.pt'
     torn.write_bytes(good.read_bytes()[:300])
-    with pytest.raises(UserError, match=f'^checkpoint {torn}: not a PyTorch checkpoint or cut short'):
+    with pytest.raises(UserError, match=f'^checkpoint {torn}: cut short or damaged: its zip archive is incomplete'):
         load_state(torn)
     unsafe = tmp_path / 'unsafe.pt'
     torch.save({'f': SimpleNamespace()}, unsafe)  # needs weights_only=False: refused
-    with pytest.raises(UserError, match=f'^checkpoint {unsafe}: refused: it holds pickled objects other than '
-                                        'tensors \\(types.SimpleNamespace\\)'):
+    with pytest.raises(UserError, match=f'^checkpoint {unsafe}: refused: it holds a pickled reference to '
+                                        'types.SimpleNamespace, not only tensors'):
         load_state(unsafe)
 
 
@@ -311,6 +311,8 @@ def test_run_folder_checks(tmp_path):
     stale = ckp.get_path('model', '.model_latest.pt.tmp-999')  # left by a writer killed mid-write
     stale.write_bytes(b'PK')
     checkpoint(make_args(tmp_path, '--load', 'run', '--test_only')).done()
+    assert stale.exists()  # an evaluation may run beside the training writing it
+    checkpoint(make_args(tmp_path, '--load', 'run', '--resume', '-1')).done()
     assert not stale.exists()
     with pytest.raises(UserError, match="^--save 'run': .* holds a run already; continue it with --load run"):
         checkpoint(make_args(tmp_path))
@@ -461,7 +463,7 @@ def test_tables():
 
 
 def test_test_only_prints_a_table(tmp_path, capsys):
-    trainer, ckp, _ = make_trainer(make_args(tmp_path, '--test_only'))
+    trainer, ckp, _ = make_trainer(make_args(tmp_path, '--test_only', '--untrained'))
     assert trainer.terminate()
     ckp.done()
     lines = capsys.readouterr().out.splitlines()
