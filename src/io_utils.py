@@ -21,6 +21,7 @@ import os
 import pickle
 import pickletools
 import re
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -127,7 +128,10 @@ def load_state(path: str | Path, *, what: str = 'checkpoint'):
     if not path.is_file():
         raise UserError(f'{what} {path}: not a file')
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():
+            # A plain pickle of another protocol is refused below with a message of ours.
+            warnings.filterwarnings('ignore', message='Detected pickle protocol')
+            return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # torch.load raises many types (KeyError, EOFError, RuntimeError, ...) for bad files
         raise UserError(f'{what} {path}: {_explain_load_error(path, e)}') from None
 

@@ -63,7 +63,9 @@ def score_set(model: nn.Module, loader: DataLoader, *, scale: int, rgb_range: fl
                 no_ssim.append(size)
             row = [name, *score(sr, hr)]
             if compare_bicubic:
-                row += score(quantize_(bicubic_upscale(lr.float(), scale), rgb_range), hr)
+                # An LR image of 1 or 2 pixels is too small for bicubic upscaling; PSNR fails on it anyway.
+                row += (score(quantize_(bicubic_upscale(lr.float(), scale), rgb_range), hr)
+                        if psnr_fits(hr.shape, border) else [math.nan, math.nan])
             rows.append(row)
         if on_image is not None:
             on_image(name, lr, hr, sr)
