@@ -577,6 +577,24 @@ def test_e2e_test_only_prints_the_table(e2e):
     assert (e2e / 'exp' / 't' / 'metrics_Sample_x2.csv').is_file()
 
 
+@pytest.mark.slow
+def test_e2e_test_only_on_a_run_evaluates_its_trained_model_and_keeps_its_results(e2e):
+    a = e2e / 'exp' / 'a'
+    kept = {p: p.read_bytes() for p in [a / 'metrics_Sample_x2.csv', *sorted((a / 'results-Sample').iterdir())]}
+    done = run_main(e2e, '--load', 'a', '--test_only')
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f'--test_only: evaluating {a}/model/model_latest.pt (the latest epoch of run a;' in done.stdout
+    lines = done.stdout.splitlines()
+    psnr = float(lines[lines.index('PSNR (dB) / SSIM') + 3].split('|')[1].split('/')[0])
+    last = load_state(a / 'training_state.pt')['psnr_log'][-1, 0].item()
+    assert psnr == pytest.approx(last, abs=0.005)  # the trained network, not an untrained one
+    assert {p: p.read_bytes() for p in kept} == kept
+    (out,) = a.glob('test-*')
+    assert (out / 'metrics_Sample_x2.csv').is_file() and len(list((out / 'results-Sample').iterdir())) == 3
+    untrained = run_main(e2e, '--save', 'u', '--test_only')
+    assert untrained.returncode == 2 and untrained.stderr.startswith('error: --test_only: no weights to evaluate;')
+
+
 def test_e2e_bad_loss_is_a_one_line_error(e2e):
     done = run_main(e2e, '--save', 'bad', '--loss', '1*L1+1*Foo')
     assert done.returncode == 2
