@@ -177,8 +177,8 @@ def _warn_slow_cpu_precision(precision: str, dtype: torch.dtype) -> None:
     native_bf16 = cpu_has_native_bf16()
     if dtype == torch.float16:
         better = 'single' + (' or bf16 (this CPU has bfloat16 in hardware)' if native_bf16 else '')
-        warnings.warn(f'--precision {precision} on the CPU: float16 is emulated and runs many times slower '
-                      f'(~25x measured) than single; use --precision {better}', stacklevel=3)
+        warnings.warn(f'--precision {precision} on the CPU: float16 is emulated and runs many times slower than '
+                      f'single; use --precision {better}', stacklevel=3)
     elif dtype == torch.bfloat16 and not native_bf16:
         warnings.warn(f'--precision {precision} on the CPU: this CPU has no bfloat16 hardware (AVX512-BF16 or AMX), '
                       'so it is emulated and runs many times slower than single; use --precision single',
