@@ -33,7 +33,7 @@ from optim import make_optimizer, make_scheduler
 from rng import derive_seed, get_rng_state, seed_everything, set_rng_state
 from run_folder import checkpoint
 from timing import timer
-from training import evaluation, state, tables
+from training import evaluation, interrupts, state, tables
 from training.step import MAX_CONSECUTIVE_SKIPS, Diverged, TrainStep
 
 
@@ -110,7 +110,7 @@ class Trainer:
         timer_epoch, timer_data, timer_model = timer(), timer(), timer()
         bar = tqdm(self.loader_train, total=n_batches, ncols=80, leave=False, desc=f'epoch {epoch}',
                    disable=None if self.ckp.is_main else True)
-        for batch, (lr, hr, _) in enumerate(bar):
+        for batch, (lr, hr, _) in enumerate(interrupts.batches(bar)):
             lr, hr = self.prepare(lr, hr)
             timer_data.hold()
             timer_model.tic()

@@ -39,7 +39,7 @@ from conftest import MAIN_ENV, SRC
 from errors import UserError
 from io_utils import atomic_save, load_state
 from model import checkpoint_io
-from training import evaluation
+from training import evaluation, interrupts
 
 # ----------------------------------------------------------------------------------------------
 # checkpoints that cannot be used (items 3 and 12)
@@ -425,6 +425,22 @@ def test_half_precision_on_the_cpu_warns_once(monkeypatch):
 
 # ----------------------------------------------------------------------------------------------
 # end to end: Ctrl-C, --lr 10, a run killed in its first epoch (items 6 and 10)
+
+
+def test_ctrl_c_during_a_fetch_waits_for_the_batch():
+    fetched = []
+
+    def loader():
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first batch is being fetched
+        fetched.append(1)
+        yield 'batch 1'
+        yield 'batch 2'
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        next(interrupts.batches(loader()))
+    assert fetched == [1]  # the fetch ran to its end first
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert list(interrupts.batches(iter(['a', 'b']))) == ['a', 'b']
 
 
 def _interrupt_when(base: Path, save: str, line_starts: str) -> subprocess.CompletedProcess:

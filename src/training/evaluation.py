@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from data.imresize import bicubic_upscale
 from metrics import SSIM_WINDOW, calc_psnr, calc_ssim, protocol_border, psnr_fits, quantize_, ssim_fits
+from training import interrupts
 
 HEADER = ['image', 'psnr', 'ssim']
 BICUBIC_HEADER = ['bicubic_psnr', 'bicubic_ssim']
@@ -51,7 +52,8 @@ def score_set(model: nn.Module, loader: DataLoader, *, scale: int, rgb_range: fl
         return [calc_psnr(img, hr, scale, rgb_range, benchmark) if psnr_fits(hr.shape, border) else math.nan,
                 calc_ssim(img, hr, scale, rgb_range, benchmark) if ssim_fits(hr.shape, border) else math.nan]
 
-    for lr, hr, name in tqdm(loader, ncols=80, leave=False, desc=f'{loader.dataset.name} x{scale}', disable=None):
+    bar = tqdm(loader, ncols=80, leave=False, desc=f'{loader.dataset.name} x{scale}', disable=None)
+    for lr, hr, name in interrupts.batches(bar):
         name = name[0] if isinstance(name, (list, tuple)) else name
         lr, hr = lr.to(device, non_blocking=True), hr.to(device, non_blocking=True)
         sr = quantize_(model(lr).float(), rgb_range)  # in place: no second copy of a large image
