@@ -184,6 +184,9 @@ class checkpoint:  # lower case: EDSR's name, used the same way
             given = '--pre_train' if args.pre_train else '--load'
             raise UserError(f'--untrained and {given}: choose one (random weights or the checkpoint)')
         if not args.test_only:
+            if args.untrained:
+                raise UserError('--untrained: only with --test_only (training starts from random weights unless '
+                                '--pre_train is given)')
             return
         if args.pre_train and args.load:
             raise UserError(f'--pre_train {args.pre_train!r} and --load {args.load!r} with --test_only: choose one '
@@ -201,8 +204,9 @@ class checkpoint:  # lower case: EDSR's name, used the same way
             if not _made_by_this_program(folder):
                 raise UserError(f'--reset: {folder} holds files but no config.txt of a run of this program; not '
                                 'deleting it (choose another --save, or delete the folder yourself)')
-            if self.is_main:
-                shutil.rmtree(folder)
+        distributed.barrier()  # every rank has checked the folder before rank 0 deletes it
+        if self.is_main and folder.exists():
+            shutil.rmtree(folder)
         distributed.barrier()
 
     def _check_something_to_resume(self) -> None:

@@ -165,6 +165,8 @@ def test_test_only_needs_weights(tmp_path):
         run_folder.checkpoint(make_args(tmp_path, '--test_only', '--pre_train', 'x.pt', '--load', 'run'))
     with pytest.raises(UserError, match='^--untrained and --pre_train: choose one'):
         run_folder.checkpoint(make_args(tmp_path, '--untrained', '--pre_train', 'x.pt'))
+    with pytest.raises(UserError, match='^--untrained: only with --test_only'):
+        run_folder.checkpoint(make_args(tmp_path, '--untrained'))
     # A run folder without a finished epoch has nothing to evaluate.
     (tmp_path / 'empty_run').mkdir()
     args = make_args(tmp_path, '--load', 'empty_run', '--test_only')
