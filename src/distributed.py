@@ -85,6 +85,8 @@ def _spawned(local_rank: int, args, run, size: int) -> None:
         if local_rank == 0:
             print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C reaches every process; the parent prints the one line
+        sys.exit(130)
     finally:
         dist.destroy_process_group()
 
@@ -111,6 +113,8 @@ def launch(args, run) -> None:
         except mp.ProcessExitedException as e:
             if e.exit_code == 2:  # a UserError, already printed by rank 0
                 raise SystemExit(2) from None
+            if e.exit_code == 130:
+                raise KeyboardInterrupt from None
             print(f'error: {e}; the other processes were stopped', file=sys.stderr)
             raise SystemExit(1) from None
     else:

@@ -5,19 +5,33 @@ file in the same folder, flushed and fsynced, then ``os.replace``. A process kil
 leaves either the old or the new file, never a torn one; two processes writing the same file never
 mix their contents.
 
+A failed write raises the OSError of the operating system with the file's name, also when the
+writer swallowed it (``torch.save`` turns a failed ``write`` into a RuntimeError of its zip writer):
+:func:`write_error_cause` tells a full disk or a read-only folder from a bug.
+
 Every ``.pt`` file is read by :func:`load_state`: ``torch.load(..., weights_only=True)`` onto the
 CPU, with a :class:`errors.UserError` naming the file when it is missing, cut short, not a PyTorch
-checkpoint, or holds pickled objects other than tensors and plain types.
+checkpoint (a text file, a plain pickle), or holds pickled objects other than tensors and plain
+types (the message names the function or class the pickle refers to; nothing of it is run).
 """
 
+import errno
+import io
 import os
+import pickle
+import pickletools
 import re
+import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from errors import UserError
+
+# The errors of a write that the user fixes outside this program (space, permissions, quota).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -43,16 +57,49 @@ def atomic_write(path: str | Path, write: Callable, mode: str = 'wb') -> None:
     """
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    recorder = None
     try:
         with open(tmp, mode) as f:
-            write(f)
+            recorder = _WriteRecorder(f)
+            write(recorder)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        cause = recorder.error if recorder is not None and recorder.error is not None else e
+        if isinstance(cause, OSError):
+            cause.filename = str(path)  # the file meant, not its temporary name
+            if cause is not e:
+                raise cause from None
         raise
     _fsync_dir(path.parent)
+
+
+class _WriteRecorder:
+    """A file object that remembers the first OSError of its ``write``: torch.save reports a failed write
+    as a RuntimeError of its zip writer ('unexpected pos ...'), which hides a full disk."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data):
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def write_error_cause(e: BaseException) -> str | None:
+    """'no space left on device', 'read-only file system', ... for a write the user must fix; else None."""
+    if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+        return os.strerror(e.errno).lower()
+    return None
 
 
 def atomic_save(obj, path: str | Path) -> None:
@@ -81,24 +128,102 @@ def load_state(path: str | Path, *, what: str = 'checkpoint'):
     if not path.is_file():
         raise UserError(f'{what} {path}: not a file')
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():
+            # A plain pickle of another protocol is refused below with a message of ours.
+            warnings.filterwarnings('ignore', message='Detected pickle protocol')
+            return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # torch.load raises many types (KeyError, EOFError, RuntimeError, ...) for bad files
-        raise UserError(f'{what} {path}: {_explain_load_error(e)}') from None
+        raise UserError(f'{what} {path}: {_explain_load_error(path, e)}') from None
 
 
-def _explain_load_error(e: Exception) -> str:
-    text = str(e)
-    culprit = re.search(r'Unsupported global: GLOBAL (\S+)', text)
+# What a pickle of tensors and plain containers refers to; anything else named in a pickle torch
+# refused is reported as the culprit.
+_PLAIN_GLOBALS = re.compile(r'(torch|collections|_codecs|numpy)(\.|$)')
+_HEAD_BYTES = 512
+
+
+def _explain_load_error(path: Path, e: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed with ``e``, in words that do not depend on
+    torch's wording (which changes between releases): from the file's own bytes where possible."""
+    if isinstance(e, OSError) and e.filename is not None:  # opening or reading the file failed
+        return f'cannot read it ({e.strerror or e})'
+    try:
+        size = path.stat().st_size
+        with open(path, 'rb') as f:
+            head = f.read(_HEAD_BYTES)
+    except OSError as read_error:
+        return f'cannot read it ({read_error.strerror or read_error})'
+    if size == 0:
+        return 'an empty file, not a PyTorch checkpoint'
+    culprit = _refused_global(path, head, str(e)) if isinstance(e, pickle.UnpicklingError) else None
     if culprit:
-        return (f'refused: it holds pickled objects other than tensors ({culprit.group(1)}); only plain state_dicts '
-                'are loaded (torch.load with weights_only=True)')
-    if 'Weights only load failed' in text:
-        detail = re.search(r'WeightsUnpickler error:\s*(.+)', text)
-        return f'not a PyTorch checkpoint ({detail.group(1).strip() if detail else "unreadable pickle"})'
-    if isinstance(e, EOFError):
-        return 'not a PyTorch checkpoint (the file is empty or cut short)'
-    if 'zip archive' in text:
-        return 'not a PyTorch checkpoint or cut short (its zip archive is unreadable)'
-    if isinstance(e, OSError):
-        return f'cannot read it ({e.strerror or text})'
-    return f'not a PyTorch checkpoint ({type(e).__name__}: {text.splitlines()[0] if text else "unreadable"})'
+        return (f'refused: it holds a pickled reference to {culprit}, not only tensors (nothing of it was run); '
+                'only plain state_dicts are loaded (torch.load with weights_only=True)')
+    if head.startswith(b'PK\x03\x04'):  # torch.save's zip format
+        if not zipfile.is_zipfile(path):
+            return (f'cut short or damaged: its zip archive is incomplete ({size} bytes); the file was not '
+                    'completely written or copied')
+        return f'a damaged PyTorch checkpoint ({_first_line(e)})'
+    if _is_text(head):
+        first = head.decode('utf-8', errors='replace').strip().splitlines()[0][:40] if head.strip() else ''
+        return f'a text file, not a PyTorch checkpoint (it starts with {first!r})'
+    if head.startswith(b'\x80'):
+        return 'a Python pickle but not a PyTorch checkpoint (torch.save writes a zip archive)'
+    return 'not a PyTorch checkpoint (neither the zip archive of torch.save nor a pickle)'
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f'{type(e).__name__}: {text.splitlines()[0]}' if text else type(e).__name__
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode('utf-8')
+    except UnicodeDecodeError:
+        # A multi-byte character cut at the end of the head is still text.
+        try:
+            text = head[:-3].decode('utf-8')
+        except UnicodeDecodeError:
+            return False
+    return all(c.isprintable() or c in '\t\r\n\f' for c in text)
+
+
+def _refused_global(path: Path, head: bytes, message: str) -> str | None:
+    """The module.name a refused pickle refers to: from torch's message if it names one, else from the
+    pickle's own opcodes (read with pickletools, which never runs anything)."""
+    named = re.search(r'GLOBAL\s+([A-Za-z_][\w.]*)', message)
+    if named:
+        return named.group(1)
+    try:
+        if head.startswith(b'PK\x03\x04'):
+            with zipfile.ZipFile(path) as archive:
+                member = next((n for n in archive.namelist() if n.endswith('data.pkl')), None)
+                data = archive.read(member) if member else b''
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    for name in _pickle_globals(data):
+        if not _PLAIN_GLOBALS.match(name):
+            return name
+    return None
+
+
+def _pickle_globals(data: bytes) -> list[str]:
+    """Every module.name referenced by the pickles in ``data`` (several follow each other in torch's legacy
+    format), in order; stops at the first unreadable opcode."""
+    found, stream = [], io.BytesIO(data)
+    while stream.tell() < len(data):
+        strings: list[str] = []
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ('GLOBAL', 'INST'):
+                    found.append(arg.replace(' ', '.'))
+                elif op.name == 'STACK_GLOBAL' and len(strings) >= 2:
+                    found.append(f'{strings[-2]}.{strings[-1]}')
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception:  # genops raises ValueError, EOFError, ... on bytes that are no pickle
+            break
+    return found

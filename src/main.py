@@ -11,6 +11,7 @@ import model
 import option
 import run_folder
 from errors import UserError, show_warnings_plainly
+from io_utils import write_error_cause
 from trainer import Trainer
 
 
@@ -21,18 +22,23 @@ def run(args) -> None:
     ckp = run_folder.checkpoint(args)
     if getattr(args, 'pre_train_detected', ''):
         ckp.write_log(args.pre_train_detected)
-    loader = data.Data(args)
-    net = model.Model(args, ckp)
-    criterion = loss.Loss(args, ckp) if not args.test_only else None
-    trainer = Trainer(args, loader, net, criterion, ckp)
-    while not trainer.terminate():
-        trainer.train()
-        trainer.test()
+    try:
+        loader = data.Data(args)
+        net = model.Model(args, ckp)
+        criterion = loss.Loss(args, ckp) if not args.test_only else None
+        trainer = Trainer(args, loader, net, criterion, ckp)
+        while not trainer.terminate():
+            trainer.train()
+            trainer.test()
+    except BaseException:
+        ckp.abort()
+        raise
     ckp.done()
 
 
 def main(argv=None) -> int:
     show_warnings_plainly()
+    args = None
     try:
         args = option.parse_args(argv)
         if not args.cuda_available and not args.cpu_requested:
@@ -40,6 +46,15 @@ def main(argv=None) -> int:
         distributed.launch(args, run)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, the shell's status for SIGINT
+        print(run_folder.interrupted_message(args), file=sys.stderr)
+        return 130
+    except OSError as e:  # a write outside the trainer's own handling (the run folder at start-up, ...)
+        cause = write_error_cause(e)
+        if cause is None:
+            raise
+        print(f'error: cannot write {e.filename or "the run folder"}: {cause}', file=sys.stderr)
         return 2
     return 0
 

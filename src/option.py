@@ -124,11 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     g('--self_ensemble', action='store_true', help='average the 8 flips/transposes at test time')
 
     g = parser.add_argument_group('training').add_argument
-    g('--reset', action='store_true', help='start the run in --load over')
+    g('--reset', action='store_true',
+      help='start the run over: delete its folder (only a folder this program made: it holds its config.txt)')
     g('--test_every', type=int, default=1000, help='batches per epoch')
     g('--epochs', type=int, default=1000, help='epochs to train')
     g('--batch_size', type=int, default=16, help='total batch size over all processes')
-    g('--test_only', action='store_true', help='evaluate only')
+    g('--test_only', action='store_true',
+      help='evaluate only: the weights of --pre_train, or of --load <run> (its latest model; --resume N: epoch N)')
+    g('--untrained', action='store_true', help='with --test_only: evaluate a randomly initialised network on purpose')
 
     g = parser.add_argument_group('optimization').add_argument
     g('--lr', type=float, default=1e-4, help='learning rate')

@@ -5,6 +5,7 @@ Only the main process (rank 0) writes. Every file a resumed run reads back is wr
 """
 
 import argparse
+import contextlib
 import datetime
 import os
 import queue
@@ -35,6 +36,32 @@ def _check_run_name(flag: str, name: str) -> None:
     # The folder may be deleted by --reset: it must stay inside --save_dir.
     if not name or name in ('.', '..') or '/' in name or '\\' in name:
         raise UserError(f'--{flag} {name!r}: a run name, not a path (runs live under --save_dir)')
+
+
+def interrupted_message(args: argparse.Namespace | None) -> str:
+    """The one line for Ctrl-C: how to continue the run (``args`` is None when parsing was interrupted)."""
+    if args is None or args.test_only:
+        return 'interrupted'
+    name = args.load or args.save
+    if (Path(args.save_dir) / name / TRAINING_STATE).exists():
+        return f'interrupted; resume with --load {name} --resume -1'
+    return (f'interrupted during the first epoch, before anything was saved: nothing to resume; start over with '
+            f'--save {name} --reset')
+
+
+def _made_by_this_program(folder: Path) -> bool:
+    """Whether --reset may delete ``folder``: it holds the config.txt this program writes, or nothing but
+    what a run creates before its config.txt (an empty model/ folder, an empty log.txt)."""
+    config = folder / 'config.txt'
+    if config.is_file():
+        try:
+            lines = config.read_text(errors='replace').splitlines()[:3]
+        except OSError:
+            return False
+        return len(lines) >= 2 and lines[1].startswith('command: ')
+    entries = list(folder.iterdir())
+    return all((e.name == 'model' and e.is_dir() and not any(e.iterdir()))
+               or (e.name == 'log.txt' and e.is_file() and e.stat().st_size == 0) for e in entries)
 
 
 def plot_png(path: Path, draw: Callable) -> None:
@@ -85,34 +112,47 @@ class checkpoint:  # lower case: EDSR's name, used the same way
     Positional argument, as main.py and EDSR pass it.
 
     Args:
-        args: parsed options; uses ``save_dir, save, load, resume, reset, test_only, pre_train,
+        args: parsed options; uses ``save_dir, save, load, resume, reset, test_only, pre_train, untrained,
             rgb_range`` and writes all of them to config.txt.
+
+    ``run_dir`` is the run (its checkpoints); ``dir`` is where this invocation writes: the run itself,
+    or, for ``--test_only`` on a folder that holds a training run, a new ``test-<date>-<time>/`` in it.
     """
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.is_main = distributed.is_main()
-        self.dir = self._run_dir(args)
+        # The run: its checkpoints (model/, training_state.pt). ``dir`` is where this invocation writes:
+        # the run itself, except for a --test_only evaluation of a training run (see _output_dir).
+        self.run_dir = self._run_dir(args)
         self._check_resume_flags(args)
+        self._check_weight_flags(args)
         if args.reset:
-            if self.is_main and self.dir.exists():
-                shutil.rmtree(self.dir)
-            distributed.barrier()
-        elif not args.test_only and args.resume == 0 and (self.dir / TRAINING_STATE).exists():
+            self._reset()
+        elif not args.test_only and args.resume == 0 and (self.run_dir / TRAINING_STATE).exists():
             flag, name = ('load', args.load) if args.load else ('save', args.save)
-            raise UserError(f'--{flag} {name!r}: {self.dir} holds a run already; continue it with '
+            raise UserError(f'--{flag} {name!r}: {self.run_dir} holds a run already; continue it with '
                             f'--load {name} --resume -1, or start it over with --reset')
+        elif args.resume == -1 and not args.test_only:
+            self._check_something_to_resume()
+        self.dir = self._output_dir()
 
         self._log_file = None
         self._writer: _ImageWriter | None = None
         if self.is_main:
-            (self.dir / 'model').mkdir(parents=True, exist_ok=True)
-            # Temporary files of a killed writer (atomic_write) are never read: remove them.
-            for folder in (self.dir, self.dir / 'model', self.dir / 'state'):
-                for stale in folder.glob('.*.tmp-*'):
-                    stale.unlink(missing_ok=True)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if not args.test_only:
+                (self.dir / 'model').mkdir(exist_ok=True)
+                # Temporary files of a killed writer (atomic_write) are never read: remove them (not in an
+                # evaluation, which may run beside the training that is writing them).
+                for folder in (self.dir, self.dir / 'model', self.dir / 'state'):
+                    for stale in folder.glob('.*.tmp-*'):
+                        stale.unlink(missing_ok=True)
             self._log_file = open(self.dir / 'log.txt', 'a')
             self._write_config()
+            if self.dir != self.run_dir:
+                self.write_log(f'--test_only: this evaluation writes to {self.dir}; the training run\'s own '
+                               f'results in {self.run_dir} are kept')
 
     @staticmethod
     def _run_dir(args: argparse.Namespace) -> Path:
@@ -136,6 +176,59 @@ class checkpoint:  # lower case: EDSR's name, used the same way
                             'run brings its own weights)')
         if args.reset:
             raise UserError(f'--reset and --resume {args.resume}: choose one (start over or continue)')
+
+    @staticmethod
+    def _check_weight_flags(args: argparse.Namespace) -> None:
+        """--test_only evaluates the weights the user names: --pre_train, --load, or --untrained on purpose."""
+        if args.untrained and (args.pre_train or args.load):
+            given = '--pre_train' if args.pre_train else '--load'
+            raise UserError(f'--untrained and {given}: choose one (random weights or the checkpoint)')
+        if not args.test_only:
+            if args.untrained:
+                raise UserError('--untrained: only with --test_only (training starts from random weights unless '
+                                '--pre_train is given)')
+            return
+        if args.pre_train and args.load:
+            raise UserError(f'--pre_train {args.pre_train!r} and --load {args.load!r} with --test_only: choose one '
+                            '(the weights to evaluate)')
+        if not (args.pre_train or args.load or args.untrained):
+            raise UserError('--test_only: no weights to evaluate; give --pre_train <file.pt> or --load <run> (its '
+                            'latest model), or --untrained to score a randomly initialised network on purpose')
+
+    def _reset(self) -> None:
+        """Delete the run folder for --reset, if this program made it (every rank checks; rank 0 deletes)."""
+        folder = self.run_dir
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir() or folder.is_symlink():
+                raise UserError(f'--reset: {folder} is not a run folder (a file or a link); not deleting it')
+            if not _made_by_this_program(folder):
+                raise UserError(f'--reset: {folder} holds files but no config.txt of a run of this program; not '
+                                'deleting it (choose another --save, or delete the folder yourself)')
+        distributed.barrier()  # every rank has checked the folder before rank 0 deletes it
+        if self.is_main and folder.exists():
+            shutil.rmtree(folder)
+        distributed.barrier()
+
+    def _check_something_to_resume(self) -> None:
+        if (self.run_dir / TRAINING_STATE).exists() or (self.run_dir / 'model' / 'model_latest.pt').exists():
+            return
+        name = self.args.load
+        raise UserError(f'--load {name} --resume -1: {self.run_dir} has no finished epoch yet (the run stopped during '
+                        f'its first epoch): nothing to resume; start it over with --save {name} --reset')
+
+    def _output_dir(self) -> Path:
+        """The run folder; for --test_only on a folder holding a training run, a new ``test-<time>`` in it,
+        so that an evaluation never overwrites the run's own metrics and images."""
+        run = self.run_dir
+        holds_training = (run / TRAINING_STATE).exists() or (run / 'model' / 'model_latest.pt').exists()
+        if not (self.args.test_only and holds_training):
+            return run
+        stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+        folder, n = run / f'test-{stamp}', 1
+        while folder.exists():
+            n += 1
+            folder = run / f'test-{stamp}-{n}'
+        return folder
 
     # -- paths and text logs
 
@@ -232,6 +325,17 @@ class checkpoint:  # lower case: EDSR's name, used the same way
                 iio.imwrite(path, array)
             else:
                 self._writer.put(path, array)
+
+    def abort(self) -> None:
+        """After an error: stop the image writer and close log.txt, ignoring their own errors (a full disk)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(BaseException):
+                writer.close()
+        if self._log_file is not None:
+            with contextlib.suppress(OSError):
+                self._log_file.close()
+            self._log_file = None
 
     def done(self) -> None:
         """Finish: wait for queued images, flush and close log.txt."""

@@ -10,9 +10,15 @@ The parts, each in its own module: the optimisation step and its skip rules (:mo
 scoring a test set (:mod:`training.evaluation`), the log tables (:mod:`training.tables`), and the
 checkpoint files and training-state format (:mod:`training.state`). ``model/model_best.pt`` is the
 best PSNR on the first test set with ground truth.
+
+What stops a run, each with one line (a :class:`errors.UserError`): a diverged run (every batch
+skipped for ``min(100, batches per epoch)`` batches in a row), a write that fails for want of space
+or permission (the last complete checkpoint stays intact). An evaluation that fails after a
+training epoch is logged in one line and the epoch is saved without scores.
 """
 
 import argparse
+import contextlib
 import math
 
 import torch
@@ -21,13 +27,14 @@ from tqdm import tqdm
 
 import distributed
 from errors import UserError
+from io_utils import write_error_cause
 from model import checkpoint_io
 from optim import make_optimizer, make_scheduler
 from rng import derive_seed, get_rng_state, seed_everything, set_rng_state
 from run_folder import checkpoint
 from timing import timer
-from training import evaluation, state, tables
-from training.step import TrainStep
+from training import evaluation, interrupts, state, tables
+from training.step import MAX_CONSECUTIVE_SKIPS, Diverged, TrainStep
 
 
 class Trainer:
@@ -59,6 +66,7 @@ class Trainer:
         self.psnr_log = torch.zeros((0, len(self.test_sets)), dtype=torch.float64)
         self.ssim_log = self.psnr_log.clone()
         self.epoch = 0  # finished epochs
+        self.saved_epoch = 0  # the epoch of the run's training_state.pt (what --resume -1 continues)
 
         if not args.test_only:
             if my_loss is None or self.loader_train is None:
@@ -68,8 +76,9 @@ class Trainer:
             self.scheduler = make_scheduler(args, self.optimizer)
             self.step = TrainStep(self.model, self.loss, self.optimizer, precision=args.precision,
                                   device=self.device, skip_threshold=args.skip_threshold, gclip=args.gclip,
-                                  log=ckp.write_log)
-        if args.load and args.resume != 0:
+                                  log=ckp.write_log,
+                                  max_consecutive_skips=min(MAX_CONSECUTIVE_SKIPS, len(self.loader_train)))
+        if args.load and (args.resume != 0 or args.test_only):
             self._resume()
 
     def terminate(self) -> bool:
@@ -85,6 +94,10 @@ class Trainer:
         return [t.to(self.device, non_blocking=True) for t in tensors]
 
     def train(self) -> None:
+        with self._write_errors():
+            self._train()
+
+    def _train(self) -> None:
         epoch = self.epoch + 1
         self._seed_epoch(epoch)
         self.step.skipped_epoch = 0
@@ -97,11 +110,14 @@ class Trainer:
         timer_epoch, timer_data, timer_model = timer(), timer(), timer()
         bar = tqdm(self.loader_train, total=n_batches, ncols=80, leave=False, desc=f'epoch {epoch}',
                    disable=None if self.ckp.is_main else True)
-        for batch, (lr, hr, _) in enumerate(bar):
+        for batch, (lr, hr, _) in enumerate(interrupts.batches(bar)):
             lr, hr = self.prepare(lr, hr)
             timer_data.hold()
             timer_model.tic()
-            self.step(lr, hr, epoch, batch)
+            try:
+                self.step(lr, hr, epoch, batch)
+            except Diverged as e:
+                self._stop_diverged(e, epoch)
             timer_model.hold()
             if (batch + 1) % self.args.print_every == 0:
                 self.ckp.write_log(
@@ -117,6 +133,17 @@ class Trainer:
         skipped = self.step.skipped_epoch
         skipped = f', {skipped} of {n_batches} batches skipped' if skipped else ''
         self.ckp.write_log(f'[Epoch {epoch}] mean {self.loss.display_loss()} in {timer_epoch.toc():.1f}s{skipped}')
+
+    def _stop_diverged(self, e: Diverged, epoch: int) -> None:
+        args = self.args
+        saved = (f'epoch {self.saved_epoch} is the last one saved' if self.saved_epoch
+                 else 'nothing was saved')
+        message = (f'training stopped in epoch {epoch}: it diverged, {e}; {saved}. Start over with --reset and '
+                   f'try a lower --lr (now {self.optimizer.param_groups[0]["lr"]:g}), gradient clipping '
+                   f'(--gclip, e.g. 1{"" if not args.gclip else f"; now {args.gclip:g}"}), or check the training '
+                   'data')
+        self.ckp.write_log(message)
+        raise UserError(message) from None
 
     def _loader_generator(self) -> torch.Generator | None:
         return getattr(self.loader_train, 'generator', None) if self.loader_train is not None else None
@@ -135,9 +162,30 @@ class Trainer:
     def test(self) -> None:
         """Evaluate on every test set (rank 0; the others wait), log, and checkpoint."""
         if self.ckp.is_main:
-            with torch.no_grad():
+            with torch.no_grad(), self._write_errors():
                 self._test_main()
         distributed.barrier()
+
+    @contextlib.contextmanager
+    def _write_errors(self):
+        """A write that fails for want of space or permission becomes one line naming the folder and the
+        cause; the checkpoint files are written atomically, so the last complete one is intact."""
+        try:
+            yield
+        except OSError as e:
+            cause = write_error_cause(e)
+            if cause is None:
+                raise
+            where = f'{e.filename}' if e.filename else str(self.ckp.dir)
+            if self.args.test_only:
+                after = 'make room or choose another --save_dir, then evaluate again'
+            elif self.saved_epoch:
+                name = self.args.load or self.args.save
+                after = (f'the checkpoint of epoch {self.saved_epoch} is intact: make room (or make the folder '
+                         f'writable), then resume with --load {name} --resume -1')
+            else:
+                after = 'nothing was saved yet: make room (or make the folder writable), then start over with --reset'
+            raise UserError(f'cannot write {where}: {cause}; {after}') from None
 
     def _test_main(self) -> None:
         args = self.args
@@ -147,14 +195,23 @@ class Trainer:
         if args.save_results:
             self.ckp.begin_background()
         try:
-            psnr, ssim = self._evaluate()
+            psnr, ssim, n_scored = self._evaluate()
+        except Exception as e:
+            # A trained epoch is worth more than its scores: log the failure and save the epoch unscored.
+            # A failed write is no evaluation problem: it stops the run (see _write_errors).
+            if args.test_only or write_error_cause(e) is not None:
+                raise
+            self.ckp.write_log(f'Evaluation after epoch {self.epoch} failed, the epoch is saved without scores: '
+                               f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}')
+            psnr = torch.full((len(self.test_sets),), math.nan, dtype=torch.float64)
+            ssim, n_scored = psnr.clone(), [None] * len(self.test_sets)
         finally:
             self.ckp.end_background()
         if not args.test_only:
             self.psnr_log = torch.cat([self.psnr_log, psnr[None]])
             self.ssim_log = torch.cat([self.ssim_log, ssim[None]])
         for i, name in enumerate(self.test_sets):
-            self.ckp.write_log(self._score_line(i, name, psnr[i], ssim[i]))
+            self.ckp.write_log(self._score_line(i, name, psnr[i], ssim[i], n_scored[i]))
         self.ckp.write_log(f'Forward: {timer_test.toc():.2f}s')
         if args.test_only:
             self.ckp.write_log(tables.results_table(self.test_sets, self.scale, psnr.tolist(), ssim.tolist()))
@@ -162,11 +219,13 @@ class Trainer:
             self.save(self.epoch, is_best=self._is_best())
         self.ckp.write_log(f'Total: {timer_test.toc():.2f}s\n', refresh=True)
 
-    def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean PSNR and SSIM per test set (NaN without ground truth); writes each set's metrics CSV."""
+    def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor, list[int | None]]:
+        """Mean PSNR and SSIM per test set (NaN without ground truth, or when no image could be scored) and
+        the number of images with ground truth per set; writes each set's metrics CSV."""
         args = self.args
         psnr = torch.full((len(self.test_sets),), math.nan, dtype=torch.float64)
         ssim = psnr.clone()
+        n_scored: list[int | None] = [0] * len(self.test_sets)
         for i, loader in enumerate(self.loader_test):
             name = loader.dataset.name
 
@@ -177,6 +236,7 @@ class Trainer:
             rows = evaluation.score_set(self.model, loader, scale=self.scale, rgb_range=args.rgb_range,
                                         device=self.device, compare_bicubic=args.compare_bicubic,
                                         on_image=save_images if args.save_results else None)
+            n_scored[i] = len(rows)
             if not rows:
                 continue
             psnr[i], ssim[i] = evaluation.set_means(rows)
@@ -184,12 +244,17 @@ class Trainer:
             self.ckp.write_csv(f'metrics_{name}_x{self.scale}.csv', header, rows)
             if args.compare_bicubic and (args.test_only or self.epoch >= args.epochs):
                 self.ckp.write_log(tables.comparison_table(name, self.scale, args.model, rows))
-        return psnr, ssim
+        return psnr, ssim, n_scored
 
-    def _score_line(self, i: int, name: str, psnr: torch.Tensor, ssim: torch.Tensor) -> str:
-        if math.isnan(psnr):
+    def _score_line(self, i: int, name: str, psnr: torch.Tensor, ssim: torch.Tensor, n_rows: int | None) -> str:
+        if n_rows is None:
+            return f'[{name} x{self.scale}]\tnot scored (the evaluation failed)'
+        if n_rows == 0:
             return f'[{name} x{self.scale}]\tno ground truth: SR images only'
-        line = f'[{name} x{self.scale}]\tPSNR: {psnr:.3f} SSIM: {ssim:.4f}'
+        if math.isnan(psnr):
+            return f'[{name} x{self.scale}]\tno image large enough to score'
+        ssim_text = 'n/a (images smaller than its window)' if math.isnan(ssim) else f'{ssim:.4f}'
+        line = f'[{name} x{self.scale}]\tPSNR: {psnr:.3f} SSIM: {ssim_text}'
         if not self.args.test_only:
             best, best_epoch = evaluation.best_epoch(self.psnr_log[:, i])
             line += f' (Best: {best:.3f} @epoch {best_epoch})'
@@ -211,6 +276,7 @@ class Trainer:
             return
         state.save_epoch(self.ckp, self.model.get_model().state_dict(), self._training_state(), epoch=epoch,
                          is_best=is_best, save_models=self.args.save_models)
+        self.saved_epoch = epoch
         self.ckp.write_csv('loss_log.csv', ['epoch'] + self.loss.names,
                            [[e + 1] + row for e, row in enumerate(self.loss.log.tolist())])
         self.loss.plot_loss(self.ckp)
@@ -234,19 +300,33 @@ class Trainer:
         }
 
     def _resume(self) -> None:
-        model_path, state_path = state.resume_paths(self.ckp, self.args.resume)
-        if self.args.test_only:
-            self._load_network(checkpoint_io.read_state_dict(model_path, what='model'), model_path)
-            self.ckp.write_log(f'Loaded {model_path}')
+        args = self.args
+        if args.test_only:
+            self._load_for_test()
             return
+        model_path, state_path = state.resume_paths(self.ckp, args.resume)
         saved = state.read_training_state(state_path)
-        if self.args.resume == -1:
+        if args.resume == -1:
+            checkpoint_io.check_finite(saved['model'], f'training state {state_path}')
             self._load_network(saved['model'], state_path)
         else:
             self._load_network(checkpoint_io.read_state_dict(model_path, what='model'), model_path)
         self._check_same_run(saved)
         self._restore(saved, state_path)
+        self.saved_epoch = self.epoch
         self._log_resumed_schedule(state_path)
+
+    def _load_for_test(self) -> None:
+        """--test_only --load <run>: its latest model (--resume N: epoch N's); the log says which file."""
+        args = self.args
+        model_path, _ = state.resume_paths(self.ckp, args.resume if args.resume > 0 else -1)
+        if args.resume <= 0 and not model_path.exists():
+            raise UserError(f'--load {args.load} --test_only: {self.ckp.run_dir} has no finished epoch to evaluate '
+                            f'({model_path} does not exist)')
+        self._load_network(checkpoint_io.read_state_dict(model_path, what='model'), model_path)
+        which = f'epoch {args.resume}' if args.resume > 0 else 'the latest epoch'
+        self.ckp.write_log(f'--test_only: evaluating {model_path} ({which} of run {args.load}; --resume N evaluates '
+                           f'epoch N with --save_models, --pre_train {model_path.parent / "model_best.pt"} the best)')
 
     def _load_network(self, net_state: dict, path) -> None:
         # A resumed run continues the same network: no upsampler swap, and mismatches name their keys.

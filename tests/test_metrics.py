@@ -189,3 +189,40 @@ def test_data_and_metrics_share_the_y_coefficients():
     expected = metrics._luma(torch.from_numpy(rgb).permute(2, 0, 1)[None].double())[0, 0]
     assert torch.equal(y, torch.floor(expected + 0.5))
     assert np.array_equal(rgb_to_y(rgb)[..., 0], np.round(rgb2ycbcr(rgb)[..., 0]).astype(np.uint8))
+
+
+def _whole_image_float64(sr, hr, *, rgb_range, crop_border, test_y_channel):
+    """PSNR and SSIM as metrics.py computed them before the strips: the whole image at once in float64."""
+    p = 255 / rgb_range
+    x = metrics.quantize(sr, rgb_range).double().mul(p).round()
+    y = hr.double().mul(p).clamp(0, 255).round()
+    if test_y_channel:
+        x, y = metrics._luma(x), metrics._luma(y)
+    b = crop_border
+    x, y = x[..., b:x.shape[-2] - b, b:x.shape[-1] - b], y[..., b:y.shape[-2] - b, b:y.shape[-1] - b]
+    mse = (x - y).pow(2).flatten(1).mean(dim=1)
+    psnr = sum(10 * math.log10(255 ** 2 / m) for m in mse.tolist()) / len(mse)
+    xs, ys = x.flatten(0, 1)[:, None], y.flatten(0, 1)[:, None]
+    ssim_map = metrics._ssim_map(xs, ys, metrics._gaussian_window(x.device))
+    return psnr, float(ssim_map.reshape(sr.shape[0], -1).mean(dim=1).mean())
+
+
+@pytest.mark.parametrize('strip_pixels', [metrics.STRIP_PIXELS, 700, 100])
+@pytest.mark.parametrize('name, crop_border, y', [('astronaut', 2, True), ('coffee', 4, False), ('chelsea', 0, True)])
+def test_strips_give_the_whole_image_values(monkeypatch, strip_pixels, name, crop_border, y):
+    # Strips of 1 row (100 pixels), of 7 rows (the last strip shorter) and the default (one strip here).
+    hr, sr = _degraded_pair(getattr(skimage.data, name)(), 2, seed=4, size=97)
+    sr_t, hr_t = _to_tensor(sr, 1), _to_tensor(hr / 255, 1)
+    sr_t, hr_t = torch.cat([sr_t, sr_t.flip(-1)]), torch.cat([hr_t, hr_t.flip(-1)])  # a batch of two
+    kwargs = dict(rgb_range=1, crop_border=crop_border, test_y_channel=y)
+    ref_psnr, ref_ssim = _whole_image_float64(sr_t, hr_t, **kwargs)
+    monkeypatch.setattr(metrics, 'STRIP_PIXELS', strip_pixels)
+    assert metrics.psnr(sr_t, hr_t, **kwargs) == pytest.approx(ref_psnr, abs=1e-9)
+    assert metrics.ssim(sr_t, hr_t, **kwargs) == pytest.approx(ref_ssim, abs=1e-12)
+
+
+def test_size_limits_of_the_metrics():
+    assert not metrics.psnr_fits((1, 3, 4, 10), 2) and metrics.psnr_fits((1, 3, 6, 10), 2)
+    assert not metrics.ssim_fits((1, 3, 14, 40), 2) and metrics.ssim_fits((1, 3, 15, 15), 2)
+    x = torch.rand(1, 3, 6, 10)
+    assert metrics.calc_psnr(x, x.clone(), 2, 1) == math.inf  # 2x6 left after shaving: scored

@@ -175,7 +175,7 @@ def test_warnings_print_one_line_without_source(tmp_path):
     demo = tmp_path / 'demo'
     demo.mkdir()
     Image.new('L', (24, 20), 128).save(demo / 'gray.png')  # a grayscale image: one conversion warning
-    proc = subprocess.run([sys.executable, 'main.py', '--template', 'demo', '--cpu', '--test_only',
+    proc = subprocess.run([sys.executable, 'main.py', '--template', 'demo', '--cpu', '--test_only', '--untrained',
                            '--data_test', 'Demo', '--dir_demo', str(demo), '--dir_data', str(tmp_path / 'data'),
                            '--save_dir', str(tmp_path / 'exp'), '--n_threads', '0', '--n_resgroups', '1',
                            '--n_resblocks', '1', '--n_feats', '8', '--n_clusters', '4', '--window_size', '32'],

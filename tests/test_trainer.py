@@ -276,12 +276,12 @@ def test_load_state_errors_name_the_file(tmp_path):
     atomic_save({'w': torch.ones(1000)}, good)
     torn = tmp_path / 'torn.pt'
     torn.write_bytes(good.read_bytes()[:300])
-    with pytest.raises(UserError, match=f'^checkpoint {torn}: not a PyTorch checkpoint or cut short'):
+    with pytest.raises(UserError, match=f'^checkpoint {torn}: cut short or damaged: its zip archive is incomplete'):
         load_state(torn)
     unsafe = tmp_path / 'unsafe.pt'
     torch.save({'f': SimpleNamespace()}, unsafe)  # needs weights_only=False: refused
-    with pytest.raises(UserError, match=f'^checkpoint {unsafe}: refused: it holds pickled objects other than '
-                                        'tensors \\(types.SimpleNamespace\\)'):
+    with pytest.raises(UserError, match=f'^checkpoint {unsafe}: refused: it holds a pickled reference to '
+                                        'types.SimpleNamespace, not only tensors'):
         load_state(unsafe)
 
 
@@ -311,6 +311,8 @@ def test_run_folder_checks(tmp_path):
     stale = ckp.get_path('model', '.model_latest.pt.tmp-999')  # left by a writer killed mid-write
     stale.write_bytes(b'PK')
     checkpoint(make_args(tmp_path, '--load', 'run', '--test_only')).done()
+    assert stale.exists()  # an evaluation may run beside the training writing it
+    checkpoint(make_args(tmp_path, '--load', 'run', '--resume', '-1')).done()
     assert not stale.exists()
     with pytest.raises(UserError, match="^--save 'run': .* holds a run already; continue it with --load run"):
         checkpoint(make_args(tmp_path))
@@ -461,7 +463,7 @@ def test_tables():
 
 
 def test_test_only_prints_a_table(tmp_path, capsys):
-    trainer, ckp, _ = make_trainer(make_args(tmp_path, '--test_only'))
+    trainer, ckp, _ = make_trainer(make_args(tmp_path, '--test_only', '--untrained'))
     assert trainer.terminate()
     ckp.done()
     lines = capsys.readouterr().out.splitlines()
@@ -573,6 +575,24 @@ def test_e2e_test_only_prints_the_table(e2e):
     last = load_state(a / 'training_state.pt')['psnr_log'][-1, 0].item()
     assert psnr == pytest.approx(last, abs=0.005) and 0 < ssim < 1
     assert (e2e / 'exp' / 't' / 'metrics_Sample_x2.csv').is_file()
+
+
+@pytest.mark.slow
+def test_e2e_test_only_on_a_run_evaluates_its_trained_model_and_keeps_its_results(e2e):
+    a = e2e / 'exp' / 'a'
+    kept = {p: p.read_bytes() for p in [a / 'metrics_Sample_x2.csv', *sorted((a / 'results-Sample').iterdir())]}
+    done = run_main(e2e, '--load', 'a', '--test_only')
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f'--test_only: evaluating {a}/model/model_latest.pt (the latest epoch of run a;' in done.stdout
+    lines = done.stdout.splitlines()
+    psnr = float(lines[lines.index('PSNR (dB) / SSIM') + 3].split('|')[1].split('/')[0])
+    last = load_state(a / 'training_state.pt')['psnr_log'][-1, 0].item()
+    assert psnr == pytest.approx(last, abs=0.005)  # the trained network, not an untrained one
+    assert {p: p.read_bytes() for p in kept} == kept
+    (out,) = a.glob('test-*')
+    assert (out / 'metrics_Sample_x2.csv').is_file() and len(list((out / 'results-Sample').iterdir())) == 3
+    untrained = run_main(e2e, '--save', 'u', '--test_only')
+    assert untrained.returncode == 2 and untrained.stderr.startswith('error: --test_only: no weights to evaluate;')
 
 
 def test_e2e_bad_loss_is_a_one_line_error(e2e):

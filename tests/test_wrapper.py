@@ -375,11 +375,12 @@ class Payload:
 
 @pytest.mark.parametrize(('name', 'write', 'reason'), [
     ('missing.pt', None, 'no such file'),
-    ('notes.txt', lambda p: p.write_text('not a checkpoint\n'), 'not a PyTorch checkpoint'),
-    ('empty.pt', lambda p: p.write_bytes(b''), 'not a PyTorch checkpoint (the file is empty or cut short)'),
-    ('truncated.pt', 'truncate', 'not a PyTorch checkpoint or cut short'),
+    ('notes.txt', lambda p: p.write_text('not a checkpoint\n'),
+     "a text file, not a PyTorch checkpoint (it starts with 'not a checkpoint')"),
+    ('empty.pt', lambda p: p.write_bytes(b''), 'an empty file, not a PyTorch checkpoint'),
+    ('truncated.pt', 'truncate', 'cut short or damaged: its zip archive is incomplete'),
     ('pickled.pt', lambda p: torch.save({'w': torch.ones(1), 'x': Payload()}, p),
-     'refused: it holds pickled objects other than tensors (test_wrapper.Payload)'),
+     'refused: it holds a pickled reference to test_wrapper.Payload, not only tensors (nothing of it was run)'),
     ('list.pt', lambda p: torch.save([torch.ones(1)], p), 'expected a state_dict (a dict of tensors), found a list'),
     ('nested.pt', lambda p: torch.save({'weights': {'w': torch.ones(1)}, 'step': torch.ones(1)}, p),
      "nests one under 'weights'"),

@@ -101,8 +101,11 @@ class Loss(nn.Module):
         self.log = torch.cat([self.log, row[None]])
 
     def display_loss(self) -> str:
-        """``[L1: 0.0123][MSE: 0.0004][Total: 0.0127]``: the running means of this epoch."""
-        n = max(self._count, 1)
+        """``[L1: 0.0123][MSE: 0.0004][Total: 0.0127]``: the running means of this epoch
+        (``[no batch accepted]`` while every batch of the epoch was skipped: there is no mean)."""
+        if self._count == 0:
+            return '[no batch accepted]'
+        n = self._count
         return ''.join(f'[{name}: {v / n:.4f}]' for name, v in zip(self.names, self._sum.tolist(), strict=True))
 
     def plot_loss(self, ckp) -> None:

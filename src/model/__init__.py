@@ -82,6 +82,8 @@ class Model(nn.Module):
         if not enabled:
             raise UserError(f'--precision {self.precision}: autocast to {dtype} is not supported on {kind}; '
                             'use single')
+        if kind == 'cpu':
+            _warn_slow_cpu_precision(self.precision, dtype)
 
     def log(self, msg: str) -> None:
         self.ckp.write_log(msg)
@@ -162,6 +164,25 @@ class Model(nn.Module):
                     j, :, scale * (r_keep0 - r0):scale * (r_keep1 - r0), scale * (c_keep0 - c0):scale * (c_keep1 - c0)]
             del batch, out
         return sr
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); else torch emulates it."""
+    checks = ('_is_avx512_bf16_supported', '_is_amx_tile_supported')  # private: absent from some torch builds
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def _warn_slow_cpu_precision(precision: str, dtype: torch.dtype) -> None:
+    """One warning for a --precision the CPU emulates (float16 always; bfloat16 without AVX512-BF16/AMX)."""
+    native_bf16 = cpu_has_native_bf16()
+    if dtype == torch.float16:
+        better = 'single' + (' or bf16 (this CPU has bfloat16 in hardware)' if native_bf16 else '')
+        warnings.warn(f'--precision {precision} on the CPU: float16 is emulated and runs many times slower than '
+                      f'single; use --precision {better}', stacklevel=3)
+    elif dtype == torch.bfloat16 and not native_bf16:
+        warnings.warn(f'--precision {precision} on the CPU: this CPU has no bfloat16 hardware (AVX512-BF16 or AMX), '
+                      'so it is emulated and runs many times slower than single; use --precision single',
+                      stacklevel=3)
 
 
 def _tile_spans(length: int, size: int, overlap: int) -> list[tuple[int, int, int]]:

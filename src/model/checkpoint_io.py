@@ -2,9 +2,10 @@
 
 Every load goes through :func:`io_utils.load_state` (``torch.load(..., weights_only=True)``): a checkpoint is a plain
 ``state_dict`` (a dict of tensors, as the official LCoAN and EDSR release them), or one nested under a
-training checkpoint's ``state_dict``/``model``/``params(_ema)`` entry. A file that is
-missing, is not a PyTorch checkpoint, or holds pickled objects other than tensors raises
-:class:`errors.UserError` naming the file.
+training checkpoint's ``state_dict``/``model``/``params(_ema)`` entry. A file that is missing, is not a
+PyTorch checkpoint, holds pickled objects other than tensors, or holds NaN or inf values (weights of a
+diverged run: every output would be NaN) raises :class:`errors.UserError` naming the file (and the
+first non-finite tensor).
 
 Keys and shapes must match the network exactly, with two exceptions:
 
@@ -57,6 +58,7 @@ def read_state_dict(path: str | Path, *, what: str = 'checkpoint') -> dict[str, 
         hint = f" (it nests one under {nested[0]!r}; save that entry on its own)" if nested else ''
         raise UserError(f'{what} {path}: expected a state_dict (a dict of tensors), but entry {bad[0]!r} '
                         f'is a {type(obj[bad[0]]).__name__}{hint}')
+    check_finite(obj, f'{what} {path}')
     return obj
 
 
@@ -74,6 +76,20 @@ def unwrap_state_dict(obj: dict) -> dict:
         if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
             return inner
     return obj
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """UserError naming ``source`` and the first tensor of ``state`` that holds NaN or inf."""
+    for key, value in state.items():
+        if not (torch.is_tensor(value) and value.is_floating_point()):
+            continue
+        finite = torch.isfinite(value)
+        if not finite.all():
+            n_nan = int(torch.isnan(value).sum())
+            n_inf = value.numel() - int(finite.sum()) - n_nan
+            kinds = ' and '.join(f'{n} {kind}' for n, kind in ((n_nan, 'NaN'), (n_inf, 'inf')) if n)
+            raise UserError(f'{source}: tensor {key} holds {kinds} of {value.numel()} values; refusing weights '
+                            'that are not finite (saved from a run that diverged?)')
 
 
 def strip_ddp_prefix(state: dict[str, torch.Tensor], *, log: Callable[[str], None]) -> dict[str, torch.Tensor]:

@@ -4,9 +4,14 @@ A row per image: ``[name, psnr, ssim]``, followed by ``bicubic_psnr, bicubic_ssi
 ``--compare_bicubic`` (MATLAB bicubic upscaling of the same LR image, scored the same way). The
 SR image is quantised to the 8-bit grid before it is scored or saved. Scores follow
 :func:`metrics.calc_psnr` and :func:`metrics.calc_ssim` (the benchmark protocol or DIV2K's).
+
+An image too small for a metric is scored as far as it allows: its PSNR is NaN when nothing is
+left after shaving the border, its SSIM when the shaved image is smaller than the 11x11 SSIM
+window; one warning per set and metric names them. Set means leave NaN out.
 """
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -15,7 +20,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.imresize import bicubic_upscale
-from metrics import calc_psnr, calc_ssim, quantize
+from metrics import SSIM_WINDOW, calc_psnr, calc_ssim, protocol_border, psnr_fits, quantize_, ssim_fits
+from training import interrupts
 
 HEADER = ['image', 'psnr', 'ssim']
 BICUBIC_HEADER = ['bicubic_psnr', 'bicubic_ssim']
@@ -39,28 +45,54 @@ def score_set(model: nn.Module, loader: DataLoader, *, scale: int, rgb_range: fl
         One row per image with ground truth (see the module docstring); empty for a set without.
     """
     benchmark = loader.dataset.benchmark
-    rows = []
-    for lr, hr, name in tqdm(loader, ncols=80, leave=False, desc=f'{loader.dataset.name} x{scale}', disable=None):
+    border = protocol_border(scale, benchmark)
+    rows, no_psnr, no_ssim = [], [], []
+
+    def score(img, hr):
+        return [calc_psnr(img, hr, scale, rgb_range, benchmark) if psnr_fits(hr.shape, border) else math.nan,
+                calc_ssim(img, hr, scale, rgb_range, benchmark) if ssim_fits(hr.shape, border) else math.nan]
+
+    bar = tqdm(loader, ncols=80, leave=False, desc=f'{loader.dataset.name} x{scale}', disable=None)
+    for lr, hr, name in interrupts.batches(bar):
         name = name[0] if isinstance(name, (list, tuple)) else name
         lr, hr = lr.to(device, non_blocking=True), hr.to(device, non_blocking=True)
-        sr = quantize(model(lr).float(), rgb_range)
+        sr = quantize_(model(lr).float(), rgb_range)  # in place: no second copy of a large image
         if hr.numel() > 0:
-            row = [name, calc_psnr(sr, hr, scale, rgb_range, benchmark), calc_ssim(sr, hr, scale, rgb_range, benchmark)]
+            size = f'{name} {hr.shape[-1]}x{hr.shape[-2]}'
+            if not psnr_fits(hr.shape, border):
+                no_psnr.append(size)
+            elif not ssim_fits(hr.shape, border):
+                no_ssim.append(size)
+            row = [name, *score(sr, hr)]
             if compare_bicubic:
-                bicubic = quantize(bicubic_upscale(lr.float(), scale), rgb_range)
-                row += [calc_psnr(bicubic, hr, scale, rgb_range, benchmark),
-                        calc_ssim(bicubic, hr, scale, rgb_range, benchmark)]
+                # An LR image of 1 or 2 pixels is too small for bicubic upscaling; PSNR fails on it anyway.
+                row += (score(quantize_(bicubic_upscale(lr.float(), scale), rgb_range), hr)
+                        if psnr_fits(hr.shape, border) else [math.nan, math.nan])
             rows.append(row)
         if on_image is not None:
             on_image(name, lr, hr, sr)
+    set_name = loader.dataset.name
+    if no_psnr:
+        warnings.warn(f'{set_name}: {len(no_psnr)} HR image(s) too small to score: nothing is left after shaving '
+                      f'{border} pixels per border, PSNR and SSIM not computed: {_listing(no_psnr)}', stacklevel=2)
+    if no_ssim:
+        warnings.warn(f'{set_name}: SSIM not computed for {len(no_ssim)} HR image(s) smaller than its '
+                      f'{SSIM_WINDOW}x{SSIM_WINDOW} window after shaving {border} pixels per border (PSNR is): '
+                      f'{_listing(no_ssim)}', stacklevel=2)
     return rows
 
 
+def _listing(items: list[str], at_most: int = 4) -> str:
+    return ', '.join(items[:at_most]) + (f' and {len(items) - at_most} more' if len(items) > at_most else '')
+
+
 def set_means(rows: list[list]) -> tuple[float, float]:
-    """Mean PSNR and SSIM over the rows of :func:`score_set`; NaN for a set without ground truth."""
-    if not rows:
-        return math.nan, math.nan
-    return sum(r[1] for r in rows) / len(rows), sum(r[2] for r in rows) / len(rows)
+    """Mean PSNR and SSIM over the rows of :func:`score_set`, leaving out the images a metric could not
+    score; NaN for a set without ground truth or without an image large enough."""
+    def mean(values):
+        values = [v for v in values if not math.isnan(v)]
+        return sum(values) / len(values) if values else math.nan
+    return mean([r[1] for r in rows]), mean([r[2] for r in rows])
 
 
 def best_epoch(psnr_column: torch.Tensor) -> tuple[float, int]:

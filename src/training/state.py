@@ -60,10 +60,11 @@ def save_epoch(ckp: checkpoint, net_state: dict, state: dict, *, epoch: int, is_
 
 
 def resume_paths(ckp: checkpoint, resume: int) -> tuple[Path, Path]:
-    """The network and training-state files of ``--resume`` (-1: the latest epoch; N: epoch N)."""
+    """The network and training-state files of ``--resume`` (-1: the latest epoch; N: epoch N) in the run."""
+    run = ckp.run_dir
     if resume == -1:
-        return ckp.get_path('model', 'model_latest.pt'), ckp.get_path(TRAINING_STATE)
-    return ckp.get_path('model', f'model_{resume}.pt'), ckp.get_path('state', f'training_state_{resume}.pt')
+        return run / 'model' / 'model_latest.pt', run / TRAINING_STATE
+    return run / 'model' / f'model_{resume}.pt', run / 'state' / f'training_state_{resume}.pt'
 
 
 def read_training_state(path: Path) -> dict:

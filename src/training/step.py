@@ -4,6 +4,9 @@ A batch is skipped (no optimizer step, gradients cleared, buffers such as the k-
 restored) when its loss is not finite, when its loss exceeds ``--skip_threshold`` times the running
 loss of the accepted batches, or when its gradient norm is not finite. Under torch.distributed all
 processes skip a batch if any of them would.
+
+A run whose last ``max_consecutive_skips`` batches were all skipped has diverged (every batch after
+a bad step is skipped: the running loss never moves again): the step raises :class:`Diverged`.
 """
 
 import math
@@ -18,6 +21,13 @@ from model import AUTOCAST_DTYPES, autocast
 
 # Weight of the newest accepted batch in the running loss that --skip_threshold compares against.
 RUNNING_LOSS_MOMENTUM = 0.1
+# Consecutive skipped batches after which training stops as diverged (at most one epoch's batches, see
+# Trainer). A healthy run skips an odd batch; a hundred in a row do not recover.
+MAX_CONSECUTIVE_SKIPS = 100
+
+
+class Diverged(Exception):
+    """The last ``max_consecutive_skips`` batches were all skipped; the message says why the last one was."""
 
 
 class TrainStep:
@@ -32,10 +42,12 @@ class TrainStep:
         skip_threshold: ``--skip_threshold``.
         gclip: ``--gclip``; 0 for no clipping (the norm is still checked).
         log: receives one line per skipped batch.
+        max_consecutive_skips: raise :class:`Diverged` when this many batches in a row were skipped.
     """
 
     def __init__(self, model: nn.Module, loss: nn.Module, optimizer: torch.optim.Optimizer, *, precision: str,
-                 device: torch.device, skip_threshold: float, gclip: float, log: Callable[[str], None]) -> None:
+                 device: torch.device, skip_threshold: float, gclip: float, log: Callable[[str], None],
+                 max_consecutive_skips: int = MAX_CONSECUTIVE_SKIPS) -> None:
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
@@ -49,6 +61,8 @@ class TrainStep:
         self.skipped = 0  # over the whole run
         self.skipped_epoch = 0  # reset by the trainer at the start of an epoch
         self.running_loss: float | None = None
+        self.max_consecutive_skips = max_consecutive_skips
+        self.consecutive_skips = 0  # across epochs; saved, so that a resumed run stops where this one would
 
     def __call__(self, lr: torch.Tensor, hr: torch.Tensor, epoch: int, batch: int) -> bool:
         """One step on a batch; False if it was skipped."""
@@ -75,6 +89,7 @@ class TrainStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.loss.accept()
+        self.consecutive_skips = 0
         if self.running_loss is None:
             self.running_loss = value
         else:
@@ -112,15 +127,20 @@ class TrainStep:
                 buffer.copy_(old)
         self.skipped += 1
         self.skipped_epoch += 1
+        self.consecutive_skips += 1
         self.log(f'[Epoch {epoch}, batch {batch + 1}] skipped: {reason} ({self.skipped} skipped in this run)')
+        if self.consecutive_skips >= self.max_consecutive_skips:
+            raise Diverged(f'the last {self.consecutive_skips} batches were all skipped (the last one: {reason})')
 
     def state_dict(self) -> dict:
-        """What a resumed run needs to skip the same batches: counter, running loss, loss scale."""
+        """What a resumed run needs to skip the same batches: counters, running loss, loss scale."""
         return {'scaler': self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                'skipped': self.skipped, 'running_loss': self.running_loss}
+                'skipped': self.skipped, 'running_loss': self.running_loss,
+                'consecutive_skips': self.consecutive_skips}
 
     def load_state_dict(self, state: dict) -> None:
         if self.scaler.is_enabled() and state['scaler'] is not None:
             self.scaler.load_state_dict(state['scaler'])
         self.skipped = state['skipped']
         self.running_loss = state['running_loss']
+        self.consecutive_skips = state.get('consecutive_skips', 0)  # absent from states of earlier releases
