@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     g('--res_scale', type=float, default=0.1, help='residual scaling of groups and attention')
     g('--n_clusters', type=int, default=128, help='k-means clusters of the learnable sparse pattern')
     g('--window_size', type=int, default=384, help='attention window (positions sorted by cluster)')
-    g('--ema_decay', type=float, default=0.999, help='decay of the centroids\' moving average')
+    g('--ema_decay', type=float, default=0.999,
+      help='decay of the centroids\' moving average, in [0, 1]; 1 freezes them at their k-means initialisation, '
+      'as the official code (which never applies its moving average) trained the published models')
     g('--n_hashes', type=int, default=1, help='k-means rounds')
     g('--attention_impl', type=str, default='fast',
       help=f'sparse-attention implementation: {"|".join(ATTENTION_IMPLS)} (same outputs; reference is the plain one)')
@@ -191,8 +193,8 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
             _fail(flag, getattr(args, flag), 'must be >= 0')
     if args.n_feats % args.reduction:
         _fail('reduction', args.reduction, f'must divide --n_feats ({args.n_feats})')
-    if not 0 <= args.ema_decay < 1:
-        _fail('ema_decay', args.ema_decay, 'must be in [0, 1)')
+    if not 0 <= args.ema_decay <= 1:
+        _fail('ema_decay', args.ema_decay, 'must be in [0, 1] (1 freezes the centroids)')
     if args.n_colors not in (1, 3):
         _fail('n_colors', args.n_colors, 'allowed: 1 (Y channel) or 3 (RGB)')
     for s in args.scale:
