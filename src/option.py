@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     g('--save_gt', action='store_true', help='with --save_results, write LR and HR too')
     g('--ssim', action='store_true', help='accepted for compatibility with EDSR command lines and changes nothing: '
       'SSIM is always computed and logged')
+    g('--tensorboard', action='store_true',
+      help='also write TensorBoard events (losses, lr, PSNR/SSIM, LCoA statistics, SR/HR pairs) to <save>/tb/')
     g('--compare_bicubic', action='store_true',
       help='also score bicubic upscaling; the final evaluation prints a per-image table, bicubic vs model')
     return parser

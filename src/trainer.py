@@ -26,7 +26,9 @@ import distributed
 import utility
 from data.imresize import bicubic_upscale
 from errors import UserError
+from lcoa_monitor import LCoAMonitor
 from model import checkpoint_io
+from tensorboard_log import TensorBoardLog
 
 # Weight of the newest accepted batch in the running loss that --skip_threshold compares against.
 RUNNING_LOSS_MOMENTUM = 0.1
@@ -65,6 +67,9 @@ class Trainer:
         self.skipped = 0  # batches skipped over the whole run
         self.running_loss: float | None = None
         self.amp_dtype = {'single': None, 'half': torch.float16, 'bf16': torch.bfloat16}[args.precision]
+        # Issue 16: LCoA statistics per epoch (log.txt, lcoa_stats.csv/png) and --tensorboard events.
+        self.lcoa_monitor = LCoAMonitor(self.model.get_model())
+        self.tb = TensorBoardLog(ckp.dir, args.tensorboard and ckp.is_main, args.rgb_range)
 
         if not args.test_only:
             if my_loss is None or self.loader_train is None:
@@ -169,6 +174,7 @@ class Trainer:
         self.ckp.write_log(f'[Epoch {epoch}]\tLearning rate: {lr_now:.2e}')
         self.loss.start_log()
         self.model.train()
+        self.lcoa_monitor.start_epoch()  # issue 16
 
         n_batches = len(self.loader_train)
         timer_epoch, timer_data, timer_model = utility.timer(), utility.timer(), utility.timer()
@@ -193,6 +199,11 @@ class Trainer:
         self.epoch = epoch
         skipped = f', {self._skipped_epoch} of {n_batches} batches skipped' if self._skipped_epoch else ''
         self.ckp.write_log(f'[Epoch {epoch}] mean {self.loss.display_loss()} in {timer_epoch.toc():.1f}s{skipped}')
+        # Issue 16: LCoA statistics of the epoch; loss terms and learning rate to TensorBoard.
+        stats_line = self.lcoa_monitor.end_epoch(epoch)
+        if stats_line:
+            self.ckp.write_log(stats_line)
+        self.tb.add_losses(epoch, self.loss.names, self.loss.log[-1].tolist(), lr_now)
 
     # ------------------------------------------------------------------------------------------
     # evaluation
@@ -225,6 +236,7 @@ class Trainer:
                             row += [utility.calc_psnr(bicubic, hr, scale, args.rgb_range, benchmark),
                                     utility.calc_ssim(bicubic, hr, scale, args.rgb_range, benchmark)]
                         rows.append(row)
+                        self.tb.add_result(self.epoch, name, filename, sr, hr)  # issue 16
                     if args.save_results:
                         images = {'SR': sr}
                         if args.save_gt:
@@ -264,7 +276,8 @@ class Trainer:
         if args.save_results:
             self.ckp.begin_background()
         try:
-            psnr, ssim = self._evaluate()
+            with self.lcoa_monitor.probe():  # issue 16: self weight on the first validation image
+                psnr, ssim = self._evaluate()
         finally:
             self.ckp.end_background()
         if not args.test_only:
@@ -280,6 +293,13 @@ class Trainer:
                     best, best_epoch = self._best(idx_data, idx_scale)
                     line += f' (Best: {best:.3f} @epoch {best_epoch})'
                 self.ckp.write_log(line)
+        # Issue 16: the evaluation's LCoA statistics; metrics and statistics to TensorBoard.
+        stats_line = self.lcoa_monitor.end_evaluation(record=not args.test_only)
+        if stats_line:
+            self.ckp.write_log(stats_line)
+        self.tb.add_metrics(self.epoch, self.test_sets, self.scale, psnr, ssim)
+        if not args.test_only and self.lcoa_monitor.log.shape[0]:
+            self.tb.add_statistics(self.epoch, self.lcoa_monitor.names, self.lcoa_monitor.log[-1].tolist())
         self.ckp.write_log(f'Forward: {timer_test.toc():.2f}s')
         if args.test_only:
             self.ckp.write_log(self.results_table(psnr, ssim))
@@ -325,6 +345,7 @@ class Trainer:
             'skipped': self.skipped,
             'running_loss': self.running_loss,
             'rng': utility.get_rng_state(self._loader_generator()),
+            'lcoa_stats': self.lcoa_monitor.state_dict(),  # issue 16
         }
 
     def save(self, epoch: int, is_best: bool) -> None:
@@ -356,6 +377,7 @@ class Trainer:
         self.ckp.write_csv('psnr_log.csv', ['epoch', 'set', 'scale', 'psnr', 'ssim'], rows)
         self.loss.plot_loss(self.ckp)
         self.ckp.plot_psnr(self.psnr_log, self.test_sets, self.scale)
+        self.lcoa_monitor.save(self.ckp)  # issue 16: lcoa_stats.csv and lcoa_stats.png
         self.ckp.write_log(f'Saved epoch {epoch} to {self.ckp.dir}' + (' (best)' if is_best else ''))
 
     def _load_network(self, net_state: dict, path) -> None:
@@ -403,6 +425,7 @@ class Trainer:
         self.ssim_log = state['ssim_log']
         self.skipped = state['skipped']
         self.running_loss = state['running_loss']
+        self.lcoa_monitor.load_state_dict(state.get('lcoa_stats'), self.epoch)  # issue 16
         utility.set_rng_state(state['rng'], self._loader_generator())
 
         lr_now = self.optimizer.param_groups[0]['lr']
