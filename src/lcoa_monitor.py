@@ -8,7 +8,7 @@ Each epoch records (see ``model.lcoa_stats``):
 * ``centroid_angle``: mean angle in degrees each centroid moved over the epoch (0 with ``--ema_decay 1``);
 * ``self_weight``: mean weight each pixel's attention output takes from the pixel itself, on one
   fixed validation image: the first network call of each evaluation (the first image of the first
-  test set; its first tile with ``--chop``).
+  test set; with ``--chop`` its first batch of tiles, with ``--self_ensemble`` its untransformed copy).
 
 The first three come from counts the k-means forward keeps anyway; the last from the pattern the
 evaluation's forward builds anyway. A network without LCoA modules (no ``KMeansCentroids``) records

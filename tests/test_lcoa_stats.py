@@ -265,3 +265,19 @@ def test_frozen_centroids_move_zero_degrees(tmp_path):
     assert 'centroids moved 0.000 deg' in (ckp.dir / 'log.txt').read_text()
     km = [m for m in trainer.model.get_model().modules() if isinstance(m, lcoa.KMeansCentroids)][0]
     assert km.frozen
+
+
+def test_skipped_batch_is_not_counted(tmp_path):
+    trainer, ckp = lcoan_trainer(tmp_path)
+    trainer.model.train()
+    trainer.loss.start_log()
+    trainer._skipped_epoch = 0
+    trainer.lcoa_monitor.start_epoch()
+    lr, hr, _ = next(iter(trainer.loader_train))
+    assert trainer._train_step(lr, hr, 1, 0)
+    km = lcoa_stats.kmeans_modules(trainer.model.get_model())[0]
+    counts = km.member_counts.clone()
+    assert counts.sum() == lr.shape[0] * lr.shape[-2] * lr.shape[-1]
+    assert not trainer._train_step(lr, hr * math.nan, 1, 1)  # NaN loss: skipped, buffers restored
+    assert torch.equal(km.member_counts, counts)
+    ckp.done()
