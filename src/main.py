@@ -30,6 +30,7 @@ def run(args) -> None:
         while not trainer.terminate():
             trainer.train()
             trainer.test()
+        trainer.tb.close()
     except BaseException:
         ckp.abort()
         raise

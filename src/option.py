@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     g('--res_scale', type=float, help=_model_help('res_scale', 'residual scaling'))
     g('--n_clusters', type=int, help=_model_help('n_clusters', 'k-means clusters of the learnable sparse pattern'))
     g('--window_size', type=int, help=_model_help('window_size', 'attention window (positions sorted by cluster)'))
-    g('--ema_decay', type=float, help=_model_help('ema_decay', "decay of the centroids' moving average"))
+    g('--ema_decay', type=float, help=_model_help(
+        'ema_decay', "decay of the centroids' moving average, in [0, 1]; 1 freezes them at their k-means "
+        'initialisation, as the official code (which never applies its moving average) trained the published models'))
     g('--n_hashes', type=int, help=_model_help('n_hashes', 'LCoAN: k-means rounds; NLSN: LSH rounds'))
     g('--chunk_size', type=int, help=_model_help('chunk_size', 'positions per NLSN attention chunk'))
     g('--G0', type=int, help=_model_help('G0', 'RDN: feature channels between residual dense blocks'))
@@ -158,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     g('--save_gt', action='store_true', help='with --save_results, write LR and HR too')
     g('--ssim', action='store_true', help='accepted for compatibility with EDSR command lines and changes nothing: '
       'SSIM is always computed and logged')
+    g('--tensorboard', action='store_true',
+      help='also write TensorBoard events (losses, lr, PSNR/SSIM, LCoA statistics, SR/HR pairs) to <save>/tb/')
     g('--compare_bicubic', action='store_true',
       help='also score bicubic upscaling; the final evaluation prints a per-image table, bicubic vs model')
     return parser
@@ -270,8 +274,8 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         _fail('reduction', args.reduction, f'must be at most --n_feats ({args.n_feats})')
     if model == 'NLSN' and args.n_feats % 4:
         _fail('n_feats', args.n_feats, "NLSN's attention needs a multiple of 4")
-    if model == 'LCoAN' and not 0 <= args.ema_decay < 1:
-        _fail('ema_decay', args.ema_decay, 'must be in [0, 1)')
+    if model == 'LCoAN' and not 0 <= args.ema_decay <= 1:
+        _fail('ema_decay', args.ema_decay, 'must be in [0, 1] (1 freezes the centroids)')
     if model == 'RDN':
         if args.RDNkSize % 2 == 0:
             _fail('RDNkSize', args.RDNkSize, 'must be odd')

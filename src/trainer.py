@@ -28,10 +28,12 @@ from tqdm import tqdm
 import distributed
 from errors import UserError
 from io_utils import write_error_cause
+from lcoa_monitor import LCoAMonitor
 from model import checkpoint_io
 from optim import make_optimizer, make_scheduler
 from rng import derive_seed, get_rng_state, seed_everything, set_rng_state
 from run_folder import checkpoint
+from tensorboard_log import TensorBoardLog
 from timing import timer
 from training import evaluation, interrupts, state, tables
 from training.step import MAX_CONSECUTIVE_SKIPS, Diverged, TrainStep
@@ -67,6 +69,10 @@ class Trainer:
         self.ssim_log = self.psnr_log.clone()
         self.epoch = 0  # finished epochs
         self.saved_epoch = 0  # the epoch of the run's training_state.pt (what --resume -1 continues)
+        # LCoA statistics per epoch (log.txt, lcoa_stats.csv/png; nothing for models without LCoA) and
+        # --tensorboard events.
+        self.lcoa_monitor = LCoAMonitor(self.model.get_model())
+        self.tb = TensorBoardLog(ckp.dir, args.tensorboard and ckp.is_main, args.rgb_range)
 
         if not args.test_only:
             if my_loss is None or self.loader_train is None:
@@ -105,6 +111,7 @@ class Trainer:
         self.ckp.write_log(f'[Epoch {epoch}]\tLearning rate: {lr_now:.2e}')
         self.loss.start_log()
         self.model.train()
+        self.lcoa_monitor.start_epoch()
 
         n_batches = len(self.loader_train)
         timer_epoch, timer_data, timer_model = timer(), timer(), timer()
@@ -133,6 +140,10 @@ class Trainer:
         skipped = self.step.skipped_epoch
         skipped = f', {skipped} of {n_batches} batches skipped' if skipped else ''
         self.ckp.write_log(f'[Epoch {epoch}] mean {self.loss.display_loss()} in {timer_epoch.toc():.1f}s{skipped}')
+        stats_line = self.lcoa_monitor.end_epoch(epoch)
+        if stats_line:
+            self.ckp.write_log(stats_line)
+        self.tb.add_losses(epoch, self.loss.names, self.loss.log[-1].tolist(), lr_now)
 
     def _stop_diverged(self, e: Diverged, epoch: int) -> None:
         args = self.args
@@ -195,7 +206,8 @@ class Trainer:
         if args.save_results:
             self.ckp.begin_background()
         try:
-            psnr, ssim, n_scored = self._evaluate()
+            with self.lcoa_monitor.probe():  # the self weight, from the first validation image's pattern
+                psnr, ssim, n_scored = self._evaluate()
         except Exception as e:
             # A trained epoch is worth more than its scores: log the failure and save the epoch unscored.
             # A failed write is no evaluation problem: it stops the run (see _write_errors).
@@ -212,6 +224,12 @@ class Trainer:
             self.ssim_log = torch.cat([self.ssim_log, ssim[None]])
         for i, name in enumerate(self.test_sets):
             self.ckp.write_log(self._score_line(i, name, psnr[i], ssim[i], n_scored[i]))
+        stats_line = self.lcoa_monitor.end_evaluation(record=not args.test_only)
+        if stats_line:
+            self.ckp.write_log(stats_line)
+        self.tb.add_metrics(self.epoch, self.test_sets, self.scale, psnr, ssim)
+        if not args.test_only and self.lcoa_monitor.log.shape[0]:
+            self.tb.add_statistics(self.epoch, self.lcoa_monitor.names, self.lcoa_monitor.log[-1].tolist())
         self.ckp.write_log(f'Forward: {timer_test.toc():.2f}s')
         if args.test_only:
             self.ckp.write_log(tables.results_table(self.test_sets, self.scale, psnr.tolist(), ssim.tolist()))
@@ -229,13 +247,15 @@ class Trainer:
         for i, loader in enumerate(self.loader_test):
             name = loader.dataset.name
 
-            def save_images(filename, lr, hr, sr, name=name):
-                images = {'SR': sr, 'LR': lr, 'HR': hr} if args.save_gt else {'SR': sr}
-                self.ckp.save_results(name, filename, images, self.scale)
+            def on_image(filename, lr, hr, sr, name=name):
+                self.tb.add_result(self.epoch, name, filename, sr, hr)
+                if args.save_results:
+                    images = {'SR': sr, 'LR': lr, 'HR': hr} if args.save_gt else {'SR': sr}
+                    self.ckp.save_results(name, filename, images, self.scale)
 
             rows = evaluation.score_set(self.model, loader, scale=self.scale, rgb_range=args.rgb_range,
                                         device=self.device, compare_bicubic=args.compare_bicubic,
-                                        on_image=save_images if args.save_results else None)
+                                        on_image=on_image if args.save_results or self.tb.enabled else None)
             n_scored[i] = len(rows)
             if not rows:
                 continue
@@ -281,6 +301,7 @@ class Trainer:
                            [[e + 1] + row for e, row in enumerate(self.loss.log.tolist())])
         self.loss.plot_loss(self.ckp)
         self.ckp.write_psnr_log(self.psnr_log, self.ssim_log, self.test_sets, self.scale)
+        self.lcoa_monitor.save(self.ckp)  # lcoa_stats.csv and lcoa_stats.png
         self.ckp.write_log(f'Saved epoch {epoch} to {self.ckp.dir}' + (' (best)' if is_best else ''))
 
     def _training_state(self) -> dict:
@@ -297,6 +318,7 @@ class Trainer:
             'psnr_log': self.psnr_log.clone(),
             'ssim_log': self.ssim_log.clone(),
             'rng': get_rng_state(self._loader_generator()),
+            'lcoa_stats': self.lcoa_monitor.state_dict(),
         }
 
     def _resume(self) -> None:
@@ -354,6 +376,7 @@ class Trainer:
         self.psnr_log = saved['psnr_log']
         self.ssim_log = saved['ssim_log']
         set_rng_state(saved['rng'], self._loader_generator())
+        self.lcoa_monitor.load_state_dict(saved.get('lcoa_stats'), self.epoch)  # absent from older states
 
     def _log_resumed_schedule(self, path) -> None:
         args, sched = self.args, self.scheduler

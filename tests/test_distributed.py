@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # every test here starts two or more processes
 WORKER = Path(__file__).resolve().parent / 'helpers' / 'ddp_worker.py'
 TINY = ['--scale', '2', '--n_resgroups', '3', '--n_resblocks', '1', '--n_feats', '16', '--reduction', '2',
         '--n_clusters', '8', '--window_size', '32', '--ema_decay', '0.9', '--batch_size', '4', '--patch_size', '24',
-        '--res_scale', '0.5']
+        '--res_scale', '0.5', '--n_hashes', '2']
 
 
 def run(cmd, out):
@@ -44,7 +44,10 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
         assert torch.allclose(rank0[key].float(), one[key].float(), rtol=0, atol=1e-5), key
     # The centroids were initialised from the gathered samples and then moved by the moving average.
     assert bool(rank0['body.0.attention.0.kmeans.initted'])
-    assert torch.allclose(rank0['body.0.attention.0.kmeans.means'].norm(dim=-1), torch.ones(1, 8))
+    # Two rounds: each initialised from its own rows, the same rows on every rank.
+    means = rank0['body.0.attention.0.kmeans.means']
+    assert torch.allclose(means.norm(dim=-1), torch.ones(2, 8))
+    assert not torch.allclose(means[0], means[1], atol=1e-3)
 
 
 # ----------------------------------------------------------------------------------------------

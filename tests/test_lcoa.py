@@ -108,22 +108,29 @@ def test_reference_keeps_value_dtype_and_computes_in_float32():
 # ---------------------------------------------------------------- k-means centroids
 
 def independent_kmeans_init(embed: torch.Tensor, n_clusters: int, rounds: int) -> torch.Tensor:
-    """Official initialisation, written out: random rows, then 10 Lloyd steps on the raw rows."""
+    """The official initialisation, written out (random rows, then 10 Lloyd steps on the raw rows), except
+    that each round starts from its own rows: one permutation cut into rounds when there are enough rows,
+    else one permutation (or, below ``n_clusters`` rows, one ``randint``) per round."""
     rows = embed.reshape(-1, embed.shape[-1])
-    if rows.shape[0] >= n_clusters:
-        idx = torch.randperm(rows.shape[0])[:n_clusters]
+    if rows.shape[0] >= rounds * n_clusters:
+        starts = torch.randperm(rows.shape[0])[:rounds * n_clusters].view(rounds, n_clusters)
+    elif rows.shape[0] >= n_clusters:
+        starts = torch.stack([torch.randperm(rows.shape[0])[:n_clusters] for _ in range(rounds)])
     else:
-        idx = torch.randint(0, rows.shape[0], (n_clusters,))
-    means = rows[idx].clone()
-    for _ in range(10):
-        assign = (rows @ means.T).argmax(dim=1)
-        new = means.clone()
-        for k in range(n_clusters):
-            members = rows[assign == k]
-            if len(members):
-                new[k] = members.sum(0) / members.sum(0).norm()
-        means = new
-    return means.expand(rounds, -1, -1)
+        starts = torch.randint(0, rows.shape[0], (rounds, n_clusters))
+    out = []
+    for idx in starts:
+        means = rows[idx].clone()
+        for _ in range(10):
+            assign = (rows @ means.T).argmax(dim=1)
+            new = means.clone()
+            for k in range(n_clusters):
+                members = rows[assign == k]
+                if len(members):
+                    new[k] = members.sum(0) / members.sum(0).norm()
+            means = new
+        out.append(means)
+    return torch.stack(out)
 
 
 def expected_ema(means: torch.Tensor, embed: torch.Tensor, decay: float) -> torch.Tensor:
@@ -139,7 +146,9 @@ def expected_ema(means: torch.Tensor, embed: torch.Tensor, decay: float) -> torc
     return out
 
 
-@pytest.mark.parametrize('rows', [30, 3])  # randperm path, and randint path (fewer rows than clusters)
+# randperm cut into rounds, one randperm per round (fewer rows than rounds x clusters), randint (fewer
+# rows than clusters)
+@pytest.mark.parametrize('rows', [30, 12, 3])
 def test_kmeans_initialisation_matches_official_algorithm_and_is_reproducible(rows):
     embed = torch.randn(1, rows, 5, generator=torch.Generator().manual_seed(rows))
     km = lcoa.KMeansCentroids(n_rounds=2, dim=5, n_clusters=8, ema_decay=0.9).eval()
@@ -153,6 +162,123 @@ def test_kmeans_initialisation_matches_official_algorithm_and_is_reproducible(ro
     torch.manual_seed(7)
     again.initialise(embed)
     assert torch.equal(again.means, km.means)
+
+
+def test_one_round_initialisation_draws_the_official_rows():
+    """One round: exactly the official draw, randperm(n)[:K] (so a seed gives the same model as before)."""
+    embed = torch.randn(1, 40, 5, generator=torch.Generator().manual_seed(3))
+    km = lcoa.KMeansCentroids(n_rounds=1, dim=5, n_clusters=8, ema_decay=0.9)
+    torch.manual_seed(11)
+    km.initialise(embed)
+    torch.manual_seed(11)
+    rows = embed[0, torch.randperm(40)[:8]]
+    for _ in range(10):
+        sums, counts = lcoa._cluster_sums(embed, lcoa._assign(embed, rows[None]), 8)
+        rows = lcoa._renormalised_means(rows[None], sums, counts)[0]
+    torch.testing.assert_close(km.means[0], rows)
+
+
+def clustered_rows(n_groups: int, per_group: int, dim: int, seed: int) -> torch.Tensor:
+    """(1, n_groups * per_group, dim) rows around ``n_groups`` random directions (data k-means can split many ways)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(n_groups, dim, generator=g), dim=-1)
+    rows = centres.repeat_interleave(per_group, 0) + 0.3 * torch.randn(n_groups * per_group, dim, generator=g)
+    return rows[None]
+
+
+def test_rounds_differ_after_initialisation_and_after_training_steps():
+    torch.manual_seed(0)
+    km = lcoa.KMeansCentroids(n_rounds=3, dim=6, n_clusters=5, ema_decay=0.9).train()
+    embed = clustered_rows(12, 20, 6, seed=1)
+    codes = km(embed)
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert not torch.allclose(km.means[a], km.means[b], atol=1e-3), (a, b)
+            assert (codes[0, a] != codes[0, b]).any(), (a, b)
+    for step in range(5):
+        codes = km(clustered_rows(12, 20, 6, seed=2 + step))
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert not torch.allclose(km.means[a], km.means[b], atol=1e-3), (a, b)
+            assert (codes[0, a] != codes[0, b]).any(), (a, b)
+
+
+def test_rounds_differ_in_the_network_and_change_its_output():
+    """Two k-means rounds of a whole LCoAN: different clusterings after a training step, and the
+    two-round output differs from what either round alone gives (the rounds are not repeated work)."""
+    from model.lcoan import LCoAN
+    torch.manual_seed(0)
+    net = LCoAN(scale=2, n_resgroups=1, n_resblocks=1, n_feats=8, reduction=2, n_clusters=4, window_size=16,
+                n_hashes=2, ema_decay=0.9, rgb_range=1).train()
+    x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    net(x)
+    km = net.body[0].attention[0].kmeans
+    assert not torch.allclose(km.means[0], km.means[1], atol=1e-3)
+    captured = {}
+    km.register_forward_hook(lambda _m, _i, out: captured.update(codes=out))
+    net.eval()
+    with torch.no_grad():
+        net(x)
+    codes = captured['codes']
+    assert (codes[:, 0] != codes[:, 1]).any()
+
+
+@pytest.mark.parametrize('decay', [1.0, 1])
+def test_ema_decay_one_freezes_the_centroids(decay):
+    torch.manual_seed(0)
+    km = lcoa.KMeansCentroids(n_rounds=2, dim=4, n_clusters=3, ema_decay=decay).train()
+    km(torch.randn(2, 10, 4))  # initialises
+    initial = km.means.clone()
+    for _ in range(3):
+        km(torch.randn(2, 10, 4))
+    assert torch.equal(km.means, initial)
+    assert km.member_counts.sum().item() == 2 * 4 * 2 * 10  # still counted: statistics work when frozen
+
+
+def test_frozen_centroids_stay_through_network_training_steps():
+    from model.lcoan import LCoAN
+    torch.manual_seed(0)
+    net = LCoAN(scale=2, n_resgroups=2, n_resblocks=1, n_feats=8, reduction=2, n_clusters=4, window_size=16,
+                n_hashes=2, ema_decay=1, rgb_range=1).train()
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-2)
+    x = torch.rand(2, 3, 10, 10, generator=torch.Generator().manual_seed(1))
+    initial = None
+    for _ in range(3):
+        opt.zero_grad()
+        net(x).abs().mean().backward()
+        opt.step()
+        if initial is None:
+            initial = net.body[0].attention[0].kmeans.means.clone()
+            conv_before = net.body[0].attention[0].conv_match[0].weight.detach().clone()
+    assert torch.equal(net.body[0].attention[0].kmeans.means, initial)
+    assert not torch.equal(net.body[0].attention[0].conv_match[0].weight, conv_before)  # the embedding learns
+
+
+@pytest.mark.parametrize('decay', [-0.01, 1.01])
+def test_ema_decay_out_of_range_is_rejected(decay):
+    with pytest.raises(ValueError, match=r'ema_decay must be in \[0, 1\]'):
+        lcoa.KMeansCentroids(n_rounds=1, dim=3, n_clusters=2, ema_decay=decay)
+
+
+def test_member_counts_and_start_means_are_statistics_not_state():
+    torch.manual_seed(0)
+    km = lcoa.KMeansCentroids(n_rounds=2, dim=4, n_clusters=3, ema_decay=0.9).train()
+    assert set(km.state_dict()) == {'means', 'initted'}
+    embed = torch.randn(2, 7, 4)
+    fresh = lcoa.KMeansCentroids(n_rounds=2, dim=4, n_clusters=3, ema_decay=0.9)
+    torch.manual_seed(5)
+    fresh.initialise(embed)
+    torch.manual_seed(5)
+    codes = km(embed)
+    assert torch.equal(km.start_means, fresh.means)  # the initialisation, before the moving average moved them
+    assert not torch.equal(km.means, fresh.means)
+    expected = torch.stack([torch.bincount(codes[:, r].flatten(), minlength=3) for r in range(2)]).float()
+    assert torch.equal(km.member_counts, expected)
+    km.eval()
+    km(embed)
+    assert torch.equal(km.member_counts, expected)  # evaluation does not count
+    km.reset_statistics()
+    assert km.member_counts.sum() == 0 and torch.equal(km.start_means, km.means)
 
 
 def test_kmeans_codes_are_argmax_cosine():
@@ -203,10 +329,11 @@ def test_kmeans_statistics_are_float32_under_half_input():
     assert km.means.dtype == torch.float32 and codes.dtype == torch.long and codes.shape == (2, 1, 10)
 
 
-def test_distributed_single_process_group_gives_same_centroids(tmp_path):
+@pytest.mark.parametrize('rounds', [1, 3])
+def test_distributed_single_process_group_gives_same_centroids(tmp_path, rounds):
     embed = torch.randn(2, 12, 4, generator=torch.Generator().manual_seed(0))
-    plain = lcoa.KMeansCentroids(n_rounds=1, dim=4, n_clusters=5, ema_decay=0.9)
-    shared = lcoa.KMeansCentroids(n_rounds=1, dim=4, n_clusters=5, ema_decay=0.9)
+    plain = lcoa.KMeansCentroids(n_rounds=rounds, dim=4, n_clusters=5, ema_decay=0.9)
+    shared = lcoa.KMeansCentroids(n_rounds=rounds, dim=4, n_clusters=5, ema_decay=0.9)
     torch.manual_seed(5)
     plain(embed)
     dist.init_process_group('gloo', init_method=f'file://{tmp_path / "pg"}', rank=0, world_size=1)

@@ -92,6 +92,11 @@ def test_template_sets_defaults_and_flags_win():
     assert args.n_feats == 16
 
 
+def test_ema_decay_one_is_accepted():
+    assert option.parse_args(['--ema_decay', '1']).ema_decay == 1.0
+    assert option.parse_args(['--ema_decay', '0']).ema_decay == 0.0
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--model', 'EDSRX'], "--model 'EDSRX': allowed: LCoAN"),
     (['--data_test', 'Set5+Foo'], "unknown name 'Foo'"),
@@ -108,7 +113,8 @@ def test_template_sets_defaults_and_flags_win():
     (['--decay', '300-x'], "--decay '300-x': expected positive epochs"),
     (['--decay', '600-300'], 'milestones must increase'),
     (['--reduction', '3'], '--reduction 3: must divide --n_feats (128)'),
-    (['--ema_decay', '1.5'], '--ema_decay 1.5: must be in [0, 1)'),
+    (['--ema_decay', '1.5'], '--ema_decay 1.5: must be in [0, 1] (1 freezes the centroids)'),
+    (['--ema_decay', '-0.1'], '--ema_decay -0.1: must be in [0, 1]'),
     (['--n_colors', '2'], '--n_colors 2'),
     (['--precision', 'fp8'], "--precision 'fp8': allowed: single, half, bf16"),
     (['--attention_impl', 'dense'], "--attention_impl 'dense': allowed: fast, reference"),

@@ -59,16 +59,25 @@ def _gather_rows(rows: Tensor, across_ranks: bool) -> Tensor:
     return torch.cat([p[:c] for p, c in zip(parts, counts_list, strict=True)])
 
 
-def _shared_sample_indices(n_samples: int, n_clusters: int, device: torch.device, across_ranks: bool) -> Tensor:
-    """Indices of the initial centroids among ``n_samples`` rows; drawn by rank 0 and broadcast to all ranks."""
+def _shared_sample_indices(n_samples: int, n_rounds: int, n_clusters: int, device: torch.device,
+                           across_ranks: bool) -> Tensor:
+    """Indices (R, K) of the initial centroids of every round among ``n_samples`` rows; drawn by rank 0
+    and broadcast to all ranks.
+
+    Rounds start from different rows: with at least ``R * K`` rows every centroid of every round gets
+    its own row (one permutation, cut into rounds); with fewer, each round draws its own ``K`` rows.
+    For one round this is the official draw, ``randperm(n_samples)[:K]`` (``randint`` below ``K`` rows).
+    """
     across_ranks = across_ranks and distributed.is_initialized()
     if not across_ranks or dist.get_rank() == 0:
-        if n_samples >= n_clusters:
-            indices = torch.randperm(n_samples, device=device)[:n_clusters]
+        if n_samples >= n_rounds * n_clusters:
+            indices = torch.randperm(n_samples, device=device)[:n_rounds * n_clusters].view(n_rounds, n_clusters)
+        elif n_samples >= n_clusters:
+            indices = torch.stack([torch.randperm(n_samples, device=device)[:n_clusters] for _ in range(n_rounds)])
         else:
-            indices = torch.randint(0, n_samples, (n_clusters,), device=device)
+            indices = torch.randint(0, n_samples, (n_rounds, n_clusters), device=device)
     else:
-        indices = torch.empty(n_clusters, dtype=torch.long, device=device)
+        indices = torch.empty(n_rounds, n_clusters, dtype=torch.long, device=device)
     if across_ranks:
         dist.broadcast(indices, src=0)
     return indices
@@ -79,6 +88,13 @@ def _assign(x: Tensor, means: Tensor) -> Tensor:
     return torch.einsum('nld,rkd->nrlk', x, means).argmax(dim=-1)
 
 
+def _cluster_counts(codes: Tensor, n_clusters: int, dtype: torch.dtype) -> Tensor:
+    """Members per round and cluster, summed over batch and positions: codes (N, R, L) -> (R, K)."""
+    flat_codes = rearrange(codes, 'n r l -> r (n l)')
+    return torch.zeros(codes.shape[1], n_clusters, dtype=dtype, device=codes.device).scatter_add_(
+        1, flat_codes, torch.ones_like(flat_codes, dtype=dtype))
+
+
 def _cluster_sums(x: Tensor, codes: Tensor, n_clusters: int) -> tuple[Tensor, Tensor]:
     """Per round and cluster, the sum of the member rows and their count. x (N, L, D), codes (N, R, L)
     -> sums (R, K, D), counts (R, K), summed over batch and positions."""
@@ -87,8 +103,7 @@ def _cluster_sums(x: Tensor, codes: Tensor, n_clusters: int) -> tuple[Tensor, Te
     flat_codes = rearrange(codes, 'n r l -> r (n l)')
     flat_x = rearrange(x, 'n l d -> (n l) d').expand(n_rounds, -1, -1)
     sums = x.new_zeros(n_rounds, n_clusters, d).scatter_add_(1, flat_codes.unsqueeze(-1).expand(-1, -1, d), flat_x)
-    counts = x.new_zeros(n_rounds, n_clusters).scatter_add_(1, flat_codes, torch.ones_like(flat_codes, dtype=x.dtype))
-    return sums, counts
+    return sums, _cluster_counts(codes, n_clusters, x.dtype)
 
 
 def _renormalised_means(old: Tensor, sums: Tensor, counts: Tensor) -> Tensor:
@@ -101,24 +116,38 @@ class KMeansCentroids(nn.Module):
     averages, not by gradients).
 
     The centroids are initialised from the first batch they see (random rows followed by
-    ``KMEANS_INIT_ITERS`` k-means iterations on the raw embeddings, as the official code does) and,
-    in training mode, move towards the normalised mean of their members by an exponential moving
-    average after every batch. (The official code computes this average but never applies it.)
-    All statistics are float32 (or float64 for float64 input) with autocast disabled.
+    ``KMEANS_INIT_ITERS`` k-means iterations on the raw embeddings, as the official code does; each
+    round from its own rows) and, in training mode, move towards the normalised mean of their members
+    by an exponential moving average after every batch. All statistics are float32 (or float64 for
+    float64 input) with autocast disabled.
+
+    ``ema_decay=1`` freezes the centroids at their initialisation. That is how the published models
+    were trained: the official ``Kmeans.forward(x, update_means=True)`` (``kmeans_attention.py``)
+    accumulates the moving average in ``self.new_means``, but the ``update`` method that would copy it
+    into ``self.means`` (through ``ema_inplace``) is commented out, as is the backward hook
+    (``update_kmeans_on_backwards``) that would call it, so ``means`` never changes after ``init``.
+    Use ``--ema_decay 1`` to reproduce the paper's training exactly; below 1 (the default) the
+    centroids follow their clusters.
+
+    In training mode the module also counts the members of every cluster (``member_counts``, over all
+    ranks) and keeps the centroids of the last :meth:`reset_statistics` (``start_means``), so that
+    ``model.lcoa_stats`` can report empty clusters, cluster-size perplexity and how far the centroids
+    moved without any extra pass. Both are non-persistent buffers: not in the state_dict.
 
     Args:
-        n_rounds: k-means rounds (clusterings; the ``--n_hashes`` flag). As in the official code, every
-            round starts from the same rows, so the rounds coincide unless their centroids are loaded or
-            set otherwise.
+        n_rounds: k-means rounds (clusterings; the ``--n_hashes`` flag). Each round is initialised from
+            different rows, so the rounds are different clusterings. (The official code starts every
+            round from the same rows, so its rounds coincide; official checkpoints hold initialised
+            centroids and load unchanged.)
         dim: embedding channels.
         n_clusters: clusters per round.
-        ema_decay: weight of the old centroid in the moving average, in [0, 1).
+        ema_decay: weight of the old centroid in the moving average, in [0, 1]; 1 freezes the centroids.
     """
 
     def __init__(self, *, n_rounds: int, dim: int, n_clusters: int, ema_decay: float) -> None:
         super().__init__()
-        if not 0 <= ema_decay < 1:
-            raise ValueError(f'ema_decay must be in [0, 1), got {ema_decay}')
+        if not 0 <= ema_decay <= 1:
+            raise ValueError(f'ema_decay must be in [0, 1], got {ema_decay}')
         self.n_rounds = n_rounds
         self.n_clusters = n_clusters
         self.ema_decay = ema_decay
@@ -126,6 +155,24 @@ class KMeansCentroids(nn.Module):
         # construction's random-number consumption (same seed, same initial weights).
         self.register_buffer('means', torch.randn(n_rounds, n_clusters, dim))
         self.register_buffer('initted', torch.tensor(False))
+        # Buffers (not plain attributes) so that they follow the module's device and a trainer that restores
+        # the buffers after a skipped batch restores these too.
+        self.register_buffer('member_counts', torch.zeros(n_rounds, n_clusters), persistent=False)
+        self.register_buffer('start_means', torch.zeros(n_rounds, n_clusters, dim), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f'n_rounds={self.n_rounds}, n_clusters={self.n_clusters}, ema_decay={self.ema_decay}'
+
+    @property
+    def frozen(self) -> bool:
+        """True if training leaves the centroids where they were initialised (``ema_decay == 1``)."""
+        return self.ema_decay == 1
+
+    @torch.no_grad()
+    def reset_statistics(self) -> None:
+        """Start counting members afresh, and measure centroid movement from the centroids as they are now."""
+        self.member_counts.zero_()
+        self.start_means.copy_(self.means)
 
     @torch.no_grad()
     def initialise(self, embed: Tensor, *, across_ranks: bool = True) -> None:
@@ -135,22 +182,26 @@ class KMeansCentroids(nn.Module):
         """
         x = embed.detach().to(torch.promote_types(embed.dtype, torch.float32))
         samples = _gather_rows(rearrange(x, 'n l d -> (n l) d'), across_ranks)
-        indices = _shared_sample_indices(samples.shape[0], self.n_clusters, samples.device, across_ranks)
-        # Every round starts from the same rows, as in the official code.
-        means = samples[indices].unsqueeze(0).expand(self.n_rounds, -1, -1).contiguous()
+        indices = _shared_sample_indices(samples.shape[0], self.n_rounds, self.n_clusters, samples.device,
+                                         across_ranks)
+        # Each round starts from its own rows (the official code starts every round from the same rows,
+        # so its rounds stay identical and only repeat the work).
+        means = samples[indices]
         # k-means on the gathered samples: every rank computes the same result without further traffic.
         samples = samples.unsqueeze(0)
         for _ in range(KMEANS_INIT_ITERS):
             sums, counts = _cluster_sums(samples, _assign(samples, means), self.n_clusters)
             means = _renormalised_means(means, sums, counts)
         self.means.copy_(means)
+        self.start_means.copy_(means)
         self.initted.fill_(True)
 
     @torch.no_grad()
     def forward(self, embed: Tensor) -> Tensor:
         """Cluster id of every position in every round: embed (N, L, D) -> LongTensor (N, R, L).
 
-        Initialises the centroids if needed; in training mode then moves them (moving average).
+        Initialises the centroids if needed; in training mode then moves them (moving average) unless
+        they are frozen, and counts the members of every cluster.
         """
         with torch.autocast(device_type=embed.device.type, enabled=False):
             if not bool(self.initted):
@@ -162,10 +213,15 @@ class KMeansCentroids(nn.Module):
             means = self.means.to(x.dtype)
             codes = _assign(x, means)
             if self.training:
-                sums, counts = _cluster_sums(x, codes, self.n_clusters)
-                _all_reduce_sum(sums, counts)
-                new = _renormalised_means(means, sums, counts)
-                self.means.copy_(F.normalize(self.ema_decay * means + (1 - self.ema_decay) * new, dim=-1))
+                if self.frozen:
+                    counts = _cluster_counts(codes, self.n_clusters, x.dtype)
+                    _all_reduce_sum(counts)
+                else:
+                    sums, counts = _cluster_sums(x, codes, self.n_clusters)
+                    _all_reduce_sum(sums, counts)
+                    new = _renormalised_means(means, sums, counts)
+                    self.means.copy_(F.normalize(self.ema_decay * means + (1 - self.ema_decay) * new, dim=-1))
+                self.member_counts.add_(counts)
         return codes
 
 
@@ -184,7 +240,7 @@ class LearnableCollaborativeAttention(nn.Module):
         n_clusters: k-means clusters per round.
         window_size: positions per attention window.
         n_rounds: k-means rounds (independent clusterings whose outputs are combined; ``--n_hashes``).
-        ema_decay: moving-average decay of the centroids.
+        ema_decay: moving-average decay of the centroids, in [0, 1] (1: frozen at their initialisation).
         res_scale: scale of the attention output before the residual sum.
         attention_impl: sparse-attention implementation of this module, 'fast' or 'reference'.
     """

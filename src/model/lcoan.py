@@ -47,7 +47,7 @@ class ResidualGroup(nn.Module):
         n_clusters: k-means clusters per round.
         window_size: positions per attention window.
         n_rounds: k-means rounds.
-        ema_decay: moving-average decay of the centroids.
+        ema_decay: moving-average decay of the centroids, in [0, 1] (1: frozen).
         attention_impl: sparse-attention implementation, 'fast' or 'reference'.
     """
 
@@ -83,7 +83,9 @@ class LCoAN(nn.Module):
         n_hashes: k-means rounds. Named after the ``--n_hashes`` flag (as every keyword here is after its
             flag), so configurations written as flags or official ``args`` map one to one; inside the
             network it is ``n_rounds``.
-        ema_decay: moving-average decay of the centroids, in [0, 1).
+        ema_decay: moving-average decay of the centroids, in [0, 1]; 1 freezes them at their k-means
+            initialisation, which is how the official code trained the published models (see
+            ``model.lcoa.KMeansCentroids``).
         n_colors: 3 (RGB) or 1 (Y). For 1 channel the mean shift uses the mean of the three DIV2K
             channel means (the official code has no 1-channel variant).
         rgb_range: pixel values lie in [0, rgb_range].
