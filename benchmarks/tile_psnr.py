@@ -1,6 +1,7 @@
 """What tiled inference costs in PSNR: a checkpoint on benchmark sets, whole images vs tiles.
 
     python benchmarks/tile_psnr.py --weights W.pt --dir ../shared/data/benchmark --sets Set5+Set14 --tiles 64+128
+    (add --window_size / --chunk_size for models trained with other values than the published ones)
 
 For every set: mean PSNR (Y, ``scale`` pixels shaved, as the benchmark tables) of ``api.upscale``
 on the whole LR images, at the automatic (default) tile of this machine, and at each forced
@@ -36,8 +37,12 @@ def main() -> None:
     p.add_argument('--sets', default='Set5+Set14')
     p.add_argument('--tiles', default='64+128')
     p.add_argument('--cpu', action='store_true')
+    p.add_argument('--window_size', type=int, help="LCoAN's window, if not the published 384 (not in the weights)")
+    p.add_argument('--chunk_size', type=int, help="NLSN's chunk, if not the published 144 (not in the weights)")
     args = p.parse_args()
-    net = api.load_pretrained(args.weights, device='cpu' if args.cpu or not torch.cuda.is_available() else 'cuda')
+    overrides = {k: v for k, v in (('window_size', args.window_size), ('chunk_size', args.chunk_size)) if v}
+    net = api.load_pretrained(args.weights, device='cpu' if args.cpu or not torch.cuda.is_available() else 'cuda',
+                              **overrides)
     scale = net.sr_args.scale[0]
     halo, exact = tiling.default_halo(net, net.sr_args.model)
     auto = api.choose_tile(net, api.make_forward(net), net.sr_args.n_colors, ('single', False))
