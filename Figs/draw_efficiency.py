@@ -22,7 +22,9 @@ COLORS = {'LCoAN': '#d62728', 'EDSR_baseline': '#7f7f7f', 'EDSR': '#1f77b4', 'RC
 # Points of marker area per MB of peak memory.
 AREA_PER_MB = 0.5
 # Labelled below their marker (EDSR and NLSN have about the same size).
-LABEL_BELOW = {'NLSN'}
+# Label offsets in points (default: centred above): NLSN's large marker, and RCAN and LCoAN, which
+# have about the same parameter count and time, to either side.
+LABEL_OFFSET = {'NLSN': (0, -26, 'center'), 'RCAN': (-14, -4, 'right'), 'LCoAN': (14, -4, 'left')}
 
 
 def main() -> None:
@@ -35,9 +37,9 @@ def main() -> None:
         for r in (r for r in rows if r['scale'] == scale):
             ax.scatter(r['params'] / 1e6, r['time_s'], s=r['peak_rss_mb'] * AREA_PER_MB, color=COLORS[r['model']],
                        alpha=0.6, edgecolors='black', linewidths=0.8, label=r['model'])
+            dx, dy, ha = LABEL_OFFSET.get(r['model'], (0, 12, 'center'))
             ax.annotate(f"{r['model']}\n{r['peak_rss_mb'] / 1024:.1f} GB", (r['params'] / 1e6, r['time_s']),
-                        textcoords='offset points', xytext=(0, -26 if r['model'] in LABEL_BELOW else 12),
-                        ha='center', fontsize=8)
+                        textcoords='offset points', xytext=(dx, dy), ha=ha, fontsize=8)
         ax.set_xlabel('parameters (M)')
         ax.set_ylabel('CPU time of one forward (s)')
         ax.set_title(f'x{scale}, LR {lr}x{lr}')
