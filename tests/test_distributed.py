@@ -131,3 +131,28 @@ def test_a_killed_rank_ends_the_run_with_an_error(tmp_path):
     assert 'terminated with signal SIGKILL; the other processes were stopped' in output
     assert elapsed < 60
     assert not [p for p in _children(proc.pid)]
+
+
+BASELINE_TINY = {
+    'EDSR': ['--n_resblocks', '1', '--n_feats', '8'],
+    'RCAN': ['--n_resgroups', '1', '--n_resblocks', '1', '--n_feats', '8', '--reduction', '2'],
+    'RDN': ['--G0', '8', '--RDNconfig', 'A'],
+    'NLSN': ['--n_resblocks', '1', '--n_feats', '8', '--chunk_size', '16', '--n_hashes', '2'],
+}
+
+
+@pytest.mark.parametrize('name', list(BASELINE_TINY))
+def test_baselines_train_and_resume_on_two_processes(tmp_path, name):
+    # DDP of a network without LCoA's centroids: no unused-parameter error, rank 0 alone writes, and
+    # both ranks resume from the same checkpoint.
+    flags = ['--template', 'demo', '--cpu', '--n_GPUs', '2', '--n_threads', '0', '--model', name,
+             *BASELINE_TINY[name], '--patch_size', '32', '--batch_size', '4', '--test_every', '2',
+             '--print_every', '1', '--dist_timeout', '60']
+    first = conftest.run_main(tmp_path, *flags, '--save', 'r', '--epochs', '1')
+    assert first.returncode == 0, first.stdout + first.stderr
+    resumed = conftest.run_main(tmp_path, *flags, '--load', 'r', '--resume', '-1', '--epochs', '2')
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    log = (tmp_path / 'exp' / 'r' / 'log.txt').read_text()
+    assert log.count('[Epoch 2]\tLearning rate') == 1 and log.count('[Sample x2]\tPSNR') == 2
+    state = load_state(tmp_path / 'exp' / 'r' / 'training_state.pt')
+    assert state['epoch'] == 2 and torch.isfinite(state['loss_log']).all()
