@@ -241,6 +241,7 @@ def test_benchmark_children_load_the_official_code(fake_src, setup, kwargs):
     assert result['peak_rss_mb'] > 50  # Python + torch at least
 
 
+@pytest.mark.slow
 def test_attention_benchmark_runs_the_official_nlsa_rows(fake_src, capsys):
     report = bench_attention.main(['--size', '16', '--repeats', '1', '--rounds', '2', '--threads', '1',
                                    '--variants', 'nlsa', '--nlsa_configs', '2x8', '--nlsn_src', str(fake_src)])

@@ -508,6 +508,7 @@ def net_state(path: Path) -> dict:
     return load_state(path)
 
 
+@pytest.mark.slow
 def test_e2e_run_writes_its_files_and_seed_makes_runs_bit_identical(e2e):
     a = e2e / 'exp' / 'a'
     for name in ('config.txt', 'log.txt', 'loss_log.csv', 'psnr_log.csv', 'metrics_Sample_x2.csv', 'loss_L1.png',
@@ -533,6 +534,7 @@ def test_e2e_run_writes_its_files_and_seed_makes_runs_bit_identical(e2e):
     assert all(torch.equal(model_a[k], model_b[k]) for k in model_a)
 
 
+@pytest.mark.slow
 def test_e2e_kill_9_mid_epoch_then_resume_reproduces_the_losses(e2e):
     proc = subprocess.Popen(main_cmd(e2e, '--save', 'c'), cwd=SRC, env=MAIN_ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -562,6 +564,7 @@ def test_e2e_kill_9_mid_epoch_then_resume_reproduces_the_losses(e2e):
     assert all(torch.equal(got['model'][k], ref['model'][k]) for k in ref['model'])
 
 
+@pytest.mark.slow
 def test_e2e_test_only_prints_the_table(e2e):
     a = e2e / 'exp' / 'a'
     done = run_main(e2e, '--test_only', '--save', 't', '--pre_train', a / 'model' / 'model_latest.pt')
@@ -595,6 +598,7 @@ def test_e2e_test_only_on_a_run_evaluates_its_trained_model_and_keeps_its_result
     assert untrained.returncode == 2 and untrained.stderr.startswith('error: --test_only: no weights to evaluate;')
 
 
+@pytest.mark.slow
 def test_e2e_bad_loss_is_a_one_line_error(e2e):
     done = run_main(e2e, '--save', 'bad', '--loss', '1*L1+1*Foo')
     assert done.returncode == 2
