@@ -16,7 +16,7 @@ import torch
 import model
 import option
 from errors import UserError
-from model import checkpoint_io, detect
+from model import checkpoint_io, common, detect
 from model.lcoan import LCoAN
 
 REFERENCE = Path(__file__).resolve().parents[2] / 'shared' / 'reference'
@@ -48,7 +48,7 @@ def synthesise(shapes: dict, rgb_range: float | None = 255) -> dict[str, torch.T
              for k, s in shapes.items()}
     if 'add_mean.bias' in state and rgb_range is not None:
         n = state['add_mean.bias'].numel()
-        mean = torch.tensor(detect.DIV2K_RGB_MEAN)
+        mean = torch.tensor(common.DIV2K_RGB_MEAN)
         mean = mean if n == 3 else mean.mean().reshape(1)
         state['add_mean.bias'] = rgb_range * mean
         state['sub_mean.bias'] = -rgb_range * mean

@@ -57,16 +57,16 @@ def test_single_channel_mean_shift_uses_mean_of_rgb_means():
     torch.manual_seed(0)
     net = tiny(n_colors=1, rgb_range=255)
     x = torch.rand(1, 1, 5, 4) * 255
-    mean = 255 * sum(lcoan.DIV2K_RGB_MEAN) / 3
+    mean = 255 * sum(common.DIV2K_RGB_MEAN) / 3
     torch.testing.assert_close(net.sub_mean(x), x - mean)
     torch.testing.assert_close(net.add_mean(x), x + mean)
     assert net(x).shape == (1, 1, 10, 8)
 
 
 def test_mean_shift_values_and_frozen():
-    shift = common.MeanShift(rgb_range=255, rgb_mean=lcoan.DIV2K_RGB_MEAN, rgb_std=(1.0, 1.0, 1.0), sign=-1)
+    shift = common.MeanShift(rgb_range=255, rgb_mean=common.DIV2K_RGB_MEAN, rgb_std=(1.0, 1.0, 1.0), sign=-1)
     x = torch.rand(2, 3, 4, 4) * 255
-    expected = x - 255 * torch.tensor(lcoan.DIV2K_RGB_MEAN).view(1, 3, 1, 1)
+    expected = x - 255 * torch.tensor(common.DIV2K_RGB_MEAN).view(1, 3, 1, 1)
     torch.testing.assert_close(shift(x), expected)
     assert not any(p.requires_grad for p in shift.parameters())
 

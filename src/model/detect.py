@@ -23,12 +23,11 @@ from typing import Any
 import torch
 
 from errors import UserError
-from model import checkpoint_io
+from model import checkpoint_io, common
 
 Shapes = dict[str, tuple[int, ...]]
 
 MODELS = ('LCoAN', 'EDSR', 'RCAN', 'RDN', 'NLSN')
-DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 # EDSR-PyTorch's default for models without a mean shift (RDN), whose weights do not reveal it.
 DEFAULT_RGB_RANGE = 255
 # RDN's named configurations: (D blocks, C convs per block, G growth channels).
@@ -212,7 +211,7 @@ def _rgb_range(state: dict[str, torch.Tensor]) -> float | None:
     bias = state.get('add_mean.bias')
     if bias is None or bias.dim() != 1 or bias.numel() not in (1, 3):
         return None
-    mean = torch.tensor(DIV2K_RGB_MEAN, dtype=torch.float64)
+    mean = torch.tensor(common.DIV2K_RGB_MEAN, dtype=torch.float64)
     if bias.numel() == 1:
         mean = mean.mean().reshape(1)
     value = float(bias.double().sum() / mean.sum())

@@ -18,7 +18,6 @@ from model import common
 from model.attention_interface import Pattern
 from model.lcoa import LearnableCollaborativeAttention
 
-DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 # Inference computes the upsampler tail in strips of this many LR rows (see LCoAN._tail_in_strips).
 TAIL_STRIP_ROWS = 32
 TAIL_HALO = 3
@@ -98,20 +97,13 @@ class LCoAN(nn.Module):
                  n_hashes: int = 1, ema_decay: float = 0.999, n_colors: int = 3, rgb_range: float = 255,
                  attention_impl: str = 'fast') -> None:
         super().__init__()
-        if n_colors == 3:
-            rgb_mean = DIV2K_RGB_MEAN
-        elif n_colors == 1:
-            rgb_mean = (sum(DIV2K_RGB_MEAN) / 3,)
-        else:
-            raise ValueError(f'n_colors must be 1 or 3, got {n_colors}')
-        rgb_std = (1.0,) * n_colors
 
         # Unused by forward: exists only so that official checkpoints (which hold it) load strictly.
         # Frozen, so that DistributedDataParallel needs no search for unused parameters.
         self.a = nn.Parameter(torch.zeros(1), requires_grad=False)
         # Submodules are built in the official order (same seed, same initial weights) but
         # registered in the official state_dict order (add_mean before head).
-        self.sub_mean = common.MeanShift(rgb_range=rgb_range, rgb_mean=rgb_mean, rgb_std=rgb_std, sign=-1)
+        self.sub_mean = common.div2k_mean_shift(n_colors=n_colors, rgb_range=rgb_range, sign=-1)
         head = nn.Sequential(common.default_conv(n_colors, n_feats, 3))
         # The official flag says "hashes" (it was NLSN's LSH rounds); LCoAN's rounds are k-means clusterings,
         # so the network calls them n_rounds. The flag (and this keyword) keep the official name for
@@ -123,7 +115,7 @@ class LCoAN(nn.Module):
             for _ in range(n_resgroups)])
         m_conv = nn.Sequential(common.default_conv(n_feats, n_feats, 3))
         tail = nn.Sequential(common.Upsampler(scale=scale, n_feats=n_feats), common.default_conv(n_feats, n_colors, 3))
-        self.add_mean = common.MeanShift(rgb_range=rgb_range, rgb_mean=rgb_mean, rgb_std=rgb_std, sign=1)
+        self.add_mean = common.div2k_mean_shift(n_colors=n_colors, rgb_range=rgb_range, sign=1)
         self.head = head
         self.body = body
         self.m_conv = m_conv
