@@ -74,6 +74,20 @@ def missing_nlsn(*, network: bool) -> str | None:
     return None
 
 
+def chained(blocks, x):
+    """A closure that runs ``blocks`` one after the other on ``x`` without gradients (what is timed)."""
+    import torch  # not at the top: the official-code loaders import this module before torch's set-up
+
+    def run():
+        with torch.no_grad():
+            h = x
+            for block in blocks:
+                h = block(h)
+        return h
+
+    return run
+
+
 def initialise_centroids(net) -> None:
     """Mark every k-means module's centroids initialised (unit rows), as in a trained checkpoint."""
     import torch

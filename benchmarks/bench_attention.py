@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     NLSN_ATTENTION,
     add_src_to_path,
+    chained,
     initialise_centroids,
     interleaved,
     machine_info,
@@ -151,16 +152,7 @@ def nlsa_chain(*, size: int, impl: str, modules: int = 10):
     """Setup: ``modules`` NLSA modules (NLSN defaults, 128 channels) run one after the other."""
     blocks = [NonLocalSparseAttention(n_feats=PAPER['n_feats'], res_scale=PAPER['res_scale'], impl=impl, **NLSN).eval()
               for _ in range(modules)]
-    x = _features(size, PAPER['n_feats'])
-
-    def run() -> torch.Tensor:
-        with torch.no_grad():
-            h = x
-            for block in blocks:
-                h = block(h)
-        return h
-
-    return run
+    return chained(blocks, _features(size, PAPER['n_feats']))
 
 
 def official_chain(*, src: str, size: int, modules: int = 10):
@@ -188,16 +180,7 @@ def official_chain(*, src: str, size: int, modules: int = 10):
 
 
 def _nlsa_chain(blocks: list[nn.Module], size: int, channels: int):
-    x = _features(size, channels)
-
-    def run() -> torch.Tensor:
-        with torch.no_grad():
-            h = x
-            for block in blocks:
-                h = block(h)
-        return h
-
-    return run
+    return chained(blocks, _features(size, channels))
 
 
 def nlsn_official_chain(*, src: str, size: int, channels: int, modules: int):

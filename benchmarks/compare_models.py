@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_src_to_path, initialise_centroids, machine_info, run_in_subprocess  # noqa: E402
+from _common import add_src_to_path, chained, initialise_centroids, machine_info, run_in_subprocess  # noqa: E402
 
 add_src_to_path()
 
@@ -131,15 +131,7 @@ def nlsa_modules(*, size: int, channels: int, modules: int):
     attentions = [NonLocalSparseAttention(channels=channels, chunk_size=144, n_hashes=4, reduction=4,
                                           res_scale=0.1).eval().to(memory_format=torch.channels_last)
                   for _ in range(modules)]
-    x = torch.randn(1, channels, size, size).contiguous(memory_format=torch.channels_last)
-
-    def run() -> torch.Tensor:
-        with torch.no_grad():
-            out = x
-            for attention in attentions:
-                out = attention(out)
-        return out
-    return run
+    return chained(attentions, torch.randn(1, channels, size, size).contiguous(memory_format=torch.channels_last))
 
 
 # ----------------------------------------------------------------------------------------------
