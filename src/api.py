@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import option
-from errors import UserError
+from core.errors import UserError
 from model import checkpoint_io, detect, tiling
 
 PRECISIONS = {'single': None, 'half': torch.float16, 'bf16': torch.bfloat16}

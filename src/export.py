@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 import api
-from errors import UserError
+from core.errors import UserError
 from model.lcoa import LearnableCollaborativeAttention
 
 OPSET = 18

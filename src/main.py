@@ -5,14 +5,14 @@ import sys
 import torch
 
 import data
-import distributed
 import loss
 import model
 import option
-import run_folder
-from errors import UserError, show_warnings_plainly
-from io_utils import write_error_cause
+from core import distributed
+from core.errors import UserError, show_warnings_plainly
+from core.io_utils import write_error_cause
 from trainer import Trainer
+from training import run_folder
 
 
 def run(args) -> None:

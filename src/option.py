@@ -21,7 +21,7 @@ import sys
 import torch
 
 import template
-from errors import UserError
+from core.errors import UserError
 from model import detect
 
 MODELS = ('LCoAN', 'EDSR', 'RCAN', 'RDN', 'NLSN')

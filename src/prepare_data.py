@@ -16,9 +16,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from core.errors import UserError, show_warnings_plainly
 from data.common import DataError, describe_conversion, list_images, output_names, read_info
 from data.storage import available_cores, make_lr_images
-from errors import UserError, show_warnings_plainly
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,18 +25,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-import distributed
-from errors import UserError
-from io_utils import write_error_cause
-from lcoa_monitor import LCoAMonitor
+from core import distributed
+from core.errors import UserError
+from core.io_utils import write_error_cause
+from core.rng import derive_seed, get_rng_state, seed_everything, set_rng_state
+from core.timing import timer
 from model import checkpoint_io
-from optim import make_optimizer, make_scheduler
-from rng import derive_seed, get_rng_state, seed_everything, set_rng_state
-from run_folder import checkpoint
-from tensorboard_log import TensorBoardLog
-from timing import timer
 from training import evaluation, interrupts, state, tables
+from training.lcoa_monitor import LCoAMonitor
+from training.optim import make_optimizer, make_scheduler
+from training.run_folder import checkpoint
 from training.step import MAX_CONSECUTIVE_SKIPS, Diverged, TrainStep
+from training.tensorboard_log import TensorBoardLog
 
 
 class Trainer:

@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import api
-from errors import UserError
+from core.errors import UserError
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 JPEG_QUALITY = 95

@@ -11,12 +11,12 @@ code; new code imports from the modules themselves:
 - :mod:`run_folder`: the run folder (``checkpoint``), its logs, tables, plots and result images
 """
 
-from io_utils import atomic_save, atomic_write, atomic_write_text, load_state
+from core.io_utils import atomic_save, atomic_write, atomic_write_text, load_state
+from core.rng import derive_seed, get_rng_state, seed_everything, set_rng_state
+from core.timing import timer
 from metrics import Y_COEFFS, calc_psnr, calc_ssim, psnr, quantize, ssim
-from optim import make_optimizer, make_scheduler
-from rng import derive_seed, get_rng_state, seed_everything, set_rng_state
-from run_folder import TRAINING_STATE, checkpoint
-from timing import timer
+from training.optim import make_optimizer, make_scheduler
+from training.run_folder import TRAINING_STATE, checkpoint
 
 __all__ = [
     'TRAINING_STATE', 'Y_COEFFS', 'atomic_save', 'atomic_write', 'atomic_write_text', 'calc_psnr', 'calc_ssim',

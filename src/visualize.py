@@ -43,8 +43,8 @@ if __package__ in (None, ''):  # run as a script: make src/ importable like main
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import option  # noqa: E402
+from core.errors import UserError  # noqa: E402
 from data.common import read_image  # noqa: E402
-from errors import UserError  # noqa: E402
 from model import checkpoint_io, lcoa_stats  # noqa: E402
 from model import sparse_attention_reference as reference  # noqa: E402
 from model.lcoa import LearnableCollaborativeAttention  # noqa: E402

@@ -1,13 +1,21 @@
-"""Shared test set-up: ``src/`` is importable as in ``python main.py`` run from ``src/``."""
+"""Shared test set-up: ``src/`` is importable as in ``python main.py`` run from ``src/``, and the shared
+helpers as ``helpers.<module>``."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / 'src'
-if str(SRC) not in sys.path:
-    sys.path.insert(0, str(SRC))
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+SRC = ROOT / 'src'
+# Data written by the official code bases (weights, inputs, outputs) and their state_dict key listings.
+FIXTURES = TESTS / 'fixtures'
+# Read-only material beside the checkout (real Set5/Set14, official key listings); tests skip without it.
+SHARED = ROOT.parent / 'shared'
+for folder in (SRC, TESTS):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 # main.py in a subprocess: one thread per process (tests run several), unbuffered output to read live.
 MAIN_ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}

@@ -170,8 +170,8 @@ def test_protocols_are_the_explicit_functions():
 
 
 def test_utility_keeps_the_edsr_names():
-    import run_folder
-    import timing
+    from core import timing
+    from training import run_folder
     from utility import calc_psnr, calc_ssim, checkpoint, quantize, timer
     assert (calc_psnr, calc_ssim, quantize) == (metrics.calc_psnr, metrics.calc_ssim, metrics.quantize)
     assert checkpoint is run_folder.checkpoint and timer is timing.timer

@@ -27,13 +27,13 @@ from pathlib import Path
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-import distributed
+from core import distributed
+from core.errors import UserError
+from core.rng import derive_seed
 from data import benchmark, div2k, sample
 from data.demo import demo_set
 from data.srdata import TestImages, TrainPatches, say, scan_pairs
 from data.storage import ImageStore
-from errors import UserError
-from rng import derive_seed
 
 # A DataLoader worker that delivers nothing for this long counts as hung and fails the run. A batch
 # of patches from 2K images decodes in well under a second; this leaves room for a loaded machine.

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from errors import UserError
+from core.errors import UserError
 from metrics import Y_COEFFS
 
 IMAGE_EXTS = ('.png', '.bmp', '.jpg', '.jpeg', '.tif', '.tiff', '.ppm', '.pgm', '.webp')

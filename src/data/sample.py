@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import skimage.data
 
+from core.io_utils import atomic_write
 from data.common import DataError
 from data.imresize import bicubic_downscale, crop_to_scale
 from data.storage import save_png
-from io_utils import atomic_write
 
 SCALES = (2, 3, 4)
 MULTIPLE = 12  # every size a multiple of 2, 3 and 4, so that LR x scale == HR for all scales

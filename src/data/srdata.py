@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-import distributed
+from core import distributed
 from data.common import DataError, augment, describe_conversion, output_names, random_patch, set_channel, to_tensor
 from data.storage import ImageStore, available_cores, existing_lr, made_from_other_hr, make_lr_images
 

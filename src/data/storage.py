@@ -29,9 +29,9 @@ import torch
 from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
+from core.io_utils import atomic_write
 from data.common import DataError, ImageInfo, check_image, find_image, read_image, read_info
 from data.imresize import bicubic_downscale, crop_to_scale
-from io_utils import atomic_write
 
 # Below this much work (HR pixels x scales, ~0.3 s per Mpx on one core) LR images are made in this
 # process; a pool's start and transfers cost more than they save on a few small images.

@@ -13,8 +13,8 @@ import torch
 from matplotlib.ticker import MaxNLocator
 from torch import nn
 
-import distributed
-from errors import UserError
+from core import distributed
+from core.errors import UserError
 from loss.terms import TERMS, make_term
 
 _TERM = re.compile(r'\s*([^*]+?)\s*\*\s*([A-Za-z0-9_]+)\s*')

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-import distributed
-from errors import UserError
+from core import distributed
+from core.errors import UserError
 from model import checkpoint_io
 
 # --precision -> the autocast dtype of the forward pass (training and test); 'single' runs float32.

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from errors import UserError
-from io_utils import load_state
+from core.errors import UserError
+from core.io_utils import load_state
 
 UPSAMPLER_PREFIX = 'tail.0.'
 # Parameters that forward never reads, kept only for checkpoint compatibility: a checkpoint may lack them.

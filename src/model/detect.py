@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from errors import UserError
+from core.errors import UserError
 from model import checkpoint_io, common
 
 Shapes = dict[str, tuple[int, ...]]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-import distributed
+from core import distributed
 from model import common, sparse_attention, sparse_attention_reference
 from model.attention_interface import Pattern, SparseAttention
 

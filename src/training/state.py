@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from errors import UserError
-from io_utils import atomic_save, load_state
-from run_folder import TRAINING_STATE, checkpoint
+from core.errors import UserError
+from core.io_utils import atomic_save, load_state
+from training.run_folder import TRAINING_STATE, checkpoint
 
 STATE_FORMAT = 2
 _READABLE_FORMATS = (1, STATE_FORMAT)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils import clip_grad_norm_, get_total_norm
 
-import distributed
+from core import distributed
 from model import AUTOCAST_DTYPES, autocast
 
 # Weight of the newest accepted batch in the running loss that --skip_threshold compares against.

@@ -13,9 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'src'))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import distributed  # noqa: E402
 import model  # noqa: E402
 import option  # noqa: E402
+from core import distributed  # noqa: E402
 
 BATCH, STEPS = 4, 4
 

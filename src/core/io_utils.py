@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from errors import UserError
+from core.errors import UserError
 
 # The errors of a write that the user fixes outside this program (space, permissions, quota).
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}

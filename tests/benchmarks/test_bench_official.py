@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / 'benchmarks'
+import conftest
+
+BENCH = conftest.ROOT / 'benchmarks'
 SRC = BENCH.parent / 'src'
 sys.path.insert(0, str(BENCH))
 
@@ -181,7 +183,7 @@ def test_sealed_block_keeps_the_code_bases_apart(fake_src, monkeypatch):
         with pytest.raises(ImportError, match='parses sys.argv at import time'):
             importlib.import_module('option')
         with pytest.raises(ImportError):  # our own src/ is off the path: no fallback onto our modules
-            importlib.import_module('errors')
+            importlib.import_module('core.errors')
 
     # Ours are back, under their own names; the official ones live on under the private prefix.
     assert {name: sys.modules[name] for name in ours} == ours

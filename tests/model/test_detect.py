@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+import conftest
 import model
 import option
-from errors import UserError
+from core.errors import UserError
 from model import checkpoint_io, common, detect
 from model.lcoan import LCoAN
 
-REFERENCE = Path(__file__).resolve().parents[2] / 'shared' / 'reference'
+REFERENCE = conftest.SHARED / 'reference'
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason='../shared/reference is absent')
 
 # The configurations ../shared/reference/README.md states for each listing.

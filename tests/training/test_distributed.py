@@ -12,11 +12,11 @@ import torch
 
 import conftest
 from conftest import MAIN_ENV, SRC, main_command
-from io_utils import load_state
+from core.io_utils import load_state
 
 pytestmark = pytest.mark.slow  # every test here starts two or more processes
 
-WORKER = Path(__file__).resolve().parent / 'helpers' / 'ddp_worker.py'
+WORKER = conftest.TESTS / 'helpers' / 'ddp_worker.py'
 TINY = ['--scale', '2', '--n_resgroups', '3', '--n_resblocks', '1', '--n_feats', '16', '--reduction', '2',
         '--n_clusters', '8', '--window_size', '32', '--ema_decay', '0.9', '--batch_size', '4', '--patch_size', '24',
         '--res_scale', '0.5', '--n_hashes', '2']

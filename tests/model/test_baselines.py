@@ -1,16 +1,16 @@
 """EDSR, RCAN, RDN and NLSN: official checkpoint layout and sizes, save/load, fine-tuning to another
 scale, and NLSN on any input size."""
 
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import conftest
 from model import checkpoint_io, edsr, nlsa, nlsn, rcan, rdn
 
 # Copies of ../shared/reference/ (the official checkpoints' key lists), kept in the repo so this always runs.
-REFERENCE = Path(__file__).resolve().parent / 'data' / 'reference'
+REFERENCE = conftest.FIXTURES / 'reference'
 
 # The published configurations and their parameter counts at x2/x3/x4 (../shared/reference/README.md).
 PUBLISHED = {

@@ -15,7 +15,7 @@ from torch import nn
 
 import model
 import option
-from errors import UserError
+from core.errors import UserError
 from model import checkpoint_io
 
 

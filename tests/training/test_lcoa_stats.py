@@ -7,19 +7,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_trainer import make_data
 
 import model as model_package
 import option
 import utility
-from lcoa_monitor import NAMES, LCoAMonitor
+from helpers.trainer_kit import make_data
 from loss import Loss
 from model import lcoa, lcoa_stats
 from model import sparse_attention as fast
 from model import sparse_attention_reference as ref
 from model.lcoan import LCoAN
-from tensorboard_log import TensorBoardLog
 from trainer import Trainer
+from training.lcoa_monitor import NAMES, LCoAMonitor
+from training.tensorboard_log import TensorBoardLog
 
 
 def dense_from_definition(embed, codes, window):

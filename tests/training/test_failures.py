@@ -1,6 +1,6 @@
 """Runs that go wrong (issue 13): each case reproduced, then the one line it gets and what is kept.
 
-Unit tests on the trainer's small stand-ins (tests/test_trainer.py), then main.py in subprocesses.
+Unit tests on the trainer's small stand-ins (tests/helpers/trainer_kit.py), then main.py in subprocesses.
 """
 
 import errno
@@ -15,7 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer import (
+from torch.utils.data import DataLoader
+
+import main as main_module
+import metrics
+import model
+import option
+from conftest import MAIN_ENV, SRC
+from core import io_utils
+from core.errors import UserError
+from core.io_utils import atomic_save, load_state
+from helpers.trainer_kit import (
     PairSet,
     Wrapper,
     log_text,
@@ -27,19 +37,8 @@ from test_trainer import (
     run_main,
     weights,
 )
-from torch.utils.data import DataLoader
-
-import io_utils
-import main as main_module
-import metrics
-import model
-import option
-import run_folder
-from conftest import MAIN_ENV, SRC
-from errors import UserError
-from io_utils import atomic_save, load_state
 from model import checkpoint_io
-from training import evaluation, interrupts
+from training import evaluation, interrupts, run_folder
 
 # ----------------------------------------------------------------------------------------------
 # checkpoints that cannot be used (items 3 and 12)

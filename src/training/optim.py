@@ -2,7 +2,7 @@
 
 import torch
 
-from errors import UserError
+from core.errors import UserError
 
 
 def make_optimizer(args, params) -> torch.optim.Optimizer:

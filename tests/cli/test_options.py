@@ -7,7 +7,7 @@ import pytest
 
 import option
 from conftest import MAIN_ENV, SRC
-from errors import UserError
+from core.errors import UserError
 
 PAPER_X2 = (
     '--epochs 1500 --model LCoAN --save LCoAN_x2 --data_test Set5 --save_dir ../output/ '

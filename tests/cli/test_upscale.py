@@ -14,7 +14,7 @@ from torch import nn
 import api
 import option
 import upscale
-from errors import UserError
+from core.errors import UserError
 from model import detect, tiling
 from model.lcoan import LCoAN
 

@@ -8,7 +8,7 @@ import pytest
 
 import option
 from conftest import SRC
-from errors import UserError
+from core.errors import UserError
 
 # From the baselines' own documentation (EDSR-PyTorch, RCAN, RDN, NLSN), run from src/ as written;
 # `--model EDSR` is added to the third line because our default model is LCoAN.

@@ -1,6 +1,6 @@
 """EDSR, RCAN, RDN and NLSN reproduce the outputs of the official code for the same weights and input.
 
-``tests/data/official/{edsr,rcan,rdn,nlsn}_*.pt`` were written by running the official model files of
+``tests/fixtures/official/{edsr,rcan,rdn,nlsn}_*.pt`` were written by running the official model files of
 the NLSN repository (EDSR-PyTorch based: ``edsr.py``, ``rcan.py``, ``rdn.py``, ``nlsn.py``,
 ``attention.py``, ``common.py``; torch 2.13.0, CPU, fp32, eval) outside this repository, with
 small configurations. Each holds our constructor's configuration, one LR input in [0, 255], the
@@ -12,14 +12,14 @@ are drawn from the global generator). No official code is here.
 """
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+import conftest
 from model import edsr, nlsn, rcan, rdn
 
-FIXTURES = Path(__file__).resolve().parent / 'data' / 'official'
+FIXTURES = conftest.FIXTURES / 'official'
 NETWORKS = {'edsr': edsr.EDSR, 'rcan': rcan.RCAN, 'rdn': rdn.RDN, 'nlsn': nlsn.NLSN}
 
 

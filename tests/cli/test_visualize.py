@@ -12,7 +12,7 @@ from einops import rearrange
 
 import option
 import visualize
-from errors import UserError
+from core.errors import UserError
 from model import lcoa_stats
 from model.lcoan import make_model
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import distributed
-from errors import UserError
+from core import distributed
+from core.errors import UserError
 from loss import Loss, parse_loss_spec
-from run_folder import plot_png
+from training.run_folder import plot_png
 
 
 def _loss(spec: str, rgb_range: int = 1) -> Loss:

@@ -1,17 +1,17 @@
 """The LCoAN network: official checkpoint layout, shapes, collaborative attention, save/load, gradients."""
 
-from pathlib import Path
 
 import pytest
 import torch
 
+import conftest
 import option
 from model import common, lcoa, lcoan
 from model import sparse_attention as fast
 from model import sparse_attention_reference as ref
 
 # Copies of ../shared/reference/ (the official checkpoints' key lists), kept in the repo so this always runs.
-REFERENCE = Path(__file__).resolve().parent / 'data' / 'reference'
+REFERENCE = conftest.FIXTURES / 'reference'
 
 PAPER_PARAMETERS = {2: 15_668_508, 3: 16_406_428, 4: 16_258_844}
 

@@ -1,7 +1,7 @@
 """data.Data: layouts, pairing, patches, caches, the Sample set, reproducibility and every bad-data error.
 
 Small DIV2K and benchmark trees are written to a temporary folder from scikit-image photographs, with
-LR images made by the independent MATLAB reference of test_data_imresize.py.
+LR images made by the independent MATLAB reference of helpers/imresize_reference.py.
 """
 
 import os
@@ -14,16 +14,16 @@ import skimage.data
 import torch
 import torch.distributed
 from PIL import Image
-from test_data_imresize import matlab_imresize_reference
 from torch.utils.data import DistributedSampler
 
 import data
 import option
+from core.errors import UserError
 from data import sample
 from data.common import augment
 from data.imresize import crop_to_scale
 from data.srdata import DataWarning
-from errors import UserError
+from helpers.imresize_reference import matlab_imresize_reference
 
 PHOTOS = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket()]
 
@@ -282,7 +282,7 @@ def test_sep_cache_is_built_memory_mapped_reset_and_refreshed(tmp_path, capsys):
 
 def test_data_files_are_written_by_the_one_atomic_writer(tmp_path, monkeypatch):
     # LR images, cache files and the Sample marker are fsynced before the rename (io_utils.atomic_write).
-    import io_utils
+    from core import io_utils
     from data import storage
     synced = []
     fsync = os.fsync

@@ -1,20 +1,20 @@
 """Our LCoAN reproduces outputs of the official implementation (YigangZhao/LCoAN) for the same weights.
 
-``tests/data/official/*.pt`` were written by running the official model code (``src/model/lcoan.py``
+``tests/fixtures/official/*.pt`` were written by running the official model code (``src/model/lcoan.py``
 and ``kmeans_attention.py`` at commit fe451f7, torch 2.13.0, CPU, fp32, eval) outside this
 repository: each holds the configuration, the official ``state_dict`` (initialised k-means
 centroids included), one LR input in [0, 255] and the official output. No official code is here.
 """
 
-from pathlib import Path
 
 import pytest
 import torch
 
+import conftest
 from model import lcoan
 from model import sparse_attention as fast
 
-FIXTURES = Path(__file__).resolve().parent / 'data' / 'official'
+FIXTURES = conftest.FIXTURES / 'official'
 
 
 # Relative deviation from the official output caused only by the tie order of positions within a

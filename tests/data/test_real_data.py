@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+import conftest
 import upscale
 import utility
 from conftest import MAIN_ENV, SRC, run_main
 
-BENCHMARK = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'benchmark'
+BENCHMARK = conftest.SHARED / 'data' / 'benchmark'
 SETS = ('Set5', 'Set14')
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (BENCHMARK / 'Set5').is_dir(), reason='../shared/data/benchmark is absent')]

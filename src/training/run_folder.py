@@ -23,9 +23,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
-import distributed
-from errors import UserError
-from io_utils import atomic_write, atomic_write_text
+from core import distributed
+from core.errors import UserError
+from core.io_utils import atomic_write, atomic_write_text
 from metrics import quantize
 
 # The file that defines a run's resume point (see training.state).
