@@ -10,9 +10,7 @@ image through a 1-channel network runs on its Y channel, Cb and Cr are upscaled 
 alpha channel is upscaled bicubically and put back.
 """
 
-import contextlib
 from collections.abc import Callable
-from importlib import import_module
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +19,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import option
+from core import distributed
 from core.errors import UserError
-from model import checkpoint_io, detect, tiling
+from model import checkpoint_io, detect, inference, registry
 
-PRECISIONS = {'single': None, 'half': torch.float16, 'bf16': torch.bfloat16}
+PRECISIONS = inference.PRECISIONS
 # ITU-R BT.601 as MATLAB's rgb2ycbcr, on [0, 1] values: rows give Y, Cb, Cr.
 _YCBCR = torch.tensor([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255
 _YCBCR_OFFSET = torch.tensor([16.0, 128.0, 128.0]) / 255
+
+
+def parse_args(argv=None):
+    """``main.py``'s options from the command line ``argv``: parsed, the model options not given read from
+    a ``--pre_train`` checkpoint (``args.pre_train_detected`` says what was read), checked, and on a
+    device (CUDA unless ``--cpu`` or there is none; ``args.device_note`` says when CUDA was missing)."""
+    args = option.parse(argv)
+    args.pre_train_detected = detect.apply_pre_train(args)
+    option.finalize(args)
+    args.device_note = distributed.select_device(args)
+    return args
 
 
 def load_pretrained(path: str | Path, *, device: str | torch.device | None = None, **overrides) -> nn.Module:
@@ -49,71 +59,31 @@ def load_pretrained(path: str | Path, *, device: str | torch.device | None = Non
                                                                             else 'cpu')
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise UserError(f'device {device}: CUDA is not available')
-    flags = ['--pre_train', str(path)]
-    known = {a.dest for a in option.build_parser()._actions}
-    for key, value in overrides.items():
-        if key not in known or key in ('pre_train', 'cpu'):
+    for key in ('pre_train', 'cpu', 'model'):
+        if key in overrides:
             raise TypeError(f'load_pretrained: unknown option {key!r}')
-        if isinstance(value, bool):
-            flags += [f'--{key}'] if value else []
-        else:
-            flags += [f'--{key}', '+'.join(map(str, value)) if isinstance(value, list | tuple) else str(value)]
-    if device.type == 'cpu':
-        flags.append('--cpu')
     state, detected = detect.read_checkpoint(path, what='weights')
     scale = overrides.get('scale')
     if scale is not None and int(scale) != detected.scale:
         raise UserError(f'scale {scale} requested, but {path} is a x{detected.scale} {detected.model} checkpoint')
-    args = option.parse_args(flags)
-    net = import_module('model.' + args.model.lower()).make_model(args)
+    options = {**detected.options, **detected.assumed, **overrides, 'cpu': device.type == 'cpu'}
+    try:
+        args = option.for_model(detected.model, **options)
+    except TypeError as e:
+        raise TypeError(f'load_pretrained: {e}') from None
+    net = registry.get(args.model).make_model(args)
     checkpoint_io.load_into(net, state, source=f'weights {path}', log=lambda _: None, allow_new_upsampler=False)
     net.sr_args = args
     net.sr_detected = detected
     return net.to(device).eval()
 
 
-def _transform(x: Tensor, k: int) -> Tensor:
-    """The k-th of the 8 flips/transposes (bit 0: left-right, bit 1: up-down, bit 2: transpose)."""
-    if k & 1:
-        x = x.flip(-1)
-    if k & 2:
-        x = x.flip(-2)
-    return x.transpose(-2, -1) if k & 4 else x
-
-
-def _untransform(x: Tensor, k: int) -> Tensor:
-    if k & 4:
-        x = x.transpose(-2, -1)
-    if k & 2:
-        x = x.flip(-2)
-    return x.flip(-1) if k & 1 else x
-
-
-def make_forward(net: nn.Module, *, self_ensemble: bool = False, precision: str = 'single') -> tiling.Forward:
+def make_forward(net: nn.Module, *, self_ensemble: bool = False, precision: str = 'single') -> inference.Forward:
     """The network as a function of an LR tensor: no gradients, ``precision`` autocast, optional x8 ensemble."""
-    if precision not in PRECISIONS:
-        raise UserError(f'precision {precision!r}: allowed: {", ".join(PRECISIONS)}')
-    device_type = next(net.parameters()).device.type
-
-    def autocast():
-        if PRECISIONS[precision] is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type, dtype=PRECISIONS[precision])
-
-    def forward(x: Tensor) -> Tensor:
-        with torch.no_grad(), autocast():
-            if not self_ensemble:
-                return net(x.contiguous()).float()
-            total = None
-            for k in range(8):
-                sr = _untransform(net(_transform(x, k).contiguous()).float(), k)
-                total = sr.double() if total is None else total.add_(sr)
-            return total.div_(8).float()
-
-    return forward
+    return inference.make_forward(net, precision=precision, ensemble=self_ensemble)
 
 
-def choose_tile(net: nn.Module, forward: tiling.Forward, n_colors: int, key: tuple = ()) -> int:
+def choose_tile(net: nn.Module, forward: inference.Forward, n_colors: int, key: tuple = ()) -> int:
     """The automatic tile: the largest that fits half the free memory of the network's device.
 
     The network's memory per pixel is measured once per ``key`` (precision, ensemble) and cached on it.
@@ -121,8 +91,8 @@ def choose_tile(net: nn.Module, forward: tiling.Forward, n_colors: int, key: tup
     device = next(net.parameters()).device
     cache = net.__dict__.setdefault('sr_bytes_per_pixel', {})
     if key not in cache:
-        cache[key] = tiling.peak_bytes_per_pixel(forward, n_colors, device)
-    return tiling.auto_tile(cache[key], tiling.available_memory(device))
+        cache[key] = inference.peak_bytes_per_pixel(forward, n_colors, device)
+    return inference.auto_tile(cache[key], inference.available_memory(device))
 
 
 def super_resolve(net: nn.Module, lr: Tensor, *, tile: int | None = None, halo: int | None = None,
@@ -131,18 +101,19 @@ def super_resolve(net: nn.Module, lr: Tensor, *, tile: int | None = None, halo: 
     """SR of ``lr`` (1, n_colors, h, w) in [0, rgb_range] on the CPU; returns float32 on the CPU.
 
     ``tile`` None: automatic (:func:`choose_tile`); ``halo`` None: the model's default
-    (:func:`tiling.default_halo`, exact for convolutional models).
+    (:func:`inference.default_halo`, exact for convolutional models).
     """
     args = net.sr_args
     forward = make_forward(net, self_ensemble=self_ensemble, precision=precision)
     if halo is None:
-        halo = tiling.default_halo(net, args.model)[0]
+        halo = inference.default_halo(net, registry.get(args.model).local)[0]
     if tile is None:
         tile = (choose_tile(net, forward, args.n_colors, (precision, self_ensemble))
-                if max(lr.shape[-2:]) > tiling.MIN_TILE else tiling.MIN_TILE)
-    device = next(net.parameters()).device
-    return tiling.tiled_forward(forward, lr, scale=args.scale[0], tile=tile, halo=halo, device=device,
-                                progress=progress)
+                if max(lr.shape[-2:]) > inference.MIN_TILE else inference.MIN_TILE)
+    h, w = lr.shape[-2:]
+    return inference.tiled_forward(forward, lr, scale=args.scale[0], rows=inference.halo_spans(h, tile, halo),
+                                   cols=inference.halo_spans(w, tile, halo), device=next(net.parameters()).device,
+                                   progress=progress)
 
 
 def _bicubic(x: Tensor, scale: int) -> Tensor:

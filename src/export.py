@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 import api
-from core.errors import UserError
+from core.errors import run_entry_point
 from model.lcoa import LearnableCollaborativeAttention
 
 OPSET = 18
@@ -116,20 +116,16 @@ def max_difference(path: str | Path, net: nn.Module, lr: Tensor) -> float:
     return float(np.abs(got - want).max())
 
 
-def main(argv=None) -> int:
+def run(argv=None) -> int:
     p = argparse.ArgumentParser(description='Export a checkpoint to ONNX (architecture detected from the weights).')
     p.add_argument('--weights', required=True, help='checkpoint (.pt state_dict)')
     p.add_argument('--onnx', required=True, help='output .onnx file')
     p.add_argument('--opset', type=int, default=OPSET, help='ONNX opset')
     p.add_argument('--no_check', action='store_true', help='skip the onnxruntime comparison')
     args = p.parse_args(argv)
-    try:
-        net = api.load_pretrained(args.weights, device='cpu')
-        print(f'{args.weights}: {net.sr_detected.describe()}')
-        path = export_onnx(net, args.onnx, opset=args.opset)
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    net = api.load_pretrained(args.weights, device='cpu')
+    print(f'{args.weights}: {net.sr_detected.describe()}')
+    path = export_onnx(net, args.onnx, opset=args.opset)
     print(f'Wrote {path} (input lr: 1 x {net.sr_args.n_colors} x H x W in [0, 1]; output sr: x{net.sr_args.scale[0]}).')
     if not args.no_check:
         try:
@@ -144,6 +140,10 @@ def main(argv=None) -> int:
             print('error: the exported model differs from PyTorch by more than 1e-4', file=sys.stderr)
             return 1
     return 0
+
+
+def main(argv=None) -> int:
+    return run_entry_point(lambda: run(argv))
 
 
 if __name__ == '__main__':

@@ -4,10 +4,10 @@ import sys
 
 import torch
 
+import api
 import data
 import loss
 import model
-import option
 from core import distributed
 from core.errors import UserError, show_warnings_plainly
 from core.io_utils import write_error_cause
@@ -41,9 +41,9 @@ def main(argv=None) -> int:
     show_warnings_plainly()
     args = None
     try:
-        args = option.parse_args(argv)
-        if not args.cuda_available and not args.cpu_requested:
-            print('CUDA is not available: running on the CPU.')
+        args = api.parse_args(argv)
+        if args.device_note:
+            print(args.device_note)
         distributed.launch(args, run)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)

@@ -2,15 +2,19 @@
 
 ``parse_args(argv)`` returns an ``argparse.Namespace`` whose list-valued flags are already split
 (``--scale 2+3`` -> ``[2, 3]``, ``--decay 300-600`` -> ``[300, 600]``) and whose values have been
-checked. A bad value raises :class:`errors.UserError` with one line naming the flag and what is
-allowed; ``main.py`` prints it without a traceback.
+checked. A bad value raises :class:`core.errors.UserError` with one line naming the flag and what is
+allowed; ``main.py`` prints it without a traceback. It is :func:`parse` (the command line and the
+template) followed by :func:`finalize` (the checks); ``main.py`` reads a ``--pre_train`` checkpoint's
+options in between. Parsing reads no file and probes no hardware: ``args.device`` is what was asked
+for (``--cpu`` or CUDA), and ``core.distributed.select_device`` settles it.
 
-Model flags (``MODEL_DEFAULTS``) mean different things per model and have each model's published
-defaults (``--n_hashes`` is LCoAN's k-means rounds, 1, and NLSN's LSH rounds, 4). Their parser
-default is ``None``; a flag given on the command line or by ``--template`` wins, and
-:func:`fill_model_defaults` gives every other one of the chosen model's flags its published value.
-``args.given`` is the set of option names set on the command line or by the template; a model
-flag the chosen model does not use is an error when given, and ``None`` otherwise.
+Model flags come from the architectures (``model.registry``): each declares the flags it reads and
+their published defaults, so a flag can mean different things per model (``--n_hashes`` is LCoAN's
+k-means rounds, 1, and NLSN's LSH rounds, 4). Their parser default is ``None``; a flag given on the
+command line or by ``--template`` wins, and :func:`fill_model_defaults` gives every other one of the
+chosen model's flags its published value. ``args.given`` is the set of option names set on the
+command line or by the template; a model flag the chosen model does not use is an error when given,
+and ``None`` otherwise.
 """
 
 import argparse
@@ -18,31 +22,13 @@ import math
 import re
 import sys
 
-import torch
-
 import template
 from core.errors import UserError
-from model import detect
+from data import TEST_SETS, TRAIN_SETS
+from model import registry
+from model.inference import PRECISIONS
+from model.spec import bad_flag
 
-MODELS = ('LCoAN', 'EDSR', 'RCAN', 'RDN', 'NLSN')
-# The published configuration of each model: the values its model flags take when not given.
-MODEL_DEFAULTS = {
-    'LCoAN': dict(n_resgroups=10, n_resblocks=4, n_feats=128, reduction=1, res_scale=0.1, n_clusters=128,
-                  window_size=384, ema_decay=0.999, n_hashes=1),
-    'EDSR': dict(n_resblocks=16, n_feats=64, res_scale=1.0),  # EDSR-PyTorch's EDSR baseline
-    'RCAN': dict(n_resgroups=10, n_resblocks=20, n_feats=64, reduction=16, res_scale=1.0),
-    'RDN': dict(G0=64, RDNkSize=3, RDNconfig='B'),
-    'NLSN': dict(n_resblocks=32, n_feats=256, res_scale=0.1, chunk_size=144, n_hashes=4),
-}
-MODEL_FLAGS = tuple(dict.fromkeys(f for defaults in MODEL_DEFAULTS.values() for f in defaults))
-# Scales each model's official upsampler supports (sub-pixel stages of 2, or one of 3; RDN: 2, 3, 4).
-MODEL_SCALES = {'LCoAN': (2, 3, 4), 'EDSR': (2, 3, 4, 8), 'RCAN': (2, 3, 4, 8), 'RDN': (2, 3, 4),
-                'NLSN': (2, 3, 4, 8)}
-TRAIN_SETS = ('DIV2K', 'Sample')
-BENCHMARK_SETS = ('Set5', 'Set14', 'B100', 'Urban100', 'Manga109')
-TEST_SETS = ('DIV2K', 'Sample', 'Demo') + BENCHMARK_SETS
-PRECISIONS = ('single', 'half', 'bf16')
-ATTENTION_IMPLS = ('fast', 'reference')  # the keys of model.lcoa.IMPLEMENTATIONS
 OPTIMIZERS = ('ADAM', 'SGD', 'RMSprop')
 EXTS = ('img', 'sep', 'sep_reset')
 
@@ -56,14 +42,23 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _model_help(flag: str, meaning: str) -> str:
-    defaults = ', '.join(f'{model} {d[flag]}' for model, d in MODEL_DEFAULTS.items() if flag in d)
+def _model_flag_help(users) -> str:
+    """The meaning of a model flag (per model where they differ) and each model's default."""
+    meanings = list(dict.fromkeys(flag.help for _, flag in users))
+    if len(meanings) == 1:
+        meaning = meanings[0]
+    else:
+        meaning = '; '.join(f'{arch.name}: {flag.help}' for arch, flag in users)
+    choices = users[0][1].choices
+    if choices:
+        meaning += f' ({"|".join(choices)})'
+    defaults = ', '.join(f'{arch.name} {arch.defaults[flag.name]}' for arch, flag in users)
     return f'{meaning} (default per model: {defaults})'
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description='LCoAN (and the baselines EDSR, RCAN, RDN, NLSN) for single-image super-resolution',
+        description='Single-image super-resolution: ' + ', '.join(registry.names()),
         epilog='Model flags that are not given take the published default of the chosen --model (listed with '
                'each flag); a flag given on the command line always wins. config.txt records the values in force.',
         formatter_class=_HelpFormatter,
@@ -95,30 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     g('--no_augment', action='store_true', help='no random flips and rotations of training patches')
 
     g = parser.add_argument_group('model').add_argument
-    g('--model', default='LCoAN', help=f'model name, any letter case: {"|".join(MODELS)}')
+    g('--model', default=registry.DEFAULT,
+      help='model name, any letter case: ' + '; '.join(f'{a.name} ({a.description})'
+                                                       for a in registry.architectures().values()))
     g('--pre_train', type=str, default='', help='checkpoint (.pt state_dict) to start from')
-    g('--n_resgroups', type=int, help=_model_help('n_resgroups', 'residual groups'))
-    g('--n_resblocks', type=int, help=_model_help('n_resblocks', 'residual blocks (per group for LCoAN and RCAN)'))
-    g('--n_feats', type=int, help=_model_help('n_feats', 'feature channels'))
-    g('--reduction', type=int, help=_model_help(
-        'reduction', "LCoAN: the attention's query/key embedding has n_feats // reduction channels; RCAN: "
-        'channel attention squeezes n_feats to n_feats // reduction'))
-    g('--res_scale', type=float, help=_model_help('res_scale', 'residual scaling'))
-    g('--n_clusters', type=int, help=_model_help('n_clusters', 'k-means clusters of the learnable sparse pattern'))
-    g('--window_size', type=int, help=_model_help('window_size', 'attention window (positions sorted by cluster)'))
-    g('--ema_decay', type=float, help=_model_help(
-        'ema_decay', "decay of the centroids' moving average, in [0, 1]; 1 freezes them at their k-means "
-        'initialisation, as the official code (which never applies its moving average) trained the published models'))
-    g('--n_hashes', type=int, help=_model_help('n_hashes', 'LCoAN: k-means rounds; NLSN: LSH rounds'))
-    g('--chunk_size', type=int, help=_model_help('chunk_size', 'positions per NLSN attention chunk'))
-    g('--G0', type=int, help=_model_help('G0', 'RDN: feature channels between residual dense blocks'))
-    g('--RDNkSize', type=int, help=_model_help('RDNkSize', 'RDN: kernel size (odd) outside the dense blocks'))
-    g('--RDNconfig', type=str, help=_model_help(
-        'RDNconfig', 'RDN: A (20 blocks x 6 layers, growth 32) or B (16 x 8, growth 64)'))
-    g('--attention_impl', type=str, default='fast',
-      help=f'LCoAN sparse-attention implementation: {"|".join(ATTENTION_IMPLS)} '
-           '(same outputs; reference is the plain one)')
-    g('--precision', type=str, default='single', help=f'{"|".join(PRECISIONS)} (autocast on CUDA)')
+    for name, users in registry.model_flags().items():
+        g(f'--{name}', type=users[0][1].type, help=_model_flag_help(users))
+    g('--precision', type=str, default='single', help=f'{"|".join(PRECISIONS)} (autocast)')
     g('--chop', action='store_true', help='tiled inference for large images')
     g('--chop_size', type=int, default=96, help='LR tile size for --chop')
     g('--chop_overlap', type=int, default=12, help='LR overlap between tiles for --chop')
@@ -168,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(flag: str, value, allowed: str):
-    raise UserError(f'--{flag} {value!r}: {allowed}')
+    raise bad_flag(flag, value, allowed)
 
 
 def _split_list(flag: str, value: str, sep: str, kind=int, allowed: str = ''):
@@ -199,14 +177,30 @@ def _names(flag: str, value: str, allowed):
 def fill_model_defaults(args: argparse.Namespace) -> None:
     """Give every model flag of ``args.model`` that is still ``None`` the model's published default;
     refuse a given model flag that the model does not use."""
-    defaults = MODEL_DEFAULTS[args.model]
-    for flag in MODEL_FLAGS:
-        if flag in defaults:
+    arch = registry.get(args.model)
+    for flag in registry.model_flags():
+        if flag in arch.defaults:
             if getattr(args, flag) is None:
-                setattr(args, flag, defaults[flag])
+                setattr(args, flag, arch.defaults[flag])
         elif flag in args.given and getattr(args, flag) is not None:
             _fail(flag, getattr(args, flag), f'{args.model} has no such option; its model options are '
-                  + ', '.join(f'--{f}' for f in defaults))
+                  + ', '.join(f'--{f}' for f in arch.defaults))
+
+
+def _check_model_flags(args: argparse.Namespace) -> None:
+    """Sign and choices of the chosen model's flags, then the model's own checks."""
+    arch = registry.get(args.model)
+    for flag in arch.flags:
+        value = getattr(args, flag.name)
+        if flag.must_be_positive and not value > 0:
+            _fail(flag.name, value, 'must be a positive integer' if flag.type is int else 'must be > 0')
+        if flag.choices:
+            canonical = {c.lower(): c for c in flag.choices}.get(str(value).lower())
+            if canonical is None:
+                _fail(flag.name, value, f'allowed: {", ".join(flag.choices)}')
+            setattr(args, flag.name, canonical)
+    if arch.check is not None:
+        arch.check(args)
 
 
 def finalize(args: argparse.Namespace) -> argparse.Namespace:
@@ -215,15 +209,13 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     for flag, value in vars(args).items():
         if isinstance(value, float) and not math.isfinite(value):
             _fail(flag, value, 'must be a finite number')
-    model = {m.lower(): m for m in MODELS}.get(str(args.model).lower())
-    if model is None:
-        _fail('model', args.model, f'allowed: {", ".join(MODELS)}')
-    args.model = model
+    arch = registry.get(args.model)
+    model = args.model = arch.name
     if not hasattr(args, 'given'):
         args.given = set()
     fill_model_defaults(args)
 
-    scales = MODEL_SCALES[model]
+    scales = arch.scales
     args.scale = _split_list('scale', args.scale, '+', int, f'"+"-separated integers from {scales}')
     if not args.scale or any(s not in scales for s in args.scale):
         _fail('scale', '+'.join(map(str, args.scale)), f'{model} upsamples by {", ".join(map(str, scales))}')
@@ -254,34 +246,20 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         _fail('betas', args.betas, 'two floats in [0, 1), e.g. 0.9+0.999')
     args.betas = tuple(betas)
 
-    for flag in ('n_resgroups', 'n_resblocks', 'n_feats', 'reduction', 'n_clusters', 'window_size',
-                 'n_hashes', 'chunk_size', 'G0', 'RDNkSize', 'batch_size', 'patch_size', 'epochs', 'test_every',
-                 'print_every', 'rgb_range', 'n_GPUs', 'chop_size', 'chop_batch', 'dist_timeout'):
+    _check_model_flags(args)
+    for flag in ('batch_size', 'patch_size', 'epochs', 'test_every', 'print_every', 'rgb_range', 'n_GPUs',
+                 'chop_size', 'chop_batch', 'dist_timeout'):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             _fail(flag, getattr(args, flag), 'must be a positive integer')
     for flag in ('n_threads', 'chop_overlap', 'seed'):
         if getattr(args, flag) < 0:
             _fail(flag, getattr(args, flag), 'must be >= 0')
-    for flag in ('lr', 'res_scale', 'gamma', 'epsilon', 'skip_threshold'):
+    for flag in ('lr', 'gamma', 'epsilon', 'skip_threshold'):
         if getattr(args, flag) is not None and not getattr(args, flag) > 0:
             _fail(flag, getattr(args, flag), 'must be > 0')
     for flag in ('weight_decay', 'gclip', 'momentum'):
         if getattr(args, flag) < 0:
             _fail(flag, getattr(args, flag), 'must be >= 0')
-    if model == 'LCoAN' and args.n_feats % args.reduction:
-        _fail('reduction', args.reduction, f'must divide --n_feats ({args.n_feats})')
-    if model == 'RCAN' and args.reduction > args.n_feats:
-        _fail('reduction', args.reduction, f'must be at most --n_feats ({args.n_feats})')
-    if model == 'NLSN' and args.n_feats % 4:
-        _fail('n_feats', args.n_feats, "NLSN's attention needs a multiple of 4")
-    if model == 'LCoAN' and not 0 <= args.ema_decay <= 1:
-        _fail('ema_decay', args.ema_decay, 'must be in [0, 1] (1 freezes the centroids)')
-    if model == 'RDN':
-        if args.RDNkSize % 2 == 0:
-            _fail('RDNkSize', args.RDNkSize, 'must be odd')
-        if args.RDNconfig.upper() not in ('A', 'B'):
-            _fail('RDNconfig', args.RDNconfig, 'allowed: A (D20 C6 G32) or B (D16 C8 G64)')
-        args.RDNconfig = args.RDNconfig.upper()
     if args.n_colors not in (1, 3):
         _fail('n_colors', args.n_colors, 'allowed: 1 (Y channel) or 3 (RGB)')
     for s in [] if args.test_only else args.scale:  # patches are only cut for training
@@ -289,8 +267,6 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
             _fail('patch_size', args.patch_size, f'must be divisible by the scale ({s})')
     if args.chop_overlap * 2 >= args.chop_size:
         _fail('chop_overlap', args.chop_overlap, f'must be less than half of --chop_size ({args.chop_size})')
-    if args.attention_impl not in ATTENTION_IMPLS:
-        _fail('attention_impl', args.attention_impl, f'allowed: {", ".join(ATTENTION_IMPLS)}')
     if args.precision not in PRECISIONS:
         _fail('precision', args.precision, f'allowed: {", ".join(PRECISIONS)}')
     if args.optimizer not in OPTIMIZERS:
@@ -301,10 +277,6 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         _fail('resume', args.resume, '-1 (latest), 0 (start anew) or an epoch number')
     if args.pre_train == '.':  # the official default meaning "none"
         args.pre_train = ''
-
-    args.cuda_available = torch.cuda.is_available()
-    args.cpu_requested = args.cpu
-    args.cpu = args.cpu or not args.cuda_available
     args.device = 'cpu' if args.cpu else 'cuda'
     return args
 
@@ -319,12 +291,11 @@ def _given(parser: argparse.ArgumentParser, argv) -> set[str]:
     return {dest for dest, value in vars(found).items() if value is not unset}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """Parse ``argv`` (default ``sys.argv[1:]``); a template's values act as defaults, so flags win.
+def parse(argv=None) -> argparse.Namespace:
+    """The command line ``argv`` (default ``sys.argv[1:]``) with its template's values as defaults, unchecked.
 
-    ``args.given`` records the options set on the command line or by the template. With ``--pre_train``,
-    the model options not in it are read from the checkpoint (``model.detect``) before the model's
-    published defaults fill the rest.
+    ``args.given`` records the options set on the command line or by the template (flags win over the
+    template). Model flags not given are ``None`` until :func:`finalize`.
     """
     if argv is None:
         argv = sys.argv[1:]
@@ -340,6 +311,27 @@ def parse_args(argv=None) -> argparse.Namespace:
         given |= set(preset)
     args = parser.parse_args(argv)
     args.given = given - {'template'}
-    # Checkpoint-detected options, logged by main.run once the run's log exists.
-    args.pre_train_detected = detect.apply_pre_train(args)
+    return args
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """:func:`parse` then :func:`finalize`: the checked options of the command line ``argv``."""
+    return finalize(parse(argv))
+
+
+def for_model(model: str, **options) -> argparse.Namespace:
+    """Checked options for building ``model`` in code: the parser's defaults with ``options`` set (by flag
+    name, e.g. ``scale=2``, ``n_feats=64``; a list flag as a list or as its string). Unknown names raise
+    TypeError."""
+    parser = build_parser()
+    args = parser.parse_args([])
+    known = vars(args)
+    for key, value in options.items():
+        if key not in known or key == 'model':
+            raise TypeError(f'unknown option {key!r}')
+        if isinstance(value, list | tuple):
+            value = '+'.join(map(str, value))
+        setattr(args, key, str(value) if key == 'scale' else value)
+    args.model = model
+    args.given = set(options) | {'model'}
     return finalize(args)

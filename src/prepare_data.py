@@ -16,7 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from core.errors import UserError, show_warnings_plainly
+from core.errors import UserError, run_entry_point
 from data.common import DataError, describe_conversion, list_images, output_names, read_info
 from data.storage import available_cores, make_lr_images
 
@@ -58,19 +58,18 @@ def prepare(hr_folder: Path, scales: list[int], workers: int = 1) -> list[Path]:
     return [path for paths in made for path in paths]
 
 
-def main(argv: list[str] | None = None) -> int:
-    show_warnings_plainly()
+def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        scales = parse_scales(args.scale)
-        if args.workers < 1:
-            raise UserError(f'--workers {args.workers}: must be >= 1')
-        written = prepare(args.hr_folder, scales, args.workers)
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    scales = parse_scales(args.scale)
+    if args.workers < 1:
+        raise UserError(f'--workers {args.workers}: must be >= 1')
+    written = prepare(args.hr_folder, scales, args.workers)
     print(f'wrote {len(written)} LR images under {written[0].parent.parent}')
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_entry_point(lambda: run(argv))
 
 
 if __name__ == '__main__':

@@ -3,8 +3,17 @@
 A template only changes defaults: any flag given on the command line still wins. Model flags sit
 under ``models``, per model: a template applies those of the model in force (its own ``model``, or
 the one given with ``--model``, e.g. ``--template demo --model NLSN`` for a small NLSN demo); other
-model flags keep the chosen model's published defaults.
+model flags keep the chosen model's published defaults. The demo's model flags are each
+architecture's own small configuration (``Architecture.demo``), so every architecture has a demo.
 """
+
+from model import registry
+
+
+def _demo_configuration(model: str) -> dict:
+    names = {name.lower() for name in registry.names()}
+    return dict(registry.get(model).demo) if str(model).lower() in names else {}
+
 
 TEMPLATES = {
     # The paper's configuration (all flags of the paper's x2 command line except paths and --save).
@@ -27,14 +36,7 @@ TEMPLATES = {
         model='LCoAN', rgb_range=1, scale='2', patch_size=64, batch_size=8, test_every=50, epochs=12, lr=5e-4,
         decay='8', data_train='Sample', data_test='Sample', ext='sep', n_threads=1, print_every=25, save='demo',
         save_results=True, compare_bicubic=True,
-        models={
-            'LCoAN': dict(n_resgroups=2, n_resblocks=2, n_feats=32, reduction=2, n_clusters=16, window_size=96,
-                          ema_decay=0.99, res_scale=0.1),
-            'EDSR': dict(n_resblocks=4, n_feats=32, res_scale=0.1),
-            'RCAN': dict(n_resgroups=2, n_resblocks=2, n_feats=32, reduction=4),
-            'NLSN': dict(n_resblocks=4, n_feats=32, res_scale=0.1, chunk_size=64, n_hashes=4),
-            'RDN': dict(G0=16, RDNconfig='A'),
-        },
+        models=_demo_configuration,
     ),
     # The baselines' published configurations (EDSR-PyTorch and NLSN documentation).
     'EDSR_baseline': dict(model='EDSR', models={'EDSR': dict(n_resblocks=16, n_feats=64, res_scale=1.0)}),
@@ -53,7 +55,10 @@ def get_template(name: str, model: str | None = None) -> dict:
     ``model`` is matched in any letter case.
     """
     preset = dict(TEMPLATES[name])
-    per_model = {m.lower(): flags for m, flags in preset.pop('models', {}).items()}
-    chosen = model if model is not None else preset.get('model', '')
-    preset.update(per_model.get(str(chosen).lower(), {}))
+    models = preset.pop('models', {})
+    chosen = str(model if model is not None else preset.get('model', ''))
+    if callable(models):
+        preset.update(models(chosen))
+    else:
+        preset.update({m.lower(): flags for m, flags in models.items()}.get(chosen.lower(), {}))
     return preset

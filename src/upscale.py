@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import api
-from core.errors import UserError
+from core.errors import UserError, run_entry_point
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 JPEG_QUALITY = 95
@@ -212,11 +212,7 @@ def run(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    try:
-        return run(argv)
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    return run_entry_point(lambda: run(argv))
 
 
 if __name__ == '__main__':

@@ -23,8 +23,6 @@ module's buckets and chunks; one random hashing, drawn after ``--seed``), for co
 """
 
 import argparse
-import importlib
-import importlib.util
 import math
 import sys
 from dataclasses import dataclass
@@ -42,10 +40,10 @@ from torch import Tensor, nn
 if __package__ in (None, ''):  # run as a script: make src/ importable like main.py does
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import option  # noqa: E402
-from core.errors import UserError  # noqa: E402
+import api  # noqa: E402
+from core.errors import UserError, run_entry_point  # noqa: E402
 from data.common import read_image  # noqa: E402
-from model import checkpoint_io, lcoa_stats  # noqa: E402
+from model import checkpoint_io, lcoa_stats, registry  # noqa: E402
 from model import sparse_attention_reference as reference  # noqa: E402
 from model.lcoa import LearnableCollaborativeAttention  # noqa: E402
 
@@ -83,10 +81,7 @@ def build_model(args: argparse.Namespace, weights: Path, log=print) -> nn.Module
     ``args`` comes from :func:`option.parse_args` with ``--pre_train weights``, so the architecture
     flags not given on the command line are already those detected from the checkpoint.
     """
-    if args.model == 'NLSN' and importlib.util.find_spec('model.nlsa') is None:
-        raise UserError('--model NLSN: NLSN is not available in this checkout (model/nlsa.py is missing)')
-    module = importlib.import_module('model.' + args.model.lower())
-    net = module.make_model(args)
+    net = registry.get(args.model).make_model(args)
     checkpoint_io.load_checkpoint(net, weights, log=log, what='--weights', allow_new_upsampler=False)
     return net.eval()
 
@@ -126,7 +121,7 @@ def capture_nlsn(net: nn.Module, lr: Tensor) -> Capture:
     the module's own embedding, with each position's rank in that sort as its code, so its windows are
     exactly the module's chunks.
     """
-    from model.nlsa import NonLocalSparseAttention  # only with NLSN available (see build_model)
+    from model.nlsa import NonLocalSparseAttention
     module = next((m for m in net.modules() if isinstance(m, NonLocalSparseAttention)), None)
     if module is None:
         raise UserError(f'{type(net).__name__} has no non-local sparse attention to show')
@@ -159,8 +154,12 @@ def capture_nlsn(net: nn.Module, lr: Tensor) -> Capture:
     return Capture(buckets, pattern, max(n_buckets, 1), min(module.chunk_size, length), 'LSH bucket')
 
 
-def capture(net: nn.Module, lr: Tensor, model_name: str) -> Capture:
-    return capture_nlsn(net, lr) if model_name == 'NLSN' else capture_lcoa(net, lr)
+def capture(net: nn.Module, lr: Tensor) -> Capture:
+    """The first sparse-attention module's pattern: LCoA's k-means clusters or NLSA's LSH buckets."""
+    from model.nlsa import NonLocalSparseAttention
+    if any(isinstance(m, NonLocalSparseAttention) for m in net.modules()):
+        return capture_nlsn(net, lr)
+    return capture_lcoa(net, lr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,7 +359,7 @@ def run(argv=None) -> list[Path]:
     """Write the figures; returns their paths."""
     vis, rest = build_parser().parse_known_args(argv)
     # The architecture flags not given are read from the weights (model.detect), as for main.py --pre_train.
-    args = option.parse_args([*rest, '--pre_train', str(vis.weights)])
+    args = api.parse_args([*rest, '--pre_train', str(vis.weights), '--cpu'])
     if args.pre_train_detected:
         print(args.pre_train_detected)
     torch.manual_seed(args.seed)  # NLSN's random rotations
@@ -380,7 +379,7 @@ def run(argv=None) -> list[Path]:
 
     net = build_model(args, Path(vis.weights))
     lr = torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32))[None] * (args.rgb_range / 255)
-    cap = capture(net, lr, args.model)
+    cap = capture(net, lr)
     layout = lcoa_stats.pattern_layout(cap.pattern)
     index = torch.tensor([py * w + px for py, px in pixels])
     rows = lcoa_stats.attention_rows(layout, index).numpy()
@@ -420,12 +419,10 @@ def run(argv=None) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    try:
+    def body() -> int:
         run(argv)
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    return 0
+        return 0
+    return run_entry_point(body)
 
 
 if __name__ == '__main__':

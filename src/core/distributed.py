@@ -50,6 +50,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def select_device(args) -> str | None:
+    """Settle ``args.device``: CUDA unless ``--cpu`` or there is none. Returns a line to show when CUDA was
+    wanted but is not available (the run then goes to the CPU), else None."""
+    if args.cpu or torch.cuda.is_available():
+        return None
+    args.cpu, args.device = True, 'cpu'
+    return 'CUDA is not available: running on the CPU.'
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(('127.0.0.1', 0))

@@ -35,6 +35,10 @@ from data.demo import demo_set
 from data.srdata import TestImages, TrainPatches, say, scan_pairs
 from data.storage import ImageStore
 
+# The names --data_train and --data_test accept.
+TRAIN_SETS = ('DIV2K', 'Sample')
+TEST_SETS = ('DIV2K', 'Sample', 'Demo') + benchmark.BENCHMARK_SETS
+
 # A DataLoader worker that delivers nothing for this long counts as hung and fails the run. A batch
 # of patches from 2K images decodes in well under a second; this leaves room for a loaded machine.
 LOADER_TIMEOUT_S = 300

@@ -17,7 +17,6 @@ Keys and shapes must match the network exactly, with two exceptions:
   RCAN checkpoints, absent from RCAN's own ``RCAN_BIX2.pt``) may be missing; the network keeps its own.
 """
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,10 +25,9 @@ from torch import nn
 
 from core.errors import UserError
 from core.io_utils import load_state
+from model.spec import PLACEHOLDER_KEYS, upsampler_scale
 
 UPSAMPLER_PREFIX = 'tail.0.'
-# Parameters that forward never reads, kept only for checkpoint compatibility: a checkpoint may lack them.
-PLACEHOLDER_KEYS = ('a',)
 DDP_PREFIX = 'module.'
 # Entries under which training scripts commonly nest the state_dict, in order of preference.
 WRAPPER_KEYS = ('params_ema', 'params', 'state_dict', 'model', 'net')
@@ -104,30 +102,6 @@ def strip_ddp_prefix(state: dict[str, torch.Tensor], *, log: Callable[[str], Non
 def upsampler_prefix(network: nn.Module) -> str:
     """The state_dict prefix of ``network``'s upsampler: its ``upsampler_prefix`` attribute, else ``tail.0.``."""
     return getattr(network, 'upsampler_prefix', UPSAMPLER_PREFIX)
-
-
-def upsampler_scale(state: dict[str, torch.Tensor], prefix: str = UPSAMPLER_PREFIX) -> int | None:
-    """The scale of the upsampler in ``state``: the product over its conv + PixelShuffle(r) stages.
-
-    The convolutions under ``prefix`` and the first one after them are taken in state_dict order;
-    each but the last feeds a PixelShuffle(r), so its output channels are ``r*r`` times the input
-    channels of the next one. ``None`` when the keys do not look like that.
-    """
-    keys = list(state)
-    convs = [i for i, k in enumerate(keys)
-             if k.startswith(prefix) and k.endswith('.weight') and state[k].dim() == 4]
-    if not convs:
-        return None
-    after = [i for i, k in enumerate(keys) if i > convs[-1] and k.endswith('.weight') and state[k].dim() == 4]
-    weights = [state[keys[i]] for i in convs + after[:1]]
-    scale = 1
-    for w, following in zip(weights, weights[1:], strict=False):
-        out_ch, in_ch = w.shape[0], following.shape[1]
-        root = math.isqrt(out_ch // in_ch) if out_ch % in_ch == 0 else 0
-        if root < 2 or root * root * in_ch != out_ch:
-            return None
-        scale *= root
-    return scale if len(weights) > 1 else None
 
 
 def _fmt_shape(shape: torch.Size) -> str:

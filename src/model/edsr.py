@@ -10,13 +10,52 @@ import argparse
 import torch
 from torch import Tensor, nn
 
-from model import common
+from model import common, spec
 
 
 def make_model(args: argparse.Namespace) -> 'EDSR':
     """The network configured by the parsed options ``args`` (see ``option.py``)."""
     return EDSR(scale=args.scale[0], n_resblocks=args.n_resblocks, n_feats=args.n_feats, res_scale=args.res_scale,
                 n_colors=args.n_colors, rgb_range=args.rgb_range)
+
+
+# EDSR-PyTorch's two published sizes; only the large (paper) one scales its residuals.
+PAPER = dict(n_resblocks=32, n_feats=256, res_scale=0.1)
+
+
+def _read_options(state: spec.StateDict) -> dict:
+    return dict(spec.edsr_like_options(state), n_resblocks=spec.count(state, 'body.{i}.body.0.weight'))
+
+
+def _shapes(*, scale: int, n_colors: int, n_feats: int, n_resblocks: int, **_) -> spec.Shapes:
+    body: spec.Shapes = {}
+    for b in range(n_resblocks):
+        body.update(spec.resblock(f'body.{b}.', n_feats))
+    body.update(spec.conv(f'body.{n_resblocks}.', n_feats, n_feats, 3))
+    return spec.edsr_like(scale=scale, n_colors=n_colors, n_feats=n_feats, body=body)
+
+
+def _assume(read: dict) -> dict:
+    paper = all(read.get(k) == PAPER[k] for k in ('n_resblocks', 'n_feats'))
+    return {'res_scale': PAPER['res_scale'] if paper else 1.0}
+
+
+ARCH = spec.Architecture(
+    name='EDSR',
+    description='Enhanced Deep Residual Network (Lim et al., CVPRW 2017)',
+    make_model=make_model,
+    flags=(spec.ModelFlag('n_resblocks', int, 'residual blocks'), spec.N_FEATS, spec.RES_SCALE),
+    defaults=dict(n_resblocks=16, n_feats=64, res_scale=1.0),  # EDSR-PyTorch's EDSR baseline
+    scales=(2, 3, 4, 8),
+    demo=dict(n_resblocks=4, n_feats=32, res_scale=0.1),
+    tiny=dict(n_resblocks=1, n_feats=8),
+    local=True,
+    signature='body.0.body.0.weight',
+    key_pattern=rf'''{spec.EDSR_LIKE_KEYS} | body\.\d+\.(weight|bias) | body\.\d+\.body\.[02]\.(weight|bias)''',
+    read_options=_read_options,
+    shapes=_shapes,
+    assume=_assume,
+)
 
 
 class EDSR(nn.Module):

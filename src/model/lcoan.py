@@ -14,9 +14,9 @@ import argparse
 import torch
 from torch import Tensor, nn
 
-from model import common
+from model import common, spec
 from model.attention_interface import Pattern
-from model.lcoa import LearnableCollaborativeAttention
+from model.lcoa import IMPLEMENTATIONS, LearnableCollaborativeAttention
 
 # Inference computes the upsampler tail in strips of this many LR rows (see LCoAN._tail_in_strips).
 TAIL_STRIP_ROWS = 32
@@ -31,6 +31,74 @@ def make_model(args: argparse.Namespace) -> 'LCoAN':
         window_size=args.window_size, n_hashes=args.n_hashes, ema_decay=args.ema_decay, n_colors=args.n_colors,
         rgb_range=args.rgb_range, attention_impl=args.attention_impl,
     )
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.n_feats % args.reduction:
+        raise spec.bad_flag('reduction', args.reduction, f'must divide --n_feats ({args.n_feats})')
+    if not 0 <= args.ema_decay <= 1:
+        raise spec.bad_flag('ema_decay', args.ema_decay, 'must be in [0, 1] (1 freezes the centroids)')
+
+
+def _read_options(state: spec.StateDict) -> dict:
+    options = spec.edsr_like_options(state)
+    n_hashes, n_clusters, dim = spec.shape(state, 'body.0.attention.0.kmeans.means')
+    return dict(options, n_resgroups=spec.count(state, 'body.{i}.m_conv.0.weight'),
+                n_resblocks=spec.count(state, 'body.0.local_body.{i}.body.0.weight'),
+                reduction=spec.ratio(options['n_feats'], dim), n_clusters=n_clusters, n_hashes=n_hashes)
+
+
+def _shapes(*, scale: int, n_colors: int, n_feats: int, n_resgroups: int, n_resblocks: int, reduction: int,
+            n_clusters: int, n_hashes: int, **_) -> spec.Shapes:
+    body: spec.Shapes = {}
+    for g in range(n_resgroups):
+        p = f'body.{g}.'
+        for b in range(n_resblocks):
+            body.update(spec.resblock(f'{p}local_body.{b}.', n_feats))
+        att = p + 'attention.0.'
+        body[att + 'kmeans.means'] = (n_hashes, n_clusters, n_feats // reduction)
+        body[att + 'kmeans.initted'] = ()
+        body.update(spec.conv(att + 'conv_match.0.', n_feats // reduction, n_feats, 3))
+        body.update(spec.conv(att + 'conv_assembly.0.', n_feats, n_feats, 1))
+        body.update(spec.conv(p + 'm_conv.0.', n_feats, n_feats, 3))
+    body.update(spec.conv('m_conv.0.', n_feats, n_feats, 3))
+    return {'a': (1,), **spec.edsr_like(scale=scale, n_colors=n_colors, n_feats=n_feats, body=body)}
+
+
+ARCH = spec.Architecture(
+    name='LCoAN',
+    description='Learnable Collaborative Attention Network (this codebase\'s own model)',
+    make_model=make_model,
+    flags=(
+        spec.N_RESGROUPS,
+        spec.ModelFlag('n_resblocks', int, 'residual blocks per group'),
+        spec.N_FEATS,
+        spec.ModelFlag('reduction', int, "the attention's query/key embedding has n_feats // reduction channels"),
+        spec.RES_SCALE,
+        spec.ModelFlag('n_clusters', int, 'k-means clusters of the learnable sparse pattern'),
+        spec.ModelFlag('window_size', int, 'attention window (positions sorted by cluster)'),
+        spec.ModelFlag('ema_decay', float, "decay of the centroids' moving average, in [0, 1]; 1 freezes them at "
+                       'their k-means initialisation, as the official code (which never applies its moving average) '
+                       'trained the published models', positive=False),
+        spec.ModelFlag('n_hashes', int, 'k-means rounds'),
+        spec.ModelFlag('attention_impl', str, 'sparse-attention implementation (same outputs; reference is the plain '
+                       'one)', choices=tuple(IMPLEMENTATIONS), changes_output=False),
+    ),
+    defaults=dict(n_resgroups=10, n_resblocks=4, n_feats=128, reduction=1, res_scale=0.1, n_clusters=128,
+                  window_size=384, ema_decay=0.999, n_hashes=1, attention_impl='fast'),
+    scales=(2, 3, 4),
+    demo=dict(n_resgroups=2, n_resblocks=2, n_feats=32, reduction=2, n_clusters=16, window_size=96, ema_decay=0.99,
+              res_scale=0.1),
+    tiny=dict(n_resgroups=2, n_resblocks=1, n_feats=8, n_clusters=4, window_size=32),
+    local=False,
+    check=_check,
+    signature='body.0.attention.0.kmeans.means',
+    key_pattern=rf'''a | {spec.EDSR_LIKE_KEYS} | m_conv\.0\.(weight|bias)
+        | body\.\d+\.local_body\.\d+\.body\.[02]\.(weight|bias) | body\.\d+\.m_conv\.0\.(weight|bias)
+        | body\.\d+\.attention\.0\.(kmeans\.(means|initted)|(conv_match|conv_assembly)\.0\.(weight|bias))''',
+    read_options=_read_options,
+    shapes=_shapes,
+)
 
 
 class ResidualGroup(nn.Module):

@@ -9,11 +9,12 @@ does; seed it (``torch.manual_seed``; ``--seed`` in ``main.py``) for repeatable 
 """
 
 import argparse
+import re
 
 import torch
 from torch import Tensor, nn
 
-from model import common
+from model import common, spec
 from model.nlsa import NonLocalSparseAttention
 
 # One NLSA after every ATTENTION_EVERY residual blocks (and one before the first), as published.
@@ -26,6 +27,54 @@ def make_model(args: argparse.Namespace) -> 'NLSN':
     """The network configured by the parsed options ``args`` (see ``option.py``)."""
     return NLSN(scale=args.scale[0], n_resblocks=args.n_resblocks, n_feats=args.n_feats, res_scale=args.res_scale,
                 chunk_size=args.chunk_size, n_hashes=args.n_hashes, n_colors=args.n_colors, rgb_range=args.rgb_range)
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.n_feats % ATTENTION_REDUCTION:
+        raise spec.bad_flag('n_feats', args.n_feats, f"NLSN's attention needs a multiple of {ATTENTION_REDUCTION}")
+
+
+def _read_options(state: spec.StateDict) -> dict:
+    n_resblocks = sum(1 for k in state if re.fullmatch(r'body\.\d+\.body\.0\.weight', k))
+    return dict(spec.edsr_like_options(state), n_resblocks=n_resblocks)
+
+
+def _shapes(*, scale: int, n_colors: int, n_feats: int, n_resblocks: int, **_) -> spec.Shapes:
+    def attention(i: int) -> spec.Shapes:
+        return {**spec.conv(f'body.{i}.conv_match.0.', n_feats // ATTENTION_REDUCTION, n_feats, 3),
+                **spec.conv(f'body.{i}.conv_assembly.0.', n_feats, n_feats, 1)}
+
+    body = attention(0)
+    i = 1
+    for b in range(n_resblocks):
+        body.update(spec.resblock(f'body.{i}.', n_feats))
+        i += 1
+        if (b + 1) % ATTENTION_EVERY == 0:
+            body.update(attention(i))
+            i += 1
+    body.update(spec.conv(f'body.{i}.', n_feats, n_feats, 3))
+    return spec.edsr_like(scale=scale, n_colors=n_colors, n_feats=n_feats, body=body)
+
+
+ARCH = spec.Architecture(
+    name='NLSN',
+    description='Non-Local Sparse Network (Mei et al., CVPR 2021)',
+    make_model=make_model,
+    flags=(spec.ModelFlag('n_resblocks', int, 'residual blocks'), spec.N_FEATS, spec.RES_SCALE,
+           spec.ModelFlag('chunk_size', int, 'positions per attention chunk'),
+           spec.ModelFlag('n_hashes', int, 'LSH rounds')),
+    defaults=dict(n_resblocks=32, n_feats=256, res_scale=0.1, chunk_size=144, n_hashes=4),
+    scales=(2, 3, 4, 8),
+    demo=dict(n_resblocks=4, n_feats=32, res_scale=0.1, chunk_size=64, n_hashes=4),
+    tiny=dict(n_resblocks=1, n_feats=8, chunk_size=16, n_hashes=2),
+    local=False,
+    check=_check,
+    signature='body.0.conv_match.0.weight',
+    key_pattern=rf'''{spec.EDSR_LIKE_KEYS} | body\.\d+\.(weight|bias) | body\.\d+\.body\.[02]\.(weight|bias)
+        | body\.\d+\.(conv_match|conv_assembly)\.0\.(weight|bias)''',
+    read_options=_read_options,
+    shapes=_shapes,
+)
 
 
 class NLSN(nn.Module):

@@ -12,7 +12,7 @@ import argparse
 import torch
 from torch import Tensor, nn
 
-from model import common
+from model import common, spec
 
 
 def make_model(args: argparse.Namespace) -> 'RCAN':
@@ -20,6 +20,54 @@ def make_model(args: argparse.Namespace) -> 'RCAN':
     return RCAN(scale=args.scale[0], n_resgroups=args.n_resgroups, n_resblocks=args.n_resblocks,
                 n_feats=args.n_feats, reduction=args.reduction, res_scale=args.res_scale, n_colors=args.n_colors,
                 rgb_range=args.rgb_range)
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.reduction > args.n_feats:
+        raise spec.bad_flag('reduction', args.reduction, f'must be at most --n_feats ({args.n_feats})')
+
+
+def _read_options(state: spec.StateDict) -> dict:
+    options = spec.edsr_like_options(state)
+    squeeze = spec.shape(state, 'body.0.body.0.body.3.conv_du.0.weight')[0]
+    return dict(options, n_resgroups=spec.count(state, 'body.{i}.body.0.body.0.weight'),
+                n_resblocks=spec.count(state, 'body.0.body.{i}.body.3.conv_du.0.weight'),
+                reduction=spec.ratio(options['n_feats'], squeeze))
+
+
+def _shapes(*, scale: int, n_colors: int, n_feats: int, n_resgroups: int, n_resblocks: int, reduction: int,
+            **_) -> spec.Shapes:
+    body: spec.Shapes = {}
+    for g in range(n_resgroups):
+        for b in range(n_resblocks):
+            p = f'body.{g}.body.{b}.'
+            body.update(spec.resblock(p, n_feats))
+            body.update(spec.conv(p + 'body.3.conv_du.0.', n_feats // reduction, n_feats, 1))
+            body.update(spec.conv(p + 'body.3.conv_du.2.', n_feats, n_feats // reduction, 1))
+        body.update(spec.conv(f'body.{g}.body.{n_resblocks}.', n_feats, n_feats, 3))
+    body.update(spec.conv(f'body.{n_resgroups}.', n_feats, n_feats, 3))
+    return {'a': (1,), **spec.edsr_like(scale=scale, n_colors=n_colors, n_feats=n_feats, body=body)}
+
+
+ARCH = spec.Architecture(
+    name='RCAN',
+    description='Residual Channel Attention Network (Zhang et al., ECCV 2018)',
+    make_model=make_model,
+    flags=(spec.N_RESGROUPS, spec.ModelFlag('n_resblocks', int, 'residual blocks per group'), spec.N_FEATS,
+           spec.ModelFlag('reduction', int, 'channel attention squeezes n_feats to n_feats // reduction'),
+           spec.RES_SCALE),
+    defaults=dict(n_resgroups=10, n_resblocks=20, n_feats=64, reduction=16, res_scale=1.0),
+    scales=(2, 3, 4, 8),
+    demo=dict(n_resgroups=2, n_resblocks=2, n_feats=32, reduction=4),
+    tiny=dict(n_resgroups=1, n_resblocks=1, n_feats=8, reduction=2),
+    local=False,  # channel attention pools over the whole image
+    check=_check,
+    signature='body.0.body.0.body.3.conv_du.0.weight',
+    key_pattern=rf'''a | {spec.EDSR_LIKE_KEYS} | body\.\d+\.(weight|bias) | body\.\d+\.body\.\d+\.(weight|bias)
+        | body\.\d+\.body\.\d+\.body\.([02]|3\.conv_du\.[02])\.(weight|bias)''',
+    read_options=_read_options,
+    shapes=_shapes,
+)
 
 
 class ChannelAttention(nn.Module):

@@ -8,11 +8,12 @@ with the output convolution, so fine-tuning to another scale replaces all of ``U
 """
 
 import argparse
+import math
 
 import torch
 from torch import Tensor, nn
 
-from model import common
+from model import common, spec
 
 # --RDNconfig: (RDBs D, convolutions per RDB C, growth rate G), as published.
 CONFIGS = {'A': (20, 6, 32), 'B': (16, 8, 64)}
@@ -22,6 +23,72 @@ def make_model(args: argparse.Namespace) -> 'RDN':
     """The network configured by the parsed options ``args`` (see ``option.py``)."""
     return RDN(scale=args.scale[0], G0=args.G0, RDNkSize=args.RDNkSize, RDNconfig=args.RDNconfig,
                n_colors=args.n_colors)
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.RDNkSize % 2 == 0:
+        raise spec.bad_flag('RDNkSize', args.RDNkSize, 'must be odd')
+
+
+def _read_options(state: spec.StateDict) -> dict:
+    g0, n_colors, k = spec.shape(state, 'SFENet1.weight')[:3]
+    first = 'RDBs.0.convs.0.conv.0.weight'
+    layout = (spec.count(state, 'RDBs.{i}.LFF.weight'), spec.count(state, 'RDBs.0.convs.{i}.conv.0.weight'),
+              spec.shape(state, first)[0] if first in state else 0)
+    config = next((name for name, dcg in CONFIGS.items() if dcg == layout), None)
+    if config is None:
+        known = '; '.join(f'{n}: D={d}, C={c}, G={g}' for n, (d, c, g) in CONFIGS.items())
+        raise spec.mismatch(f'an RDN with D={layout[0]} blocks, C={layout[1]} convs, G={layout[2]} channels, '
+                            f'which is no --RDNconfig ({known})')
+    growth = layout[2]
+    if 'UPNet.4.weight' in state:
+        scale = 4
+    else:
+        squared = spec.ratio(spec.shape(state, 'UPNet.0.weight')[0], growth)
+        scale = math.isqrt(squared) if squared in (4, 9) else 0
+    return dict(scale=scale, n_colors=n_colors, G0=g0, RDNkSize=k, RDNconfig=config)
+
+
+def _shapes(*, scale: int, n_colors: int, G0: int, RDNkSize: int, RDNconfig: str, **_) -> spec.Shapes:  # noqa: N803
+    k = RDNkSize
+    n_blocks, n_convs, growth = CONFIGS[RDNconfig]
+    out = {**spec.conv('SFENet1.', G0, n_colors, k), **spec.conv('SFENet2.', G0, G0, k)}
+    for d in range(n_blocks):
+        for c in range(n_convs):
+            out.update(spec.conv(f'RDBs.{d}.convs.{c}.conv.0.', growth, G0 + c * growth, k))
+        out.update(spec.conv(f'RDBs.{d}.LFF.', G0, G0 + n_convs * growth, 1))
+    out.update(spec.conv('GFF.0.', G0, n_blocks * G0, 1))
+    out.update(spec.conv('GFF.1.', G0, G0, k))
+    if scale == 4:
+        out.update(spec.conv('UPNet.0.', growth * 4, G0, k))
+        out.update(spec.conv('UPNet.2.', growth * 4, growth, k))
+        out.update(spec.conv('UPNet.4.', n_colors, growth, k))
+    else:
+        out.update(spec.conv('UPNet.0.', growth * scale * scale, G0, k))
+        out.update(spec.conv('UPNet.2.', n_colors, growth, k))
+    return out
+
+
+ARCH = spec.Architecture(
+    name='RDN',
+    description='Residual Dense Network (Zhang et al., CVPR 2018)',
+    make_model=make_model,
+    flags=(spec.ModelFlag('G0', int, 'feature channels between residual dense blocks'),
+           spec.ModelFlag('RDNkSize', int, 'kernel size (odd) outside the dense blocks'),
+           spec.ModelFlag('RDNconfig', str, 'A (20 blocks x 6 layers, growth 32) or B (16 x 8, growth 64)',
+                          choices=tuple(CONFIGS))),
+    defaults=dict(G0=64, RDNkSize=3, RDNconfig='B'),
+    scales=(2, 3, 4),
+    demo=dict(G0=16, RDNconfig='A'),
+    tiny=dict(G0=8, RDNconfig='A'),
+    local=True,
+    check=_check,
+    signature='SFENet1.weight',
+    key_pattern=r'''SFENet[12]\.(weight|bias) | RDBs\.\d+\.(convs\.\d+\.conv\.0|LFF)\.(weight|bias)
+        | GFF\.[01]\.(weight|bias) | UPNet\.[024]\.(weight|bias)''',
+    read_options=_read_options,
+    shapes=_shapes,
+)
 
 
 class DenseLayer(nn.Module):

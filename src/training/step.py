@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import clip_grad_norm_, get_total_norm
 
 from core import distributed
-from model import AUTOCAST_DTYPES, autocast
+from model.inference import AUTOCAST_DTYPES, autocast
 
 # Weight of the newest accepted batch in the running loss that --skip_threshold compares against.
 RUNNING_LOSS_MOMENTUM = 0.1

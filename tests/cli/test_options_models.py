@@ -9,6 +9,7 @@ import pytest
 import option
 from conftest import SRC
 from core.errors import UserError
+from model import registry
 
 # From the baselines' own documentation (EDSR-PyTorch, RCAN, RDN, NLSN), run from src/ as written;
 # `--model EDSR` is added to the third line because our default model is LCoAN.
@@ -60,12 +61,12 @@ def test_single_data_range_of_the_documentation():
     assert args.train_range == args.test_range == (801, 805)
 
 
-@pytest.mark.parametrize(('model', 'expected'), [(m, d) for m, d in option.MODEL_DEFAULTS.items()])
+@pytest.mark.parametrize(('model', 'expected'), [(a.name, dict(a.defaults)) for a in registry.architectures().values()])
 def test_flags_not_given_take_the_models_published_defaults(model, expected):
     args = option.parse_args(['--model', model.upper()])
     assert args.model == model
     check(args, expected)
-    unused = set(option.MODEL_FLAGS) - set(expected)
+    unused = set(registry.model_flags()) - set(expected)
     assert all(getattr(args, f) is None for f in unused)
     assert args.given == {'model'}
 
@@ -136,6 +137,6 @@ def test_help_explains_per_model_defaults():
                          timeout=120).stdout
     flat = ' '.join(out.split())
     assert 'LCoAN: k-means rounds; NLSN: LSH rounds (default per model: LCoAN 1, NLSN 4)' in flat
-    assert '(default per model: LCoAN 4, EDSR 16, RCAN 20, NLSN 32)' in flat
+    assert '(default per model: LCoAN 4, EDSR 16, NLSN 32, RCAN 20)' in flat
     assert 'take the published default of the chosen --model' in flat
     assert 'default: None' not in flat

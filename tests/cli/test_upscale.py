@@ -1,4 +1,4 @@
-"""upscale.py, the Python API (api.load_pretrained / api.upscale) and tiled inference (model.tiling)."""
+"""upscale.py, the Python API (api.load_pretrained / api.upscale) and tiled inference (model.inference)."""
 
 import warnings
 from pathlib import Path
@@ -15,7 +15,7 @@ import api
 import option
 import upscale
 from core.errors import UserError
-from model import detect, tiling
+from model import detect, inference, registry
 from model.lcoan import LCoAN
 
 TINY = dict(scale=2, n_resgroups=1, n_resblocks=1, n_feats=8, reduction=2, n_clusters=4, window_size=16, rgb_range=1)
@@ -67,7 +67,7 @@ class ConvChain(nn.Module):
 @pytest.mark.parametrize(('length', 'tile', 'halo'), [(10, 16, 3), (37, 16, 3), (100, 24, 5), (64, 64, 0),
                                                        (65, 20, 0)])
 def test_spans_cover_every_pixel_once_with_the_halo_as_context(length, tile, halo):
-    parts = tiling.spans(length, tile, halo)
+    parts = inference.halo_spans(length, tile, halo)
     covered = [i for _, _, a, b in parts for i in range(a, b)]
     assert covered == list(range(length))
     for start, stop, a, b in parts:
@@ -76,7 +76,7 @@ def test_spans_cover_every_pixel_once_with_the_halo_as_context(length, tile, hal
 
 
 def test_receptive_radius_of_a_conv_chain():
-    assert tiling.receptive_radius(ConvChain()) == 6  # 4 LR convs + upsampler conv + HR conv
+    assert inference.receptive_radius(ConvChain()) == 6  # 4 LR convs + upsampler conv + HR conv
 
 
 def test_tiling_a_convolutional_network_is_exact_with_the_receptive_radius_as_halo():
@@ -84,25 +84,26 @@ def test_tiling_a_convolutional_network_is_exact_with_the_receptive_radius_as_ha
     net = ConvChain().double()
     lr = torch.rand(1, 3, 45, 38, dtype=torch.float64)
     whole = net(lr)
-    halo = tiling.receptive_radius(net)
+    halo = inference.receptive_radius(net)
     calls = []
-    tiled = tiling.tiled_forward(lambda x: (calls.append(x.shape), net(x))[1].double(), lr, scale=2, tile=20,
-                                 halo=halo, device='cpu')
+    tiled = inference.tiled_forward(lambda x: (calls.append(x.shape), net(x))[1].double(), lr, scale=2,
+                                    rows=inference.halo_spans(45, 20, halo), cols=inference.halo_spans(38, 20, halo))
     assert len(calls) > 4 and max(max(s[-2:]) for s in calls) <= 20
     # .float() in tiled_forward: compare at float32 resolution
     torch.testing.assert_close(tiled, whole.float(), rtol=0, atol=1e-6)
     # One pixel less context than the LR receptive radius (5: four convs + the upsampler's) shows seams.
-    short = tiling.tiled_forward(net, lr, scale=2, tile=20, halo=4, device='cpu')
+    short = inference.tiled_forward(net, lr, scale=2, rows=inference.halo_spans(45, 20, 4),
+                                    cols=inference.halo_spans(38, 20, 4))
     assert (short - whole.float()).abs().max() > 1e-4
 
 
 def test_peak_memory_per_pixel_is_measured_and_drives_the_tile(net):
     forward = api.make_forward(net)
-    per_px = tiling.peak_bytes_per_pixel(forward, 3, 'cpu', size=32)
+    per_px = inference.peak_bytes_per_pixel(forward, 3, 'cpu', size=32)
     # At least the x2 float32 output (4 HR pixels x 3 channels x 4 bytes per LR pixel) and the features.
     assert per_px > 4 * 3 * 4 + 8 * 4
-    assert tiling.auto_tile(per_px, available=int(per_px * 128 * 128 / tiling.MEMORY_FRACTION)) == 128
-    assert tiling.auto_tile(per_px, available=1) == tiling.MIN_TILE
+    assert inference.auto_tile(per_px, available=int(per_px * 128 * 128 / inference.MEMORY_FRACTION)) == 128
+    assert inference.auto_tile(per_px, available=1) == inference.MIN_TILE
 
 
 def test_lcoan_tiles_change_little_and_keep_the_size(net):
@@ -111,7 +112,8 @@ def test_lcoan_tiles_change_little_and_keep_the_size(net):
     seen = []
     tiled = api.upscale(net, image, tile=24, halo=4, progress=lambda tiles: seen.append(len(tiles)) or tiles)
     assert tiled.shape == whole.shape == (96, 112, 3) and seen == [3 * 4]  # cores of at most 24 - 2 * 4
-    assert tiling.default_halo(net, 'LCoAN') == (min(tiling.receptive_radius(net), tiling.NONLOCAL_HALO), False)
+    radius = inference.receptive_radius(net)
+    assert inference.default_halo(net, local=False) == (min(radius, inference.NONLOCAL_HALO), False)
     diff = np.abs(tiled.astype(int) - whole.astype(int))
     assert 0 < diff.max() and diff.mean() < 2
 
@@ -299,10 +301,10 @@ def test_upscale_cli_precision_and_tiles(tmp_path, weights, capsys):
 def test_detected_options_reach_the_cli_description(weights):
     state, found = detect.read_checkpoint(weights)
     assert found.describe().startswith('LCoAN x2 (n_colors=3, n_feats=8, n_resgroups=1')
-    assert option.parse_args(['--pre_train', str(weights), '--cpu']).n_feats == 8 and state
+    assert api.parse_args(['--pre_train', str(weights), '--cpu']).n_feats == 8 and state
 
 
-# ------------------------------------------------------------------------------------------ baselines (after merge)
+# ------------------------------------------------------------------------------------------ baselines
 
 # RDN is exact by the same halo rule, but its smallest configuration (A: 120 dense 3x3 convs) needs a
 # halo of ~120 LR pixels, i.e. minutes of CPU per tiled image: EDSR stands for the convolutional models.
@@ -315,7 +317,7 @@ def test_baseline_convolutional_models_tile_exactly(tmp_path, name, flags):
     torch.manual_seed(0)
     torch.save(module.make_model(args).state_dict(), tmp_path / 'w.pt')
     net = api.load_pretrained(tmp_path / 'w.pt', device='cpu')
-    halo, exact = tiling.default_halo(net, name)
+    halo, exact = inference.default_halo(net, registry.get(name).local)
     assert exact and halo >= 3
     lr = torch.rand(1, 3, 2 * halo + 30, 2 * halo + 17)
     whole = api.super_resolve(net, lr, tile=10 ** 6)

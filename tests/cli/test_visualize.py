@@ -1,7 +1,5 @@
 """src/visualize.py: what the figures show is the network's own attention, and the files are written."""
 
-import importlib.util
-from argparse import Namespace
 
 import imageio.v3 as iio
 import numpy as np
@@ -109,13 +107,6 @@ def test_visualize_errors_name_the_flag(tmp_path, flags, message):
     with pytest.raises(UserError, match=message):
         visualize.run(['--weights', str(tmp_path / 'w.pt'), '--image', str(tmp_path / 'img.png'), '-o',
                        str(tmp_path / 'vis'), *TINY, *flags])
-
-
-def test_nlsn_without_its_module_is_a_clear_error(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'model.nlsa' else real(name, *a))
-    with pytest.raises(UserError, match='NLSN is not available in this checkout'):
-        visualize.build_model(Namespace(model='NLSN'), 'unused.pt')
 
 
 def test_nlsn_buckets_reproduce_the_attention_output():

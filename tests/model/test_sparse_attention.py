@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-import option
-from model import lcoa
+from model import lcoa, registry
 from model import sparse_attention as fast
 from model import sparse_attention_reference as ref
 from model.attention_interface import KEY_NORM_EPS, Pattern
@@ -211,9 +210,10 @@ def test_keys_of_tiny_norm_are_normalised_with_the_same_epsilon():
 
 
 def test_both_implementations_follow_the_shared_interface():
-    assert tuple(lcoa.IMPLEMENTATIONS) == option.ATTENTION_IMPLS
+    flag = next(f for f in registry.get('LCoAN').flags if f.name == 'attention_impl')
+    assert tuple(lcoa.IMPLEMENTATIONS) == flag.choices
     embed, codes, (values,) = make_inputs(1, 2, 20, 4, 3, n_values=1)
-    for name in option.ATTENTION_IMPLS:
+    for name in flag.choices:
         impl = lcoa.attention_module(name)
         pattern = impl.build_pattern(embed, codes, 8)
         assert isinstance(pattern, Pattern), name

@@ -5,8 +5,6 @@ properties can be asserted (a purely local network chops without any difference)
 is used in tiny configurations where the property is about its checkpoints.
 """
 
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from torch import nn
 import model
 import option
 from core.errors import UserError
-from model import checkpoint_io
+from model import checkpoint_io, inference, registry, spec
 
 
 class Log:
@@ -79,9 +77,12 @@ class GlobalNet(LocalNet):
 
 
 def register(monkeypatch, name: str, cls) -> None:
-    module = types.ModuleType(f'model.{name}')
-    module.make_model = cls
-    monkeypatch.setitem(sys.modules, f'model.{name}', module)
+    """Make ``--model name`` build ``cls(args)``: an architecture of its own in the registry."""
+    arch = spec.Architecture(name=name, description='stand-in', make_model=cls, flags=(), defaults={}, scales=(2, 3, 4),
+                             demo={}, tiny={}, local=True, signature=f'{name}.signature', key_pattern='(?!)',
+                             read_options=dict, shapes=dict)
+    architectures = {**registry.architectures(), name: arch}
+    monkeypatch.setattr(registry, 'architectures', lambda: architectures)
 
 
 def make_args(*extra: str, model_name: str | None = None):
@@ -129,11 +130,11 @@ def photo(h: int, w: int, n: int = 1, dtype=torch.float32) -> torch.Tensor:
 @pytest.mark.parametrize(('length', 'size', 'overlap'), [(10, 24, 4), (24, 24, 4), (25, 24, 4), (53, 24, 10),
                                                            (97, 16, 5), (1024, 96, 12)])
 def test_tile_spans_cover_each_pixel_once_with_half_the_overlap_as_margin(length, size, overlap):
-    spans = model._tile_spans(length, size, overlap)
+    spans = inference.overlap_spans(length, size, overlap)
     tile = min(length, size)
     covered = []
-    for k, (start, keep0, keep1) in enumerate(spans):
-        assert 0 <= start and start + tile <= length
+    for k, (start, stop, keep0, keep1) in enumerate(spans):
+        assert 0 <= start and stop == start + tile <= length
         assert start <= keep0 < keep1 <= start + tile
         if k > 0:
             assert keep0 - start >= overlap // 2
@@ -403,9 +404,9 @@ def test_unreadable_checkpoints_are_user_errors_naming_the_file(tmp_path, monkey
 def test_upsampler_scale_is_read_from_the_conv_shapes():
     for scale in (2, 3, 4):
         net = LocalNet(make_args('--scale', str(scale)))
-        assert checkpoint_io.upsampler_scale(net.state_dict()) == scale
-    assert checkpoint_io.upsampler_scale({'tail.0.0.weight': torch.zeros(5, 4, 3, 3)}) is None
-    assert checkpoint_io.upsampler_scale({}) is None
+        assert spec.upsampler_scale(net.state_dict()) == scale
+    assert spec.upsampler_scale({'tail.0.0.weight': torch.zeros(5, 4, 3, 3)}) is None
+    assert spec.upsampler_scale({}) is None
 
 
 # ------------------------------------------------------------------------------------ the real LCoAN

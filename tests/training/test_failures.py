@@ -37,7 +37,7 @@ from helpers.trainer_kit import (
     run_main,
     weights,
 )
-from model import checkpoint_io
+from model import checkpoint_io, inference
 from training import evaluation, interrupts, run_folder
 
 # ----------------------------------------------------------------------------------------------
@@ -408,7 +408,7 @@ def test_half_precision_on_the_cpu_warns_once(monkeypatch):
             pass
     for native, suggestion in [(True, 'use --precision single or bf16 (this CPU has bfloat16 in hardware)'),
                                (False, 'use --precision single')]:
-        monkeypatch.setattr(model, 'cpu_has_native_bf16', lambda native=native: native)
+        monkeypatch.setattr(inference, 'cpu_has_native_bf16', lambda native=native: native)
         with warnings.catch_warnings(record=True) as record:
             warnings.simplefilter('always')
             model.Model(args, Log())

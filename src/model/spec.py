@@ -1,0 +1,230 @@
+"""What an architecture file declares about itself, and the helpers it declares it with.
+
+Every ``model/<name>.py`` that defines ``ARCH = Architecture(...)`` is an architecture of this
+codebase (:mod:`model.registry` finds them): ``--model <name>`` builds it, ``--help`` lists its
+flags and published defaults, checkpoint detection recognises its weights, and the tests run its
+tiny configuration. ``docs/adding_a_model.md`` walks through one.
+
+This module sits below the architecture files and the registry (it imports neither), so both
+can use it without importing each other in a circle.
+"""
+
+import math
+import re
+from argparse import Namespace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.errors import UserError
+
+Shapes = dict[str, tuple[int, ...]]
+StateDict = Mapping[str, torch.Tensor]
+# Parameters that forward never reads, kept only for checkpoint compatibility: a checkpoint may lack them.
+PLACEHOLDER_KEYS = ('a',)
+
+
+class UnknownCheckpoint(UserError):
+    """A state_dict that is not one of the architectures (or one in a layout they cannot build)."""
+
+
+@dataclass(frozen=True)
+class ModelFlag:
+    """A model option, ``--<name>`` on the command line.
+
+    Several architectures may declare the same flag (``--n_feats``); they must agree on its type.
+
+    Attributes:
+        name: the option name (``n_feats``), also the keyword of the network's constructor.
+        type: ``int``, ``float`` or ``str``.
+        help: what it means for this architecture.
+        positive: a value must be > 0 (ints default to this).
+        choices: the allowed values of a ``str`` flag, matched in any letter case and stored as written here.
+        changes_output: False for a flag that only chooses how the same function is computed (an
+            implementation); such a flag is never reported as assumed when reading a checkpoint.
+    """
+
+    name: str
+    type: type
+    help: str
+    positive: bool | None = None
+    choices: tuple[str, ...] = ()
+    changes_output: bool = True
+
+    @property
+    def must_be_positive(self) -> bool:
+        return self.type is int if self.positive is None else self.positive
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything about one architecture that the rest of the code needs.
+
+    Attributes:
+        name: ``--model`` value (matched in any letter case) and the name in messages.
+        description: one line for ``--help``.
+        make_model: builds the network from parsed options (``args.scale[0]``, ``args.n_colors``,
+            ``args.rgb_range`` and the architecture's own flags).
+        flags: the model options it reads, with their meaning.
+        defaults: the published value of every flag in ``flags``: what a flag not given takes.
+        scales: the scales its upsampler supports.
+        demo: a small configuration that learns something in the two-minute demo (``--template demo``).
+        tiny: the smallest configuration that exercises every part (tests).
+        local: its output depends only on a bounded LR neighbourhood (no attention, no global pooling),
+            so tiled inference with the receptive field as halo is exact.
+        check: option checks across its flags beyond type, sign and choices; raises :func:`bad_flag`'s error.
+        signature: a state_dict key only this architecture has (checked first when detecting).
+        key_pattern: a regular expression every one of its state_dict keys matches (indices generalised).
+        read_options: the options a state_dict of it records in its shapes (``scale`` and ``n_colors``
+            among them); may raise :class:`UnknownCheckpoint`.
+        shapes: key -> shape of its state_dict, built with ``**options`` (those of ``read_options``
+            plus its flags); detection accepts a state_dict only when this rebuilds it exactly.
+        assume: published values that depend on the options read from the weights (EDSR's residual
+            scaling differs between its two published sizes); every other flag the weights do not
+            record is assumed to have its default.
+    """
+
+    name: str
+    description: str
+    make_model: Callable[[Namespace], nn.Module]
+    flags: tuple[ModelFlag, ...]
+    defaults: Mapping[str, Any]
+    scales: tuple[int, ...]
+    demo: Mapping[str, Any]
+    tiny: Mapping[str, Any]
+    local: bool
+    signature: str
+    key_pattern: str
+    read_options: Callable[[StateDict], dict[str, Any]]
+    shapes: Callable[..., Shapes]
+    check: Callable[[Namespace], None] | None = None
+    assume: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.flags]
+        for what, config in (('defaults', self.defaults), ('demo', self.demo), ('tiny', self.tiny)):
+            unknown = set(config) - set(names)
+            if unknown:
+                raise ValueError(f'{self.name}: {what} sets {sorted(unknown)}, which are not among its flags')
+        if set(self.defaults) != set(names):
+            raise ValueError(f'{self.name}: defaults must give every flag a value; missing '
+                             f'{sorted(set(names) - set(self.defaults))}')
+        object.__setattr__(self, '_key_re', re.compile(self.key_pattern, re.VERBOSE))
+
+    def knows_key(self, key: str) -> bool:
+        """Whether ``key`` is one of the state_dict keys this architecture uses."""
+        return self._key_re.fullmatch(key) is not None
+
+    def assumed(self, read: Mapping[str, Any]) -> dict[str, Any]:
+        """The values of the flags that the weights (read as ``read``) do not record: published ones."""
+        values = {f.name: self.defaults[f.name] for f in self.flags if f.changes_output and f.name not in read}
+        if self.assume is not None:
+            values.update(self.assume(read))
+        return values
+
+
+# Flags of the EDSR family that mean the same in every architecture that has them.
+N_FEATS = ModelFlag('n_feats', int, 'feature channels')
+N_RESGROUPS = ModelFlag('n_resgroups', int, 'residual groups')
+RES_SCALE = ModelFlag('res_scale', float, 'scale of the residual branches', positive=True)
+
+
+def bad_flag(flag: str, value, allowed: str) -> UserError:
+    """The one-line error for a bad option value: ``--flag 'value': allowed``."""
+    return UserError(f'--{flag} {value!r}: {allowed}')
+
+
+# -- state_dict layouts of the EDSR family (EDSR-PyTorch's module names)
+
+def conv(prefix: str, c_out: int, c_in: int, k: int) -> Shapes:
+    """A convolution with bias: ``prefix.weight`` and ``prefix.bias``."""
+    return {prefix + 'weight': (c_out, c_in, k, k), prefix + 'bias': (c_out,)}
+
+
+def mean_shifts(n_colors: int) -> Shapes:
+    return {**conv('sub_mean.', n_colors, n_colors, 1), **conv('add_mean.', n_colors, n_colors, 1)}
+
+
+def upsampler(prefix: str, scale: int, n_feats: int) -> Shapes:
+    """EDSR-PyTorch's ``Upsampler``: conv to 4x channels + PixelShuffle(2) per factor 2, or one 9x stage for 3."""
+    if scale == 3:
+        return conv(prefix + '0.', 9 * n_feats, n_feats, 3)
+    out: Shapes = {}
+    for i in range(int(math.log2(scale))):
+        out.update(conv(f'{prefix}{2 * i}.', 4 * n_feats, n_feats, 3))
+    return out
+
+
+def resblock(prefix: str, n_feats: int) -> Shapes:
+    """``common.ResBlock``: its two convolutions ``body.0`` and ``body.2``."""
+    return {**conv(prefix + 'body.0.', n_feats, n_feats, 3), **conv(prefix + 'body.2.', n_feats, n_feats, 3)}
+
+
+def edsr_like(*, scale: int, n_colors: int, n_feats: int, body: Shapes) -> Shapes:
+    """mean shifts, ``head.0``, ``body``, the upsampler ``tail.0`` and the output conv ``tail.1``."""
+    return {**mean_shifts(n_colors), **conv('head.0.', n_feats, n_colors, 3), **body,
+            **upsampler('tail.0.', scale, n_feats), **conv('tail.1.', n_colors, n_feats, 3)}
+
+
+# Key names of the parts above, for ``Architecture.key_pattern``.
+EDSR_LIKE_KEYS = r'''(sub|add)_mean\.(weight|bias) | head\.0\.(weight|bias)
+                   | tail\.0\.\d+\.(weight|bias) | tail\.1\.(weight|bias)'''
+
+
+# -- reading options off a state_dict
+
+def shape(state: StateDict, key: str) -> tuple[int, ...]:
+    return tuple(state[key].shape)
+
+
+def count(state: StateDict, pattern: str) -> int:
+    """How many consecutive indices ``i`` from 0 have a key matching ``pattern.format(i=i)``."""
+    n = 0
+    while pattern.format(i=n) in state:
+        n += 1
+    return n
+
+
+def ratio(whole: int, part: int) -> int:
+    """``whole // part`` when it divides evenly, else 0 (an option that cannot be read)."""
+    return whole // part if part and whole % part == 0 else 0
+
+
+def upsampler_scale(state: StateDict, prefix: str = 'tail.0.') -> int | None:
+    """The scale of the upsampler in ``state``: the product over its conv + PixelShuffle(r) stages.
+
+    The convolutions under ``prefix`` and the first one after them are taken in state_dict order;
+    each but the last feeds a PixelShuffle(r), so its output channels are ``r*r`` times the input
+    channels of the next one. ``None`` when the keys do not look like that.
+    """
+    keys = list(state)
+    convs = [i for i, k in enumerate(keys)
+             if k.startswith(prefix) and k.endswith('.weight') and state[k].dim() == 4]
+    if not convs:
+        return None
+    after = [i for i, k in enumerate(keys) if i > convs[-1] and k.endswith('.weight') and state[k].dim() == 4]
+    weights = [state[keys[i]] for i in convs + after[:1]]
+    scale = 1
+    for w, following in zip(weights, weights[1:], strict=False):
+        out_ch, in_ch = w.shape[0], following.shape[1]
+        root = math.isqrt(out_ch // in_ch) if out_ch % in_ch == 0 else 0
+        if root < 2 or root * root * in_ch != out_ch:
+            return None
+        scale *= root
+    return scale if len(weights) > 1 else None
+
+
+def mismatch(why: str) -> UnknownCheckpoint:
+    return UnknownCheckpoint(f'not a checkpoint of a model this program can build: {why}')
+
+
+def edsr_like_options(state: StateDict) -> dict[str, int]:
+    """``scale``, ``n_colors`` and ``n_feats`` of an EDSR-like state_dict (head and upsampler)."""
+    n_feats, n_colors = shape(state, 'head.0.weight')[:2]
+    scale = upsampler_scale(state)
+    if scale is None:
+        raise mismatch('its upsampler (tail.0.*) is not a conv + PixelShuffle stack')
+    return dict(scale=scale, n_colors=n_colors, n_feats=n_feats)
