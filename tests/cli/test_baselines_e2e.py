@@ -10,25 +10,20 @@ import torch
 
 import conftest
 import utility
+from helpers.architectures import BASELINES, tiny_flags
 
 COMMON = ['--template', 'demo', '--cpu', '--patch_size', '32', '--batch_size', '2', '--test_every', '2',
           '--print_every', '1', '--n_threads', '0']
-TINY = {
-    'EDSR': ['--n_resblocks', '1', '--n_feats', '8'],
-    'RCAN': ['--n_resgroups', '1', '--n_resblocks', '1', '--n_feats', '8', '--reduction', '2'],
-    'RDN': ['--G0', '8', '--RDNconfig', 'A'],
-    'NLSN': ['--n_resblocks', '1', '--n_feats', '8', '--chunk_size', '16', '--n_hashes', '2'],
-}
 
 
 def run(base: Path, model: str, *flags):
-    done = conftest.run_main(base, *COMMON, '--model', model, *TINY[model], *flags, timeout=600)
+    done = conftest.run_main(base, *COMMON, *tiny_flags(model), *flags, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('model', list(TINY))
+@pytest.mark.parametrize('model', BASELINES)
 def test_train_resume_and_test_only(model, tmp_path):
     run(tmp_path, model, '--save', 'a', '--epochs', '1')
     a = tmp_path / 'exp' / 'a'

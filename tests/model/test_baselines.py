@@ -2,11 +2,14 @@
 scale, and NLSN on any input size."""
 
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import conftest
+from helpers.architectures import BASELINES, tiny_network
 from model import checkpoint_io, edsr, nlsa, nlsn, rcan, rdn
 
 # Copies of ../shared/reference/ (the official checkpoints' key lists), kept in the repo so this always runs.
@@ -25,14 +28,8 @@ PUBLISHED = {
              (41_796_187, 44_746_587, 44_156_507)),
 }
 
-# Tiny configurations for the tests that run the networks.
-TINY = {
-    'edsr': lambda s: edsr.EDSR(scale=s, n_resblocks=2, n_feats=8, res_scale=0.1, rgb_range=1),
-    'rcan': lambda s: rcan.RCAN(scale=s, n_resgroups=2, n_resblocks=2, n_feats=8, reduction=4, rgb_range=1),
-    'rdn': lambda s: rdn.RDN(scale=s, G0=8, RDNkSize=3, RDNconfig=(3, 2, 4)),
-    'nlsn': lambda s: nlsn.NLSN(scale=s, n_resblocks=2, n_feats=8, res_scale=0.1, chunk_size=8, n_hashes=2,
-                                rgb_range=1),
-}
+# The tiny configurations (model.registry) of the architectures, for the tests that run the networks.
+TINY = {name.lower(): functools.partial(tiny_network, name, rgb_range=1) for name in BASELINES}
 
 
 def layout(net: torch.nn.Module) -> list[str]:
@@ -130,7 +127,7 @@ def test_scale_8_where_the_official_upsampler_allows_it():
     for name in ('edsr', 'rcan', 'nlsn'):
         assert TINY[name](8)(torch.rand(1, 3, 3, 2)).shape == (1, 3, 24, 16)
     with pytest.raises(ValueError, match='2, 3 or 4'):
-        TINY['rdn'](8)
+        rdn.RDN(scale=8, G0=8, RDNconfig='A')
 
 
 def test_rcan_res_scale_scales_the_block_residual():

@@ -13,6 +13,7 @@ import torch
 import conftest
 from conftest import MAIN_ENV, SRC, main_command
 from core.io_utils import load_state
+from helpers.architectures import BASELINES, tiny_flags
 
 pytestmark = pytest.mark.slow  # every test here starts two or more processes
 
@@ -133,21 +134,13 @@ def test_a_killed_rank_ends_the_run_with_an_error(tmp_path):
     assert not [p for p in _children(proc.pid)]
 
 
-BASELINE_TINY = {
-    'EDSR': ['--n_resblocks', '1', '--n_feats', '8'],
-    'RCAN': ['--n_resgroups', '1', '--n_resblocks', '1', '--n_feats', '8', '--reduction', '2'],
-    'RDN': ['--G0', '8', '--RDNconfig', 'A'],
-    'NLSN': ['--n_resblocks', '1', '--n_feats', '8', '--chunk_size', '16', '--n_hashes', '2'],
-}
-
-
-@pytest.mark.parametrize('name', list(BASELINE_TINY))
+@pytest.mark.parametrize('name', BASELINES)
 def test_baselines_train_on_two_processes(tmp_path, name):
     # DDP of a network without LCoA's centroids: no unused-parameter error (RCAN's placeholder 'a' is
     # frozen), NLSN's random rotations drawn per rank, rank 0 alone writes. Resuming is the same code
     # for every model (test_two_process_run_resumes_exactly).
-    flags = ['--template', 'demo', '--cpu', '--n_GPUs', '2', '--n_threads', '0', '--model', name,
-             *BASELINE_TINY[name], '--patch_size', '32', '--batch_size', '4', '--test_every', '2',
+    flags = ['--template', 'demo', '--cpu', '--n_GPUs', '2', '--n_threads', '0', *tiny_flags(name),
+             '--patch_size', '32', '--batch_size', '4', '--test_every', '2',
              '--print_every', '1', '--dist_timeout', '60']
     done = conftest.run_main(tmp_path, *flags, '--save', 'r', '--epochs', '2')
     assert done.returncode == 0, done.stdout + done.stderr

@@ -1,0 +1,129 @@
+"""An architecture is one file: ``docs/adding_a_model.md`` followed to the letter.
+
+A throwaway architecture (a few convolutions) is written as one new file into a copy of ``src/``;
+without touching any other file, it trains one epoch with ``main.py``, is evaluated with
+``--test_only``, upscales an image with ``upscale.py`` from its weights alone (detected), tiled and
+untiled, and is exported to ONNX.
+"""
+
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from conftest import MAIN_ENV, SRC
+
+# Everything docs/adding_a_model.md asks a model file to define, for a network of four convolutions.
+TINYNET = '''
+"""TinyNet: four convolutions and a sub-pixel upsampler, the smallest network this codebase can train."""
+
+import argparse
+
+from torch import Tensor, nn
+
+from model import common, spec
+
+
+def make_model(args: argparse.Namespace) -> 'TinyNet':
+    return TinyNet(scale=args.scale[0], n_feats=args.n_feats, n_colors=args.n_colors, rgb_range=args.rgb_range)
+
+
+class TinyNet(nn.Module):
+    def __init__(self, *, scale: int, n_feats: int, n_colors: int = 3, rgb_range: float = 255) -> None:
+        super().__init__()
+        self.sub_mean = common.div2k_mean_shift(n_colors=n_colors, rgb_range=rgb_range, sign=-1)
+        self.stem = nn.Conv2d(n_colors, n_feats, 3, padding=1)
+        self.mix = nn.Sequential(nn.Conv2d(n_feats, n_feats, 3, padding=1), nn.ReLU())
+        self.upsample = common.Upsampler(scale=scale, n_feats=n_feats)
+        self.out = nn.Conv2d(n_feats, n_colors, 3, padding=1)
+        self.add_mean = common.div2k_mean_shift(n_colors=n_colors, rgb_range=rgb_range, sign=1)
+        self.upsampler_prefix = 'upsample.'
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(self.sub_mean(x))
+        return self.add_mean(self.out(self.upsample(x + self.mix(x))))
+
+
+def _read_options(state: spec.StateDict) -> dict:
+    n_feats, n_colors = spec.shape(state, 'stem.weight')[:2]
+    return dict(scale=spec.upsampler_scale(state, 'upsample.') or 0, n_colors=n_colors, n_feats=n_feats)
+
+
+def _shapes(*, scale: int, n_colors: int, n_feats: int, **_) -> spec.Shapes:
+    return {**spec.mean_shifts(n_colors), **spec.conv('stem.', n_feats, n_colors, 3),
+            **spec.conv('mix.0.', n_feats, n_feats, 3), **spec.upsampler('upsample.', scale, n_feats),
+            **spec.conv('out.', n_colors, n_feats, 3)}
+
+
+ARCH = spec.Architecture(
+    name='TinyNet',
+    description='four convolutions (a test of the one-file rule)',
+    make_model=make_model,
+    flags=(spec.N_FEATS,),
+    defaults=dict(n_feats=16),
+    scales=(2, 3, 4),
+    demo=dict(n_feats=8),
+    tiny=dict(n_feats=4),
+    local=True,
+    signature='stem.weight',
+    key_pattern=r"""(sub|add)_mean\\.(weight|bias) | (stem|mix\\.0|out)\\.(weight|bias)
+                  | upsample\\.\\d+\\.(weight|bias)""",
+    read_options=_read_options,
+    shapes=_shapes,
+)
+'''
+
+
+def run(cwd, *argv) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, *map(str, argv)], cwd=cwd, env=MAIN_ENV, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.mark.slow
+def test_a_new_architecture_is_one_file(tmp_path):
+    src = tmp_path / 'src'
+    shutil.copytree(SRC, src, ignore=shutil.ignore_patterns('__pycache__'))
+    before = sorted(p.relative_to(src) for p in src.rglob('*') if p.is_file())
+    (src / 'model' / 'tinynet.py').write_text(textwrap.dedent(TINYNET).lstrip())
+    after = sorted(p.relative_to(src) for p in src.rglob('*') if p.is_file() and '__pycache__' not in p.parts)
+    assert sorted(set(after) - set(before)) == [src.joinpath('model', 'tinynet.py').relative_to(src)]
+    data, exp = tmp_path / 'data', tmp_path / 'exp'
+    common = ['--dir_data', data, '--save_dir', exp, '--cpu', '--n_threads', '0']
+
+    assert 'TinyNet (four convolutions' in ' '.join(run(src, 'main.py', '--help').stdout.split())
+    # Train one epoch (the demo template takes the architecture's own demo configuration).
+    run(src, 'main.py', '--template', 'demo', '--model', 'tinynet', '--epochs', '1', '--test_every', '3',
+        '--save', 'tiny', *common)
+    weights = exp / 'tiny' / 'model' / 'model_latest.pt'
+    config = (exp / 'tiny' / 'config.txt').read_text()
+    assert 'model: TinyNet' in config and 'n_feats: 8' in config
+
+    # Evaluate the weights with every architecture flag read from the checkpoint.
+    out = run(src, 'main.py', '--test_only', '--pre_train', weights, '--data_test', 'Sample', '--save', 'tiny_eval',
+              *common).stdout
+    assert 'TinyNet x2 checkpoint' in out and 'n_feats=8' in out and 'rgb_range=1' in out
+    assert '[Sample x2]\tPSNR: ' in out
+
+    # Upscale an image from the weights alone, untiled and in tiles of 16 LR pixels: a local network tiles exactly.
+    image = tmp_path / 'in' / 'coffee.png'
+    image.parent.mkdir()
+    Image.fromarray(skimage.data.coffee()[100:160, 200:270]).save(image)
+    whole = run(src, 'upscale.py', '--weights', weights, image, '-o', tmp_path / 'whole', '--cpu').stdout
+    assert 'TinyNet x2' in whole
+    run(src, 'upscale.py', '--weights', weights, image, '-o', tmp_path / 'tiled', '--cpu', '--tile', '16')
+    untiled = np.asarray(Image.open(tmp_path / 'whole' / 'coffee_x2.png'))
+    tiled = np.asarray(Image.open(tmp_path / 'tiled' / 'coffee_x2.png'))
+    assert untiled.shape == (120, 140, 3)
+    assert np.abs(untiled.astype(int) - tiled.astype(int)).max() <= 1
+
+    # Export to ONNX; export.py compares onnxruntime with PyTorch itself.
+    exported = run(src, 'export.py', '--weights', weights, '--onnx', tmp_path / 'tiny.onnx').stdout
+    assert (tmp_path / 'tiny.onnx').stat().st_size > 0
+    assert 'max abs difference' in exported
