@@ -27,6 +27,7 @@ bench: $(STAMP)
 figs: $(STAMP)
 	$(PY) Figs/draw_architecture.py
 	$(PY) Figs/draw_efficiency.py
+	$(PY) Figs/draw_layout.py
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache
