@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / 'benchmarks' / 'compare_models.json'
 OUT = Path(__file__).with_name('efficiency.png')
-COLORS = {'LCoAN': '#d62728', 'EDSR_baseline': '#7f7f7f', 'EDSR': '#1f77b4', 'RCAN': '#2ca02c', 'RDN': '#9467bd',
+# One colour per model; models without one take the next of matplotlib's cycle.
+COLORS = {'LCoAN': '#d62728', 'EDSR': '#7f7f7f', 'EDSR_paper': '#1f77b4', 'RCAN': '#2ca02c', 'RDN': '#9467bd',
           'NLSN': '#ff7f0e'}
 # Points of marker area per MB of peak memory.
 AREA_PER_MB = 0.5
@@ -35,7 +36,7 @@ def main() -> None:
     for ax, scale in zip(axes[0], scales, strict=True):
         lr = results['time_lr'][str(scale)] if str(scale) in results['time_lr'] else results['time_lr'][scale]
         for r in (r for r in rows if r['scale'] == scale):
-            ax.scatter(r['params'] / 1e6, r['time_s'], s=r['peak_rss_mb'] * AREA_PER_MB, color=COLORS[r['model']],
+            ax.scatter(r['params'] / 1e6, r['time_s'], s=r['peak_rss_mb'] * AREA_PER_MB, color=COLORS.get(r['model']),
                        alpha=0.6, edgecolors='black', linewidths=0.8, label=r['model'])
             dx, dy, ha = LABEL_OFFSET.get(r['model'], (0, 12, 'center'))
             ax.annotate(f"{r['model']}\n{r['peak_rss_mb'] / 1024:.1f} GB", (r['params'] / 1e6, r['time_s']),

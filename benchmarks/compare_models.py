@@ -1,6 +1,7 @@
 """The efficiency table of the LCoAN paper, on this code: every model in its published configuration.
 
-For EDSR (baseline and paper), RCAN, RDN, NLSN and LCoAN at x2 and x4:
+For every architecture of ``model.registry`` in its published defaults (EDSR's are its baseline size)
+and EDSR's paper size (``EDSR_paper``), at x2 and x4:
 
 * ``params``: parameters (``parameters()``, frozen mean shifts included), counted on the meta device;
 * ``flops``: FLOPs of one forward for a 1280x720 output (LR 640x360 at x2, 320x180 at x4), counted by
@@ -39,15 +40,18 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-# Published configurations, as command-line flags (the options fill in each model's defaults).
-MODELS = {
-    'EDSR_baseline': ['--model', 'EDSR', '--n_resblocks', '16', '--n_feats', '64', '--res_scale', '1'],
-    'EDSR': ['--template', 'EDSR_paper'],
-    'RCAN': ['--template', 'RCAN'],
-    'RDN': ['--template', 'RDN'],
-    'NLSN': ['--template', 'NLSN'],
-    'LCoAN': ['--template', 'LCoAN_paper'],
-}
+# Published configurations, as command-line flags: every architecture with its defaults, and the
+# published sizes that are not a default.
+VARIANTS = {'EDSR_paper': ['--template', 'EDSR_paper']}
+
+
+def _models() -> dict[str, list[str]]:
+    from model import registry
+
+    return {**{name: ['--model', name] for name in registry.names()}, **VARIANTS}
+
+
+MODELS = _models()
 TIME_LR = {2: 96, 4: 64}
 FLOPS_HR = (720, 1280)
 # Networks counted at 1/SCALED_DOWN of the output size per side on the CPU, then scaled up.
@@ -57,13 +61,12 @@ NONLOCAL_SIZE = 96
 
 def build(name: str, scale: int) -> torch.nn.Module:
     """The network ``name`` in its published configuration at ``scale``, in eval mode."""
-    from importlib import import_module
-
     import option
+    from model import registry
 
     args = option.parse_args([*MODELS[name], '--scale', str(scale), '--patch_size', str(48 * scale), '--cpu',
                               '--chop_size', '96'])
-    net = import_module('model.' + args.model.lower()).make_model(args).eval()
+    net = registry.get(args.model).make_model(args).eval()
     initialise_centroids(net)  # LCoAN: initialised centroids, as in a trained checkpoint
     return net
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'src'))
 import api  # noqa: E402
 import upscale  # noqa: E402
 import utility  # noqa: E402
-from model import tiling  # noqa: E402
+from model import inference, registry  # noqa: E402
 
 
 def psnr(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
@@ -44,7 +44,7 @@ def main() -> None:
     net = api.load_pretrained(args.weights, device='cpu' if args.cpu or not torch.cuda.is_available() else 'cuda',
                               **overrides)
     scale = net.sr_args.scale[0]
-    halo, exact = tiling.default_halo(net, net.sr_args.model)
+    halo, exact = inference.default_halo(net, registry.get(net.sr_args.model).local)
     auto = api.choose_tile(net, api.make_forward(net), net.sr_args.n_colors, ('single', False))
     print(f'{net.sr_detected.describe()}')
     print(f'default halo {halo} LR px ({"exact" if exact else "context only"}); automatic tile here: {auto} LR px')
