@@ -5,12 +5,12 @@ Both go next to the data when its folder is writable, else into a per-user cache
 - ``--ext sep``: ``<set>/bin/<folder>/<file name>.npy`` mirroring the set's folders (e.g.
   ``DIV2K/bin/DIV2K_train_HR/0001.png.npy``; the image's extension is part of the name, so ``a.png``
   and ``a.jpg`` have caches of their own); if ``<set>`` is read-only,
-  ``$XDG_CACHE_HOME/lcoan/sep/<absolute path of the image>.npy`` (``~/.cache`` without XDG_CACHE_HOME).
+  ``$XDG_CACHE_HOME/lcoan-pytorch/sep/<absolute path of the image>.npy`` (``~/.cache`` without XDG_CACHE_HOME).
   Beside each cache file, ``<file name>.stamp`` records the image's size and modification time (ns)
   when it was decoded; the cache is rebuilt whenever either differs (a new image, also one older than
   the cache, as ``cp -p``, ``tar`` and ``rsync -a`` leave it). ``--ext sep_reset`` rebuilds them all.
 - missing LR images: ``<set>/LR_bicubic/X<s>/<name>x<s>.png`` (the layout's own place); if that is
-  read-only, ``$XDG_CACHE_HOME/lcoan/lr/<absolute path of that LR file>``. A made LR image records its
+  read-only, ``$XDG_CACHE_HOME/lcoan-pytorch/lr/<absolute path of that LR file>``. A made LR image records its
   HR image's size and modification time in a PNG text chunk (``lcoan-hr``) and is made again when they
   change; LR images without it are the user's and are used as they are.
 
@@ -39,10 +39,14 @@ POOL_MIN_PIXELS = 2_000_000
 STAMP_KEY = 'lcoan-hr'  # PNG text chunk of a made LR image: its HR image's stamp
 
 
+# This program's folder under the per-user cache.
+CACHE_FOLDER = 'lcoan-pytorch'
+
+
 def cache_home() -> Path:
     """The per-user cache folder for data made from read-only data folders."""
     base = os.environ.get('XDG_CACHE_HOME') or str(Path.home() / '.cache')
-    return Path(base) / 'lcoan'
+    return Path(base) / CACHE_FOLDER
 
 
 def mirrored(base: Path, path: Path) -> Path:

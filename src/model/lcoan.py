@@ -173,7 +173,7 @@ class LCoAN(nn.Module):
         # registered in the official state_dict order (add_mean before head).
         self.sub_mean = common.div2k_mean_shift(n_colors=n_colors, rgb_range=rgb_range, sign=-1)
         head = nn.Sequential(common.default_conv(n_colors, n_feats, 3))
-        # The official flag says "hashes" (it was NLSN's LSH rounds); LCoAN's rounds are k-means clusterings,
+        # The official flag says "hashes" (NLSN's name for its LSH rounds); LCoAN's rounds are k-means clusterings,
         # so the network calls them n_rounds. The flag (and this keyword) keep the official name for
         # command-line compatibility.
         body = nn.Sequential(*[

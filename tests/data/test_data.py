@@ -19,7 +19,7 @@ from torch.utils.data import DistributedSampler
 import data
 import option
 from core.errors import UserError
-from data import sample
+from data import sample, storage
 from data.common import augment
 from data.imresize import crop_to_scale
 from data.srdata import DataWarning
@@ -303,7 +303,8 @@ def test_sep_cache_goes_to_user_cache_when_data_folder_is_read_only(tmp_path):
     (set5 / 'bin').write_text('not a folder')  # no cache can be written under Set5/
     d = data.Data(parse(tmp_path, '--test_only', '--ext', 'sep'))
     cached = d.store.cache_path(set5 / 'HR' / 'a.png')
-    assert cached == tmp_path / 'user-cache' / 'lcoan' / 'sep' / (set5 / 'HR' / 'a.png.npy').relative_to('/')
+    user_cache = tmp_path / 'user-cache' / storage.CACHE_FOLDER
+    assert cached == user_cache / 'sep' / (set5 / 'HR' / 'a.png.npy').relative_to('/')
     assert np.array_equal(np.load(cached), photo(0))
 
 
@@ -324,7 +325,7 @@ def test_missing_lr_images_are_made_beside_or_in_user_cache(tmp_path, capsys):
         d = data.Data(parse(tmp_path, '--test_only'))
     assert 'read-only' in capsys.readouterr().out
     made = d.loader_test[0].dataset.pairs[0].lr
-    assert made == tmp_path / 'user-cache' / 'lcoan' / 'lr' / lr_path.relative_to('/')
+    assert made == tmp_path / 'user-cache' / storage.CACHE_FOLDER / 'lr' / lr_path.relative_to('/')
 
     made.unlink()
     (tmp_path / 'user-cache').rename(tmp_path / 'moved')

@@ -1,4 +1,4 @@
-"""Runs that go wrong (issue 13): each case reproduced, then the one line it gets and what is kept.
+"""Runs that go wrong: each case reproduced, then the one line it gets and what is kept.
 
 Unit tests on the trainer's small stand-ins (tests/helpers/trainer_kit.py), then main.py in subprocesses.
 """

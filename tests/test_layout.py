@@ -1,0 +1,89 @@
+"""The layout that shows the design: few top-level modules, no model named outside its own file, docs for their
+readers, and an import graph without cycles."""
+
+import ast
+import re
+
+import pytest
+
+import conftest
+from model import registry
+
+SRC = conftest.SRC
+# Files that may name models: each architecture's own file, the registry (its default) and the presets.
+MAY_NAME_MODELS = {SRC / 'template.py', SRC / 'model' / 'registry.py'} | {
+    SRC / 'model' / f'{name.lower()}.py' for name in registry.names()}
+DOCS = ('architecture', 'adding_a_model', 'data', 'baselines', 'inference', 'multi_gpu', 'troubleshooting')
+
+
+def python_files():
+    return sorted(p for p in SRC.rglob('*.py') if '__pycache__' not in p.parts)
+
+
+def test_src_has_at_most_twelve_top_level_modules():
+    top = sorted(p.name for p in SRC.glob('*.py'))
+    assert len(top) <= 12, top
+
+
+def test_no_code_outside_an_architectures_file_names_a_model():
+    names = {name.lower() for name in registry.names()}
+    found = []
+    for path in python_files():
+        if path in MAY_NAME_MODELS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.lower() in names:
+                found.append(f'{path.relative_to(SRC)}:{node.lineno} {node.value!r}')
+    assert not found
+
+
+def test_readme_is_short_and_the_docs_exist():
+    assert (conftest.ROOT / 'README.md').stat().st_size <= 20_000
+    for name in DOCS:
+        assert (conftest.ROOT / 'docs' / f'{name}.md').read_text().startswith('# ')
+
+
+def _imports(path) -> set[str]:
+    """The first-party modules ``path`` imports (dotted, as written), at any depth of the file."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {node.module} | {f'{node.module}.{alias.name}' for alias in node.names}
+    return found
+
+
+def test_the_import_graph_of_src_has_no_cycles():
+    modules = {}
+    for path in python_files():
+        parts = path.relative_to(SRC).with_suffix('').parts
+        name = '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+        modules[name] = path
+    graph = {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
+    # A package's __init__ imported by its own submodules is Python's import order, not a cycle of ideas.
+    graph = {name: {m for m in deps if not name.startswith(m + '.')} for name, deps in graph.items()}
+    visiting, done, cycles = set(), set(), []
+
+    def visit(node, stack):
+        visiting.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt in visiting:
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in done:
+                visit(nxt, stack + [nxt])
+        visiting.discard(node)
+        done.add(node)
+
+    for name in sorted(graph):
+        if name not in done:
+            visit(name, [name])
+    assert not cycles
+
+
+@pytest.mark.parametrize('path', [p for p in python_files() if p.parent == SRC / 'model'
+                                  and p.stem in {n.lower() for n in registry.names()}], ids=lambda p: p.stem)
+def test_architecture_files_import_no_program_code(path):
+    # An architecture file is read by the registry, the options and detection: it must not import them back.
+    imported = _imports(path)
+    assert not {m for m in imported if re.fullmatch(r'option|template|api|trainer|model\.(registry|detect)', m)}
