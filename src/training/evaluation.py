@@ -95,8 +95,23 @@ def set_means(rows: list[list]) -> tuple[float, float]:
     return mean([r[1] for r in rows]), mean([r[2] for r in rows])
 
 
+def unscored(n_sets: int) -> tuple[torch.Tensor, torch.Tensor, list[int | None]]:
+    """Mean PSNR and SSIM (NaN) and images scored (None) of ``n_sets`` test sets not scored (yet)."""
+    psnr = torch.full((n_sets,), math.nan, dtype=torch.float64)
+    return psnr, psnr.clone(), [None] * n_sets
+
+
 def best_epoch(psnr_column: torch.Tensor) -> tuple[float, int]:
     """The best PSNR in one set's log (epochs,) and its epoch (1-based); NaN epochs never win."""
     column = torch.nan_to_num(psnr_column, nan=-math.inf)
     idx = int(column.argmax())
     return float(column[idx]), idx + 1
+
+
+def is_best(psnr_log: torch.Tensor, epoch: int) -> bool:
+    """Whether ``epoch`` (1-based) is the best in ``psnr_log`` (epochs, sets) on the first test set with
+    ground truth (the set that chooses ``model_best.pt``)."""
+    for i in range(psnr_log.shape[1]):
+        if not torch.isnan(psnr_log[:, i]).all():
+            return best_epoch(psnr_log[:, i])[1] == epoch
+    return False

@@ -1,32 +1,30 @@
 """The run folder ``<save_dir>/<save>/``: configuration, log, CSV tables, plots and result images.
 
 Only the main process (rank 0) writes. Every file a resumed run reads back is written atomically
-(:mod:`io_utils`). The checkpoints themselves are written by the trainer (:mod:`training.state`).
+(:mod:`io_utils`). The checkpoints themselves are written by the trainer (:mod:`training.state`), the
+figures drawn by :mod:`training.plots`, the result images converted and written in the background by
+:mod:`training.images`. Which flag combinations make sense is checked with the options
+(:mod:`training.run_flags`); the checks here are those that need the file system.
 """
 
 import argparse
 import contextlib
 import datetime
 import os
-import queue
 import shutil
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import imageio.v3 as iio
-import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
 from core import distributed
 from core.errors import UserError
-from core.io_utils import atomic_write, atomic_write_text
-from metrics import quantize
+from core.io_utils import atomic_write_text
+from training import plots
+from training.images import ImageWriter, to_uint8
 
 # The file that defines a run's resume point (see training.state).
 TRAINING_STATE = 'training_state.pt'
@@ -64,42 +62,6 @@ def _made_by_this_program(folder: Path) -> bool:
                or (e.name == 'log.txt' and e.is_file() and e.stat().st_size == 0) for e in entries)
 
 
-def plot_png(path: Path, draw: Callable) -> None:
-    """Draw a figure with ``draw(fig)`` and write it to ``path`` as PNG."""
-    # A bare Figure on the Agg canvas: no pyplot, so no global backend or figure registry.
-    fig = Figure()
-    FigureCanvasAgg(fig)
-    draw(fig)
-    atomic_write(path, lambda f: fig.savefig(f, format='png'))
-
-
-class _ImageWriter:
-    """A background thread writing queued ``(path, uint8 array)`` images; :meth:`close` re-raises its error."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue = queue.Queue(maxsize=64)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name='image-writer', daemon=True)
-        self._thread.start()
-
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            try:
-                iio.imwrite(*item)
-            except BaseException as e:  # reported by close() in the main thread
-                self._error = e
-
-    def put(self, path: Path, array: np.ndarray) -> None:
-        self._queue.put((path, array))
-
-    def close(self) -> None:
-        """Wait until every queued image is written; re-raise a write error."""
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-
 class checkpoint:  # lower case: EDSR's name, used the same way
     """The run folder ``<save_dir>/<save>/`` (or ``<save_dir>/<load>/`` with --load) and its files.
 
@@ -112,8 +74,9 @@ class checkpoint:  # lower case: EDSR's name, used the same way
     Positional argument, as main.py and EDSR pass it.
 
     Args:
-        args: parsed options; uses ``save_dir, save, load, resume, reset, test_only, pre_train, untrained,
-            rgb_range`` and writes all of them to config.txt.
+        args: options from :func:`option.parse_args` (whose flag combinations
+            :func:`training.run_flags.check_run_flags` has checked); uses ``save_dir, save, load, resume,
+            reset, test_only, rgb_range`` and writes all of them to config.txt.
 
     ``run_dir`` is the run (its checkpoints); ``dir`` is where this invocation writes: the run itself,
     or, for ``--test_only`` on a folder that holds a training run, a new ``test-<date>-<time>/`` in it.
@@ -125,8 +88,6 @@ class checkpoint:  # lower case: EDSR's name, used the same way
         # The run: its checkpoints (model/, training_state.pt). ``dir`` is where this invocation writes:
         # the run itself, except for a --test_only evaluation of a training run (see _output_dir).
         self.run_dir = self._run_dir(args)
-        self._check_resume_flags(args)
-        self._check_weight_flags(args)
         if args.reset:
             self._reset()
         elif not args.test_only and args.resume == 0 and (self.run_dir / TRAINING_STATE).exists():
@@ -138,7 +99,7 @@ class checkpoint:  # lower case: EDSR's name, used the same way
         self.dir = self._output_dir()
 
         self._log_file = None
-        self._writer: _ImageWriter | None = None
+        self._writer: ImageWriter | None = None
         if self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             if not args.test_only:
@@ -164,36 +125,6 @@ class checkpoint:  # lower case: EDSR's name, used the same way
         if not folder.is_dir():
             raise UserError(f'--load {args.load!r}: no run folder {folder}')
         return folder
-
-    @staticmethod
-    def _check_resume_flags(args: argparse.Namespace) -> None:
-        if args.resume == 0:
-            return
-        if not args.load:
-            raise UserError(f'--resume {args.resume}: needs --load <run> (the run to continue)')
-        if args.pre_train:
-            raise UserError(f'--pre_train {args.pre_train!r} and --resume {args.resume}: choose one (the resumed '
-                            'run brings its own weights)')
-        if args.reset:
-            raise UserError(f'--reset and --resume {args.resume}: choose one (start over or continue)')
-
-    @staticmethod
-    def _check_weight_flags(args: argparse.Namespace) -> None:
-        """--test_only evaluates the weights the user names: --pre_train, --load, or --untrained on purpose."""
-        if args.untrained and (args.pre_train or args.load):
-            given = '--pre_train' if args.pre_train else '--load'
-            raise UserError(f'--untrained and {given}: choose one (random weights or the checkpoint)')
-        if not args.test_only:
-            if args.untrained:
-                raise UserError('--untrained: only with --test_only (training starts from random weights unless '
-                                '--pre_train is given)')
-            return
-        if args.pre_train and args.load:
-            raise UserError(f'--pre_train {args.pre_train!r} and --load {args.load!r} with --test_only: choose one '
-                            '(the weights to evaluate)')
-        if not (args.pre_train or args.load or args.untrained):
-            raise UserError('--test_only: no weights to evaluate; give --pre_train <file.pt> or --load <run> (its '
-                            'latest model), or --untrained to score a randomly initialised network on purpose')
 
     def _reset(self) -> None:
         """Delete the run folder for --reset, if this program made it (every rank checks; rank 0 deletes)."""
@@ -266,7 +197,7 @@ class checkpoint:  # lower case: EDSR's name, used the same way
     def plot(self, name: str, draw: Callable) -> None:
         """Draw a figure with ``draw(fig)`` and write it to ``<dir>/<name>`` as PNG (rank 0 only)."""
         if self.is_main:
-            plot_png(self.get_path(name), draw)
+            plots.plot_png(self.get_path(name), draw)
 
     def write_psnr_log(self, psnr_log: torch.Tensor, ssim_log: torch.Tensor, sets: Sequence[str], scale: int) -> None:
         """``psnr_log.csv`` (a row per epoch and set) and one ``psnr_<set>.png`` per set with ground truth.
@@ -279,27 +210,15 @@ class checkpoint:  # lower case: EDSR's name, used the same way
         rows = [[epoch + 1, name, scale, float(psnr_log[epoch, i]), float(ssim_log[epoch, i])]
                 for epoch in range(psnr_log.shape[0]) for i, name in enumerate(sets)]
         self.write_csv('psnr_log.csv', ['epoch', 'set', 'scale', 'psnr', 'ssim'], rows)
-        epochs = np.arange(1, psnr_log.shape[0] + 1)
         for i, name in enumerate(sets):
-            if torch.isnan(psnr_log[:, i]).all():
-                continue
-
-            def draw(fig, i=i, name=name):
-                ax = fig.add_subplot()
-                ax.plot(epochs, psnr_log[:, i].numpy(), marker='.', label=f'x{scale}')
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                ax.set_title(f'SR on {name}')
-                ax.set_xlabel('Epoch')
-                ax.set_ylabel('PSNR (dB)')
-                ax.grid(True)
-                ax.legend()
-            self.plot(f'psnr_{name}.png', draw)
+            if not torch.isnan(psnr_log[:, i]).all():
+                self.plot(f'psnr_{name}.png', plots.psnr_curve(psnr_log[:, i], name, scale))
 
     # -- images, written by a background thread between begin_background and end_background
 
     def begin_background(self) -> None:
         if self.is_main and self._writer is None:
-            self._writer = _ImageWriter()
+            self._writer = ImageWriter()
 
     def end_background(self) -> None:
         """Wait until every queued image is written; re-raise a write error."""
@@ -316,10 +235,7 @@ class checkpoint:  # lower case: EDSR's name, used the same way
         for postfix, tensor in images.items():
             if tensor.numel() == 0:
                 continue
-            array = quantize(tensor[0], self.args.rgb_range).mul(255 / self.args.rgb_range).round()
-            array = array.byte().permute(1, 2, 0).cpu().numpy()
-            if array.shape[2] == 1:
-                array = array[..., 0]
+            array = to_uint8(tensor[0], self.args.rgb_range)
             path = folder / f'{filename}_x{scale}_{postfix}.png'
             if self._writer is None:
                 iio.imwrite(path, array)

@@ -8,21 +8,70 @@ Files in the run folder (rank 0 writes them, each atomically):
   network included; with --save_models also ``state/training_state_<epoch>.pt`` (without the network,
   which is ``model/model_<epoch>.pt``). All of it loads with ``weights_only=True``.
 
-Format 2 holds ``psnr_log``/``ssim_log`` as (epochs, sets) and the run's ``scale``. Format 1 (the
-first release) held them as (epochs, sets, scales) with a list ``scales`` of one scale; it is read
-by dropping that axis.
+The training state is what :func:`collect` takes from the trainer and :func:`restore` puts back, key
+for key. Format 2 holds ``psnr_log``/``ssim_log`` as (epochs, sets) and the run's ``scale``. Format 1
+(the first release) held them as (epochs, sets, scales) with a list ``scales`` of one scale; it is
+read by dropping that axis.
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from core.errors import UserError
 from core.io_utils import atomic_save, load_state
+from core.rng import get_rng_state, set_rng_state
 from training.run_folder import TRAINING_STATE, checkpoint
+
+if TYPE_CHECKING:
+    from trainer import Trainer
 
 STATE_FORMAT = 2
 _READABLE_FORMATS = (1, STATE_FORMAT)
+
+
+def collect(trainer: 'Trainer') -> dict:
+    """The training state after the trainer's last finished epoch, without the network and the format."""
+    return {
+        'epoch': trainer.epoch,
+        'optimizer': trainer.optimizer.state_dict(),
+        'scheduler': trainer.scheduler.state_dict(),
+        **trainer.step.state_dict(),  # scaler, skipped, running_loss
+        'loss_names': list(trainer.loss.names),
+        'loss_log': trainer.loss.log.clone(),
+        'test_sets': list(trainer.test_sets),
+        'scale': trainer.scale,
+        'psnr_log': trainer.psnr_log.clone(),
+        'ssim_log': trainer.ssim_log.clone(),
+        'rng': get_rng_state(trainer.generator),
+        'lcoa_stats': trainer.lcoa_monitor.state_dict(),
+    }
+
+
+def restore(trainer: 'Trainer', saved: dict, path: Path) -> None:
+    """Put a training state back into the trainer, key for key as :func:`collect` took it.
+
+    Args:
+        trainer: built with the options of the resumed run (same optimizer, loss terms, test sets).
+        saved: the state, from :func:`read_training_state`.
+        path: its file, named in errors.
+
+    Raises:
+        UserError: naming ``--optimizer`` when the saved optimizer state is another optimizer's.
+    """
+    try:
+        trainer.optimizer.load_state_dict(saved['optimizer'])
+    except (ValueError, KeyError) as e:
+        raise UserError(f'--optimizer {trainer.args.optimizer}: does not fit the state in {path} ({e})') from None
+    trainer.scheduler.load_state_dict(saved['scheduler'])
+    trainer.step.load_state_dict(saved)
+    trainer.epoch = saved['epoch']
+    trainer.loss.log = saved['loss_log']
+    trainer.psnr_log = saved['psnr_log']
+    trainer.ssim_log = saved['ssim_log']
+    set_rng_state(saved['rng'], trainer.generator)
+    trainer.lcoa_monitor.load_state_dict(saved.get('lcoa_stats'), trainer.epoch)  # absent from older states
 
 
 def check_finite_state(state: dict, what: str) -> None:

@@ -1,12 +1,39 @@
-"""The text tables that ``--test_only`` and ``--compare_bicubic`` write to the log.
+"""The scores as the log shows them: a line per test set after every evaluation, and the tables that
+``--test_only`` and ``--compare_bicubic`` add.
 
-Both are pure functions of the scores, so the log shows exactly what the CSV files hold (rounded).
+All are pure functions of the scores, so the log shows exactly what the CSV files hold (rounded).
 """
 
 import math
 from collections.abc import Sequence
 
 _EMPTY_CELL = '       -        '  # as wide as '{psnr:7.2f} / {ssim:.4f}'
+
+
+def score_line(name: str, scale: int, psnr: float, ssim: float, n_rows: int | None,
+               best: tuple[float, int] | None = None) -> str:
+    """One test set's mean PSNR and SSIM, or why it has none.
+
+    Args:
+        name: the test set.
+        scale: the run's scale.
+        psnr, ssim: the set's means; NaN when no image could be scored (SSIM alone: all too small for its
+            window).
+        n_rows: the number of images with ground truth; None when the evaluation failed.
+        best: the best PSNR of the run on this set and its epoch (training runs).
+    """
+    head = f'[{name} x{scale}]'
+    if n_rows is None:
+        return f'{head}\tnot scored (the evaluation failed)'
+    if n_rows == 0:
+        return f'{head}\tno ground truth: SR images only'
+    if math.isnan(psnr):
+        return f'{head}\tno image large enough to score'
+    ssim_text = 'n/a (images smaller than its window)' if math.isnan(ssim) else f'{ssim:.4f}'
+    line = f'{head}\tPSNR: {psnr:.3f} SSIM: {ssim_text}'
+    if best is not None:
+        line += f' (Best: {best[0]:.3f} @epoch {best[1]})'
+    return line
 
 
 def results_table(sets: Sequence[str], scale: int, psnr: Sequence[float], ssim: Sequence[float]) -> str:

@@ -156,17 +156,8 @@ def test_test_only_on_a_run_evaluates_its_latest_model_into_a_new_folder(tmp_pat
 
 
 def test_test_only_needs_weights(tmp_path):
-    with pytest.raises(UserError, match=r'^--test_only: no weights to evaluate; give --pre_train <file.pt> or '
-                                        r'--load <run> \(its latest model\), or --untrained'):
-        run_folder.checkpoint(make_args(tmp_path, '--test_only'))
-    (tmp_path / 'run').mkdir()
-    with pytest.raises(UserError, match="^--pre_train 'x.pt' and --load 'run' with --test_only: choose one"):
-        run_folder.checkpoint(make_args(tmp_path, '--test_only', '--pre_train', 'x.pt', '--load', 'run'))
-    with pytest.raises(UserError, match='^--untrained and --pre_train: choose one'):
-        run_folder.checkpoint(make_args(tmp_path, '--untrained', '--pre_train', 'x.pt'))
-    with pytest.raises(UserError, match='^--untrained: only with --test_only'):
-        run_folder.checkpoint(make_args(tmp_path, '--untrained'))
-    # A run folder without a finished epoch has nothing to evaluate.
+    # The flags alone are checked with the options (tests/training/test_run_flags.py); a run folder
+    # without a finished epoch has nothing to evaluate.
     (tmp_path / 'empty_run').mkdir()
     args = make_args(tmp_path, '--load', 'empty_run', '--test_only')
     with pytest.raises(UserError, match=f'^--load empty_run --test_only: {tmp_path / "empty_run"} has no finished '

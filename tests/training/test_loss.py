@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from core import distributed
 from core.errors import UserError
 from loss import Loss, parse_loss_spec
-from training.run_folder import plot_png
+from training.plots import plot_png
 
 
 def _loss(spec: str, rgb_range: int = 1) -> Loss:

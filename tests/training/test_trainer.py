@@ -214,8 +214,6 @@ def test_rng_state_loads_with_weights_only(tmp_path):
 def test_run_folder_checks(tmp_path):
     with pytest.raises(UserError, match="^--load 'nope': no run folder"):
         checkpoint(make_args(tmp_path, '--load', 'nope'))
-    with pytest.raises(UserError, match='^--resume -1: needs --load'):
-        checkpoint(make_args(tmp_path, '--resume', '-1'))
     with pytest.raises(UserError, match="^--save '../x': a run name, not a path"):
         checkpoint(make_args(tmp_path, '--save', '../x'))
     trainer, ckp, _ = make_trainer(make_args(tmp_path, '--epochs', '1'))
@@ -229,10 +227,6 @@ def test_run_folder_checks(tmp_path):
     assert not stale.exists()
     with pytest.raises(UserError, match="^--save 'run': .* holds a run already; continue it with --load run"):
         checkpoint(make_args(tmp_path))
-    with pytest.raises(UserError, match="^--pre_train 'x.pt' and --resume -1: choose one"):
-        checkpoint(make_args(tmp_path, '--load', 'run', '--resume', '-1', '--pre_train', 'x.pt'))
-    with pytest.raises(UserError, match='^--reset and --resume -1: choose one'):
-        checkpoint(make_args(tmp_path, '--load', 'run', '--resume', '-1', '--reset'))
     fresh = checkpoint(make_args(tmp_path, '--reset'))
     assert not fresh.get_path('training_state.pt').exists()
     assert fresh.get_path('log.txt').read_text() == ''
