@@ -28,6 +28,7 @@ from data import TEST_SETS, TRAIN_SETS
 from model import registry
 from model.inference import PRECISIONS
 from model.spec import bad_flag
+from training.run_flags import check_run_flags
 
 OPTIMIZERS = ('ADAM', 'SGD', 'RMSprop')
 EXTS = ('img', 'sep', 'sep_reset')
@@ -277,6 +278,7 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         _fail('resume', args.resume, '-1 (latest), 0 (start anew) or an epoch number')
     if args.pre_train == '.':  # the official default meaning "none"
         args.pre_train = ''
+    check_run_flags(args)
     args.device = 'cpu' if args.cpu else 'cuda'
     return args
 

@@ -10,7 +10,6 @@ gives the learning rate in use and says when ``--lr/--decay/--gamma`` given now 
 import argparse
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from torch import nn, optim
 
@@ -18,9 +17,6 @@ from core.errors import UserError
 from model import checkpoint_io
 from training import state
 from training.run_folder import checkpoint
-
-if TYPE_CHECKING:
-    from trainer import Trainer
 
 
 def load_for_test(net: nn.Module, ckp: checkpoint, args: argparse.Namespace) -> None:
@@ -35,7 +31,7 @@ def load_for_test(net: nn.Module, ckp: checkpoint, args: argparse.Namespace) -> 
                   f'epoch N with --save_models, --pre_train {model_path.parent / "model_best.pt"} the best)')
 
 
-def resume_training(trainer: 'Trainer') -> None:
+def resume_training(trainer) -> None:
     """--load <run> --resume -1|N: the network of the epoch, then its training state, into ``trainer``."""
     args, ckp = trainer.args, trainer.ckp
     saved, path = _load_resume_point(trainer.model.get_model(), ckp, args.resume)

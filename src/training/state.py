@@ -15,7 +15,6 @@ read by dropping that axis.
 """
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,14 +23,11 @@ from core.io_utils import atomic_save, load_state
 from core.rng import get_rng_state, set_rng_state
 from training.run_folder import TRAINING_STATE, checkpoint
 
-if TYPE_CHECKING:
-    from trainer import Trainer
-
 STATE_FORMAT = 2
 _READABLE_FORMATS = (1, STATE_FORMAT)
 
 
-def collect(trainer: 'Trainer') -> dict:
+def collect(trainer) -> dict:
     """The training state after the trainer's last finished epoch, without the network and the format."""
     return {
         'epoch': trainer.epoch,
@@ -49,7 +45,7 @@ def collect(trainer: 'Trainer') -> dict:
     }
 
 
-def restore(trainer: 'Trainer', saved: dict, path: Path) -> None:
+def restore(trainer, saved: dict, path: Path) -> None:
     """Put a training state back into the trainer, key for key as :func:`collect` took it.
 
     Args:

@@ -72,12 +72,12 @@ def test_edsr_flags_and_lists():
                               '--self_ensemble', '--precision', 'bf16', '--loss', '1*L1+0.5*MSE',
                               '--optimizer', 'SGD', '--betas', '0.8,0.99', '--epsilon', '1e-6', '--momentum', '0.5',
                               '--gamma', '0.1', '--weight_decay', '1e-4', '--gclip', '2', '--skip_threshold', '10',
-                              '--test_every', '5', '--print_every', '2', '--load', 'run', '--resume', '-1', '--reset',
+                              '--test_every', '5', '--print_every', '2', '--load', 'run', '--resume', '-1',
                               '--save_gt', '--ssim', '--dir_demo', 'imgs', '--no_augment', '--data_test', 'set5+b100'])
     check(args, dict(cpu=True, device='cpu', seed=7, ext='img', n_colors=1, n_hashes=2, self_ensemble=True,
                      precision='bf16', loss='1*L1+0.5*MSE', optimizer='SGD', betas=(0.8, 0.99), epsilon=1e-6,
                      momentum=0.5, gamma=0.1, weight_decay=1e-4, gclip=2.0, skip_threshold=10.0, test_every=5,
-                     print_every=2, load='run', resume=-1, reset=True, save_gt=True, ssim=True, dir_demo='imgs',
+                     print_every=2, load='run', resume=-1, save_gt=True, ssim=True, dir_demo='imgs',
                      no_augment=True, data_test=['Set5', 'B100']))
 
 
@@ -160,7 +160,7 @@ def test_non_finite_betas_are_rejected(value):
 
 
 def test_test_only_does_not_need_a_patch_size_divisible_by_the_scale():
-    args = option.parse_args(['--test_only', '--scale', '3', '--patch_size', '100', '--cpu'])
+    args = option.parse_args(['--test_only', '--untrained', '--scale', '3', '--patch_size', '100', '--cpu'])
     assert args.scale == [3] and args.patch_size == 100
     with pytest.raises(UserError, match='--patch_size 100: must be divisible by the scale'):
         option.parse_args(['--scale', '3', '--patch_size', '100'])

@@ -68,7 +68,8 @@ def parse(dir_data, *flags):
     base = ['--dir_data', str(dir_data), '--n_threads', '0', '--ext', 'img', '--scale', '2', '--patch_size', '32',
             '--batch_size', '4', '--test_every', '3', '--data_train', 'DIV2K', '--data_test', 'Set5',
             '--data_range', '1-4/5-6', '--rgb_range', '255', '--cpu']
-    return option.parse_args(base + list(flags))
+    weights = ['--untrained'] if '--test_only' in flags else []  # the data alone is under test
+    return option.parse_args(base + list(flags) + weights)
 
 
 def to8(t: torch.Tensor, rgb_range: float = 255) -> np.ndarray:
