@@ -6,6 +6,7 @@ loading ``--pre_train``, and the test-time extras (``--precision`` autocast, ``-
 """
 
 import contextlib
+import inspect
 import warnings
 from collections.abc import Callable
 from importlib import import_module
@@ -65,7 +66,7 @@ class Model(nn.Module):
             # rank 0's alone, so the per-forward sync is off.
             self.model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
-                forward_sync_buffers=False)
+                **ddp_without_buffer_sync())
 
     def _check_precision(self) -> None:
         dtype = AUTOCAST_DTYPES[self.precision]
@@ -164,6 +165,19 @@ class Model(nn.Module):
                     j, :, scale * (r_keep0 - r0):scale * (r_keep1 - r0), scale * (c_keep0 - c0):scale * (c_keep1 - c0)]
             del batch, out
         return sr
+
+
+def ddp_without_buffer_sync() -> dict:
+    """The DistributedDataParallel keyword that turns off its buffer broadcast at every forward.
+
+    torch 2.13 added ``forward_sync_buffers`` and deprecated ``broadcast_buffers``; earlier releases (the
+    CUDA machines' 2.11) have only the latter, which also skips the broadcast when DDP is built. That
+    one changes nothing here: every rank builds the network from the same seed and loads the same
+    checkpoint, so the buffers already agree.
+    """
+    if 'forward_sync_buffers' in inspect.signature(DistributedDataParallel).parameters:
+        return {'forward_sync_buffers': False}
+    return {'broadcast_buffers': False}
 
 
 def cpu_has_native_bf16() -> bool:
