@@ -216,6 +216,8 @@ class Runner:
                 self.summary['machine'] = entry['result'].get('machine')
             self._write_outputs()
         failed = self.summary['failed']
+        # The tables again on the console: whoever reads only the output still gets the numbers.
+        self.say('\n' + render_markdown(self.summary))
         self.say(f'gpu_check done in {time.monotonic() - self.start:.0f} s: '
                  + (f'{len(failed)} step(s) failed or timed out: {", ".join(failed)}' if failed else 'no step failed'))
         self.console.close()

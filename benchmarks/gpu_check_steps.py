@@ -125,7 +125,8 @@ class Context:
         return self._device
 
     def needs_cuda(self) -> None:
-        """Skip without CUDA, except in --smoke, where the step runs on the CPU to keep its code alive."""
+        """Skip without CUDA (the sizes are a GPU's), except in --smoke, where the step runs on the CPU at
+        tiny sizes to keep its code alive."""
         if self.device == 'cpu' and not self.smoke:
             raise Skip('no CUDA')
 
@@ -575,6 +576,7 @@ def chop_self_ensemble(ctx: Context) -> None:
 
 
 def _train(ctx: Context, name: str, precision: str) -> dict:
+    ctx.needs_cuda()
     epochs = ctx.sizes['epochs']
     flags = run_flags(ctx, name, epochs) + ['--precision', precision]
     rc, _ = run_main(ctx, flags)
@@ -608,6 +610,7 @@ def train_bf16(ctx: Context) -> None:
 
 def resume(ctx: Context) -> None:
     """The fp32 run again, stopped after half its epochs and resumed with --load --resume -1."""
+    ctx.needs_cuda()
     epochs = ctx.sizes['epochs']
     half = epochs // 2
     rc, _ = run_main(ctx, run_flags(ctx, 'resume', half))
@@ -629,6 +632,7 @@ def upscale(ctx: Context) -> None:
     import imageio.v3 as iio
     import numpy as np
 
+    ctx.needs_cuda()
     weights = run_folder(ctx, 'train_fp32') / 'model' / 'model_latest.pt'
     inputs = ctx.work / 'dataset' / 'benchmark' / 'Sample' / 'LR_bicubic' / 'X2'
     device_flags = ['--cpu'] if ctx.device == 'cpu' else []
@@ -663,6 +667,7 @@ def upscale(ctx: Context) -> None:
 
 def torchrun(ctx: Context) -> None:
     """main.py under ``torchrun --standalone --nproc_per_node 1``: NCCL on CUDA (gloo on the CPU), one epoch."""
+    ctx.needs_cuda()
     backend = 'gloo' if ctx.device == 'cpu' else 'nccl'
     flags = run_flags(ctx, 'torchrun', 1) + ['--dist_timeout', '60']
     env = child_env(2 if ctx.smoke else None, NCCL_DEBUG='INFO', NCCL_DEBUG_SUBSYS='INIT')
@@ -681,6 +686,7 @@ def torchrun(ctx: Context) -> None:
 
 def _bench(ctx: Context, build: Callable[[int], object]) -> None:
     """Forward (eval, no grad) at every size and one training step, in fp32 and bf16 autocast, eager."""
+    ctx.needs_cuda()
     s = ctx.sizes
     device = ctx.device
     timing = dict(warmup=s['warmup'], repeats=s['repeats'], case_seconds=s['case_seconds'])
@@ -721,6 +727,7 @@ def bench_ours(ctx: Context) -> None:
 
 
 def bench_official(ctx: Context) -> None:
+    ctx.needs_cuda()
     if not ctx.cfg.get('official_src'):
         raise Skip('no --official_src given')
     _bench(ctx, lambda scale: official(ctx, scale))
@@ -744,6 +751,7 @@ def bench_compile(ctx: Context) -> None:
     included) and the median after it; forward first, then the training step, fp32 before bf16."""
     import torch
 
+    ctx.needs_cuda()
     s = ctx.sizes
     device = ctx.device
     backend = s['compile_backend']
