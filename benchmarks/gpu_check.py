@@ -45,11 +45,12 @@ STEPS_SCRIPT = BENCH_DIR / 'gpu_check_steps.py'
 SCHEMA = 1
 # A step is not started with less time than this left in the budget: it could not do anything useful.
 MIN_STEP_S = 15.0
-# Seconds of the budget kept for killing a timed-out step and writing the outputs.
-RESERVE_S = 5.0
-KILL_GRACE_S = 5.0
+# Seconds of the budget kept for stopping a timed-out step (TERM, a grace for torchrun to stop its
+# workers, which run in sessions of their own, then KILL) and writing the outputs.
+RESERVE_S = 12.0
+KILL_GRACE_S = 8.0
 LOG_TAIL_LINES = 40
-DEFAULT_BUDGET_S = {'full': 285.0, 'smoke': 170.0}
+DEFAULT_BUDGET_S = {'full': 300.0, 'smoke': 170.0}
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 def _kill_group(proc: subprocess.Popen) -> None:
     """Stop the step and everything it started (its own process group): TERM, then KILL after a grace."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 2.0)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
         try:

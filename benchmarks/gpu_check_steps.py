@@ -58,7 +58,7 @@ SIZES = {
         attention_input=(2, 64),  # batch, LR side
         compare_side=64,
         chop_input=(100, 120), chop_flags=['--chop_size', '48', '--chop_overlap', '8', '--chop_batch', '4'],
-        ensemble_side=48,
+        ensemble_side=48, chop_ensemble_input=(64, 80),  # 4 tiles: the CPU side runs 32 tile forwards
         forward_cases=[(2, 96), (2, 192), (4, 192), (4, 320)],  # (scale, LR side)
         train_case=(2, 48, 16),  # scale, LR patch side, batch
         warmup=2, repeats=5, case_seconds=4.0,
@@ -71,7 +71,7 @@ SIZES = {
         attention_input=(2, 24),
         compare_side=24,
         chop_input=(40, 52), chop_flags=['--chop_size', '24', '--chop_overlap', '4', '--chop_batch', '2'],
-        ensemble_side=16,
+        ensemble_side=16, chop_ensemble_input=(28, 36),
         forward_cases=[(2, 24), (4, 24)],
         train_case=(2, 16, 2),
         warmup=1, repeats=1, case_seconds=1.0,
@@ -539,11 +539,11 @@ def chop_self_ensemble(ctx: Context) -> None:
     device = ctx.device
     set_tf32(False)
     state = ours(ctx, 2).state_dict()
-    h, w = ctx.sizes['chop_input']
     e = ctx.sizes['ensemble_side']
-    cases = {'chop': (['--chop', *ctx.sizes['chop_flags']], (h, w)),
+    cases = {'chop': (['--chop', *ctx.sizes['chop_flags']], ctx.sizes['chop_input']),
              'self_ensemble': (['--self_ensemble'], (e, e)),
-             'chop+self_ensemble': (['--chop', *ctx.sizes['chop_flags'], '--self_ensemble'], (h, w))}
+             'chop+self_ensemble': (['--chop', *ctx.sizes['chop_flags'], '--self_ensemble'],
+                                    ctx.sizes['chop_ensemble_input'])}
 
     def wrapper(flags, where, precision='single'):
         args = model_args(ctx, 2, *flags, '--precision', precision)

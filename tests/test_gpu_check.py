@@ -95,6 +95,18 @@ def test_smoke_runs_every_step_and_a_failing_step_does_not_stop_the_others(tmp_p
     assert sorted(p.name for p in out.iterdir()) == ['gpu_check.log', 'logs.tar.gz', 'summary.json', 'summary.md']
 
 
+def test_steps_that_do_not_fit_are_skipped_with_the_reason(tmp_path):
+    out = tmp_path / 'out'
+    argv = ['--smoke', '--budget', '1', '--out', str(out), '--work', str(tmp_path / 'work'), '--only',
+            'environment,resume,upscale']
+    assert gpu_check.main(argv) == 0
+    steps = json.loads((out / 'summary.json').read_text())['steps']
+    assert {name: (e['status'], e['reason']) for name, e in steps.items()} == {
+        'environment': ('skipped', 'out of time (0 s of the budget left)'),
+        'resume': ('skipped', 'needs train_fp32 (not run)'), 'upscale': ('skipped', 'needs train_fp32 (not run)')}
+    assert (out / 'summary.md').is_file() and (out / 'logs.tar.gz').is_file()
+
+
 def test_a_step_past_its_timeout_is_killed_with_its_children(tmp_path):
     marker = tmp_path / 'grandchild-survived'
     grandchild = f'import time, pathlib; time.sleep(3); pathlib.Path({str(marker)!r}).touch()'
