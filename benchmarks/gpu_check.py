@@ -16,8 +16,10 @@ the text files of its run folders) are rewritten in ``--out``, so a run cut shor
 it did. Bulky files (data, checkpoints, images) stay in ``--work`` (default: a new temporary folder).
 
 ``--smoke`` runs every step on the CPU at tiny sizes (a couple of minutes), so the script cannot rot
-unnoticed: ``tests/test_gpu_check.py`` runs it. What needs CUDA itself (the ``cuda`` tests, NCCL,
-peak CUDA memory) says "skipped: no CUDA" or records no value there.
+unnoticed: ``tests/test_gpu_check.py`` runs it. What needs CUDA itself cannot be had there: the
+``cuda`` tests say "skipped: no CUDA", ``torchrun`` starts gloo instead of NCCL, peak CUDA memory is
+none, and "CUDA vs CPU" compares the CPU with itself. Without ``--smoke`` on a machine without CUDA,
+every step sized for a GPU says "skipped: no CUDA".
 
 The exit status is 0 when no step failed or timed out, else 1.
 """
@@ -36,7 +38,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -98,7 +100,6 @@ class Config:
     repo: str = str(REPO)
     official_src: str | None = None
     fail_step: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def now_iso() -> str:

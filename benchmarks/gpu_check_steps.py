@@ -36,9 +36,6 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 SRC = REPO / 'src'
-for _path in (str(SRC), str(BENCH_DIR)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
 
 # The paper's configuration (src/template.py LCoAN_paper) and a tiny one for --smoke.
 PAPER_MODEL = ['--n_resgroups', '10', '--n_resblocks', '4', '--n_feats', '128', '--reduction', '1',
@@ -524,7 +521,7 @@ def cpu_vs_device(ctx: Context) -> None:
                    default_tf32={'matmul': defaults[0], 'cudnn': defaults[1]})
 
 
-class _QuietLog:
+class _PrintLog:
     def write_log(self, msg: str) -> None:
         print(msg, flush=True)
 
@@ -548,7 +545,7 @@ def chop_self_ensemble(ctx: Context) -> None:
     def wrapper(flags, where, precision='single'):
         args = model_args(ctx, 2, *flags, '--precision', precision)
         args.device = where
-        m = wrapper_module.Model(args, _QuietLog())
+        m = wrapper_module.Model(args, _PrintLog())
         m.get_model().load_state_dict(state)
         return m.eval()
 
@@ -838,6 +835,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--config', required=True, type=Path)
     p.add_argument('--result', required=True, type=Path)
     opts = p.parse_args(argv)
+    for path in (str(SRC), str(BENCH_DIR)):  # our modules as main.py sees them, and the benchmarks' helpers
+        if path not in sys.path:
+            sys.path.insert(0, path)
     cfg = json.loads(opts.config.read_text())
     ctx = Context(cfg, opts.step, opts.result)
     ctx.save()
