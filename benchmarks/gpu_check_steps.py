@@ -59,7 +59,7 @@ SIZES = {
         forward_cases=[(2, 96), (2, 192), (4, 192), (4, 320)],  # (scale, LR side)
         train_case=(2, 48, 16),  # scale, LR patch side, batch
         warmup=2, repeats=5, case_seconds=4.0,
-        compile_forward=(4, 192), compile_backend='inductor',
+        compile_forward=(4, 192), compile_backend='inductor', compile_precisions=('fp32', 'bf16'),
         run=['--template', 'demo', '--n_threads', '4', '--test_every', '50', '--print_every', '25'],
         epochs=4, upscale_tile=48, pytest_threads=2,
     ),
@@ -69,10 +69,10 @@ SIZES = {
         compare_side=24,
         chop_input=(40, 52), chop_flags=['--chop_size', '24', '--chop_overlap', '4', '--chop_batch', '2'],
         ensemble_side=16, chop_ensemble_input=(28, 36),
-        forward_cases=[(2, 24), (4, 24)],
+        forward_cases=[(2, 16), (4, 16)],
         train_case=(2, 16, 2),
         warmup=1, repeats=1, case_seconds=1.0,
-        compile_forward=(2, 16), compile_backend='eager',
+        compile_forward=(2, 16), compile_backend='eager', compile_precisions=('fp32',),
         run=TINY_RUN,
         epochs=2, upscale_tile=32, pytest_threads=1,
     ),
@@ -757,8 +757,8 @@ def bench_compile(ctx: Context) -> None:
     fscale, fside = s['compile_forward']
     tscale, tside, batch = s['train_case']
     forward_name, train_name = f'forward x{fscale} LR {fside}', f'train x{tscale} {batch}x{tside}x{tside}'
-    plan = [(f'{forward_name} fp32', 'forward', 'fp32'), (f'{train_name} fp32', 'train', 'fp32'),
-            (f'{forward_name} bf16', 'forward', 'bf16'), (f'{train_name} bf16', 'train', 'bf16')]
+    plan = [(f'{name} {precision}', kind, precision) for precision in s['compile_precisions']
+            for name, kind in ((forward_name, 'forward'), (train_name, 'train'))]
     cases = ctx.data['cases']
     for name, kind, precision in plan:
         entry = cases[name] = {}
