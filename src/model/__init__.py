@@ -5,6 +5,7 @@ loading ``--pre_train``, and the test-time extras (``--precision`` autocast, ``-
 ``--chop`` tiled inference, all from :mod:`model.inference`). In training mode it is the plain network.
 """
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -48,7 +49,7 @@ class Model(nn.Module):
             # rank 0's alone, so the per-forward sync is off.
             self.model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
-                forward_sync_buffers=False)
+                **ddp_without_buffer_sync())
 
     def log(self, msg: str) -> None:
         self.ckp.write_log(msg)
@@ -90,3 +91,16 @@ class Model(nn.Module):
         return inference.tiled_forward(
             forward, lr, scale=self.scale, rows=inference.overlap_spans(h, self.chop_size, self.chop_overlap),
             cols=inference.overlap_spans(w, self.chop_size, self.chop_overlap), batch=self.chop_batch)
+
+
+def ddp_without_buffer_sync() -> dict:
+    """The DistributedDataParallel keyword that turns off its buffer broadcast at every forward.
+
+    torch 2.13 added ``forward_sync_buffers`` and deprecated ``broadcast_buffers``; earlier releases (the
+    CUDA machines' 2.11) have only the latter, which also skips the broadcast when DDP is built. That
+    one changes nothing here: every rank builds the network from the same seed and loads the same
+    checkpoint, so the buffers already agree.
+    """
+    if 'forward_sync_buffers' in inspect.signature(DistributedDataParallel).parameters:
+        return {'forward_sync_buffers': False}
+    return {'broadcast_buffers': False}

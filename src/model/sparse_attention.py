@@ -234,7 +234,8 @@ class _BuildWeights(torch.autograd.Function):
             else:
                 d_raw = d_weights[b] * w_b
                 coef = -d_raw.sum(-1, keepdim=True)
-                if d_lse is not None:
+                # A single round's lse is empty; torch.compile hands its gradient in as an empty tensor, not None.
+                if d_lse is not None and d_lse.numel():
                     coef += d_lse[b].view_as(coef)
                 d_raw.addcmul_(w_b, coef)
             d_raw = d_raw.to(cd)

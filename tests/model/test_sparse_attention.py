@@ -242,6 +242,7 @@ def test_lcoa_modules_with_fast_kernels_match_reference_kernels():
     assert max_diff([g for g in fast_grads if g is not None], [g for g in ref_grads if g is not None]) <= TOL
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 @pytest.mark.parametrize('case', CASES[:3] + CASES[-2:])
 def test_cuda_matches_reference(case):

@@ -140,8 +140,8 @@ def test_nonfinite_weights_are_never_saved(tmp_path):
     assert ckp.get_path('model', 'model_latest.pt').read_bytes() == latest
 
 
-@pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason='no CUDA'))])
+@pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason='no CUDA')])])
 @pytest.mark.parametrize('precision, dtype', [('half', torch.float16), ('bf16', torch.bfloat16)])
 def test_mixed_precision_training(tmp_path, device, precision, dtype):
     args = make_args(tmp_path, '--precision', precision, '--epochs', '1')
