@@ -16,7 +16,7 @@ the text files of its run folders) are rewritten in ``--out``, so a run cut shor
 it did. Bulky files (data, checkpoints, images) stay in ``--work`` (default: a new temporary folder).
 
 ``--smoke`` runs every step on the CPU at tiny sizes (a couple of minutes), so the script cannot rot
-unnoticed: ``tests/test_gpu_check.py`` runs it. What needs CUDA itself cannot be had there: the
+unnoticed: ``tests/benchmarks/test_gpu_check.py`` runs it. What needs CUDA itself cannot be had there: the
 ``cuda`` tests say "skipped: no CUDA", ``torchrun`` starts gloo instead of NCCL, peak CUDA memory is
 none, and "CUDA vs CPU" compares the CPU with itself. Without ``--smoke`` on a machine without CUDA,
 every step sized for a GPU says "skipped: no CUDA".

@@ -12,11 +12,12 @@ import sys
 import tarfile
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / 'benchmarks'
+import conftest
+
+BENCH = conftest.ROOT / 'benchmarks'
 sys.path.insert(0, str(BENCH))
 import gpu_check  # noqa: E402
 import gpu_check_steps  # noqa: E402
