@@ -83,8 +83,10 @@ def verify(path: Path, net: torch.nn.Module, detected: detect.Detected, layout: 
     args = net.sr_args
     rgb_range = float(args.rgb_range)
     state, again = detect.read_checkpoint(path, what='written file', rgb_range=args.rgb_range)
-    if (again.model, again.options) != (detected.model, {k: v for k, v in detected.options.items()
-                                                          if k in again.options}):
+    def shapes(found):  # what the weights hold; rgb_range is checked by the output
+        return found.model, {k: v for k, v in found.options.items() if k != 'rgb_range'}
+
+    if shapes(again) != shapes(detected):
         raise UserError(f'{path}: reads back as {again.describe()}, not as {detected.describe()}')
     overrides = {k: getattr(args, k) for k in again.assumed if hasattr(args, k)}
     back = api.build(state, again, source=f'written file {path}', device='cpu', **overrides)
