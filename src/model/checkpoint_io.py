@@ -149,8 +149,9 @@ def in_our_layout(state: dict[str, torch.Tensor], *, rgb_range: float | None = N
         if any(k in state for k in owned):
             return state, None
         found = [lay for group in layouts().values() for lay in group if lay.signature and lay.signature in state]
-    else:
-        found = [lay for lay in layouts().get(layout, []) if not lay.signature or lay.signature in state]
+    else:  # a layout without a signature key has ours: the architecture's own signature tells whose it is
+        found = [lay for arch in registry.architectures().values() for lay in arch.layouts
+                 if lay.name == layout and (lay.signature or arch.signature) in state]
         if not found:
             known = ', '.join(layouts())
             raise UnknownCheckpoint(f'not in the {layout!r} layout of any architecture (layouts read: {known})')

@@ -117,19 +117,21 @@ def recognise(state: dict[str, torch.Tensor], *, rgb_range: float | None = None,
             foreign = list(state)
         raise UnknownCheckpoint('not a super-resolution checkpoint this program knows; ' + which + _listing(foreign))
     errors = []
+    layout_range = (checkpoint_io.DEFAULT_RGB_RANGE if rgb_range is None else rgb_range) if found_layout else None
     for arch in candidates:  # one, unless two architectures share a signature key: the one whose layout fits
         try:
-            return state, _verified(arch, state, found_layout)
+            return state, _verified(arch, state, found_layout, layout_range)
         except UnknownCheckpoint as e:
             errors.append(e)
     raise errors[0]
 
 
-def _verified(arch: Architecture, state: dict[str, torch.Tensor], layout: Layout | None) -> Detected:
+def _verified(arch: Architecture, state: dict[str, torch.Tensor], layout: Layout | None,
+              layout_range: float | None) -> Detected:
     """``arch`` with the options read from ``state``, if rebuilding it with them gives exactly ``state``'s layout.
 
     A placeholder key (``a``) may be missing. For a ``layout`` that keeps the mean shift out of its
-    weights, ``rgb_range`` is reported as assumed.
+    weights, ``rgb_range`` is reported as assumed: ``layout_range``, the one it was converted for.
     """
     options = arch.read_options(state)
     bad = [k for k, v in options.items() if isinstance(v, int) and v <= 0]
@@ -145,8 +147,10 @@ def _verified(arch: Architecture, state: dict[str, torch.Tensor], layout: Layout
 
     assumed = arch.assumed(options)
     rgb_range = rgb_range_of(state)
-    if rgb_range is None or (layout is not None and layout.mean_outside):
-        assumed['rgb_range'] = DEFAULT_RGB_RANGE if rgb_range is None else rgb_range
+    if layout is not None and layout.mean_outside:
+        assumed['rgb_range'] = layout_range
+    elif rgb_range is None:
+        assumed['rgb_range'] = DEFAULT_RGB_RANGE
     else:
         options['rgb_range'] = rgb_range
     return Detected(model=arch.name, options=options, assumed=assumed, layout=layout.source if layout else '')

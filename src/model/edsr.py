@@ -67,15 +67,8 @@ BASICSR = spec.Layout(
 
 
 def _from_super_image(state: spec.StateDict, rgb_range: float) -> dict:
-    """super-image's ``EdsrModel``: our keys, but its forward never applies the mean shift it holds (input in [0, 1]).
-
-    The mean shift becomes a pure rescaling (``sub_mean`` divides by ``rgb_range``, ``add_mean``
-    multiplies by it, no bias), so our network computes its function exactly.
-    """
-    eye = torch.eye(3).view(3, 3, 1, 1)
-    zero = torch.zeros(3)
-    return {**state, 'sub_mean.weight': eye / rgb_range, 'sub_mean.bias': zero,
-            'add_mean.weight': eye * rgb_range, 'add_mean.bias': zero.clone()}
+    """super-image's ``EdsrModel``: our keys, but its forward (on [0, 1] images) never applies the mean shift."""
+    return spec.unit_range(state, rgb_range, applies_mean=False)
 
 
 SUPER_IMAGE = spec.Layout(

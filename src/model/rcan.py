@@ -87,6 +87,16 @@ BASICSR = spec.Layout(
     mean_outside=True, load_there=_basicsr_options)
 
 
+def _from_super_image(state: spec.StateDict, rgb_range: float) -> dict:
+    """super-image's ``RcanModel``: RCAN's keys without ``a``, run on [0, 1] images with the mean shift of 255."""
+    return spec.unit_range(state, rgb_range, applies_mean=True)
+
+
+SUPER_IMAGE = spec.Layout(
+    name='super-image', source="super-image's RcanModel ([0, 1] images, the mean shift of range 255)", signature='',
+    to_ours=_from_super_image, mean_outside=True)
+
+
 ARCH = spec.Architecture(
     name='RCAN',
     description='Residual Channel Attention Network (Zhang et al., ECCV 2018)',
@@ -105,7 +115,7 @@ ARCH = spec.Architecture(
         | body\.\d+\.body\.\d+\.body\.([02]|3\.conv_du\.[02])\.(weight|bias)''',
     read_options=_read_options,
     shapes=_shapes,
-    layouts=(BASICSR,),
+    layouts=(BASICSR, SUPER_IMAGE),
 )
 
 

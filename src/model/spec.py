@@ -318,17 +318,38 @@ def rgb_range_of(state: StateDict) -> float | None:
     The bias is compared in its own precision: a checkpoint saved in float16 or bfloat16 holds the
     mean rounded to 11 or 8 significant bits.
     """
-    bias = state.get('add_mean.bias')
+    bias, weight = state.get('add_mean.bias'), state.get('add_mean.weight')
     if bias is None or bias.dim() != 1 or bias.numel() not in (1, 3) or not bias.is_floating_point():
         return None
     mean = torch.tensor(DIV2K_RGB_MEAN, dtype=torch.float64)
     if bias.numel() == 1:
         mean = mean.mean().reshape(1)
-    value = float(bias.double().sum() / mean.sum())
+    gain = 1.0  # a layout run on [0, 1] images scales by rgb_range in add_mean's weight (unit_range)
+    if weight is not None and weight.shape == (bias.numel(), bias.numel(), 1, 1):
+        diagonal = float(weight.double().flatten(1).diagonal().mean())
+        gain = diagonal if diagonal > 0 else 1.0
+    value = float(bias.double().sum() / mean.sum() / gain)
     rtol = max(1e-4, 2 * torch.finfo(bias.dtype).eps)
-    if not math.isfinite(value) or value <= 0 or not torch.allclose(bias.double(), value * mean, rtol=rtol):
+    if not math.isfinite(value) or value <= 0 or not torch.allclose(bias.double(), gain * value * mean, rtol=rtol):
         return None
     return int(round(value)) if abs(value - round(value)) < max(1e-3, rtol) * max(1.0, value) else value
+
+
+def unit_range(state: StateDict, rgb_range: float, *, applies_mean: bool) -> dict[str, torch.Tensor]:
+    """``state`` of a network run on [0, 1] images (super-image's) as ours, run on [0, ``rgb_range``] images.
+
+    ``sub_mean`` divides by ``rgb_range`` and ``add_mean`` multiplies by it, so our network computes
+    its function exactly. ``applies_mean``: its forward applies the mean shift it holds (kept);
+    else the shift is dropped (only the rescaling is left).
+    """
+    out = dict(state)
+    for key, factor in (('sub_mean.', 1 / rgb_range), ('add_mean.', rgb_range)):
+        weight, bias = state[key + 'weight'].float(), state[key + 'bias'].float()
+        if not applies_mean:
+            weight, bias = torch.eye(weight.shape[0]).view_as(weight), torch.zeros_like(bias)
+        out[key + 'weight'] = weight * factor
+        out[key + 'bias'] = bias * rgb_range if key == 'add_mean.' else bias
+    return out
 
 
 def mismatch(why: str) -> UnknownCheckpoint:
