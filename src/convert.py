@@ -1,10 +1,10 @@
 """Convert a checkpoint between formats and layouts: ``python src/convert.py IN OUT [--layout L]``.
 
-``IN`` is any checkpoint detection reads (ours, the official releases, BasicSR's ``params``/
-``params_ema``, spandrel's and super-image's RCAN, ``.pt`` or ``.safetensors``; super-image's EDSR
-with ``--from super-image``). ``OUT`` is written by its extension, ``.safetensors`` or
-``.pt``/``.pth``/``.ckpt`` (a plain ``state_dict`` that ``torch.load(..., weights_only=True)`` reads),
-with contiguous tensors, in the layout ``--layout`` names:
+``IN`` is any checkpoint detection reads (ours, the official releases, RCAN's without ``a``,
+BasicSR's ``params``/``params_ema``, spandrel's RCAN, ``.pt`` or ``.safetensors``; super-image's EDSR
+and RCAN, which run on [0, 1] images, with ``--from super-image``). ``OUT`` is written by its
+extension, ``.safetensors`` or ``.pt``/``.pth``/``.ckpt`` (a plain ``state_dict`` that
+``torch.load(..., weights_only=True)`` reads), with contiguous tensors, in the layout ``--layout`` names:
 
 - ``ours`` (default): this code's keys, which are the official code's;
 - ``spandrel``: ours without the placeholder ``a`` that spandrel's own RCAN refuses (the others
@@ -45,8 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                  f'{"/".join(TORCH_SUFFIXES)}, by its extension')
     p.add_argument('--layout', choices=LAYOUTS, default='ours', help='key names of OUT (default: ours)')
     p.add_argument('--from', dest='source', default=None, metavar='LAYOUT',
-                   help="read IN as this layout, for one its weights do not reveal: 'super-image' (its EDSR, "
-                        'whose forward never applies its mean shift)')
+                   help="read IN as this layout, for one its weights do not reveal: 'super-image' (its EDSR and "
+                        'RCAN run on [0, 1] images, the EDSR without its mean shift)')
     p.add_argument('--overwrite', action='store_true', help='replace OUT if it exists')
     return p.parse_args(argv)
 
