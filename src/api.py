@@ -40,12 +40,15 @@ def parse_args(argv=None):
     return args
 
 
-def load_pretrained(path: str | Path, *, device: str | torch.device | None = None, **overrides) -> nn.Module:
+def load_pretrained(path: str | Path, *, device: str | torch.device | None = None, layout: str | None = None,
+                    **overrides) -> nn.Module:
     """The network stored in ``path``, in eval mode on ``device`` (default: the GPU if there is one).
 
     Architecture and options are detected from the weights (``model.detect``); ``overrides`` set
     options by their flag name (``window_size=96``, ``attention_impl='reference'``), as on the
     command line. A checkpoint is loaded only when it fits exactly (no fresh upsampler).
+    ``layout`` reads the file as another code base's layout that its weights do not reveal
+    (``'super-image'``); the recognisable ones (BasicSR's) are read without it.
 
     The returned network carries ``net.sr_args`` (the resolved options: ``model, scale, n_colors,
     rgb_range`` ...) for :func:`upscale`.
@@ -55,6 +58,16 @@ def load_pretrained(path: str | Path, *, device: str | torch.device | None = Non
         TypeError: an override that is no option.
     """
     path = Path(path)
+    state, detected = detect.read_checkpoint(path, what='weights', rgb_range=overrides.get('rgb_range'), layout=layout)
+    return build(state, detected, source=f'weights {path}', device=device, **overrides)
+
+
+def build(state: dict[str, Tensor], detected: detect.Detected, *, source: str,
+          device: str | torch.device | None = None, **overrides) -> nn.Module:
+    """The network of ``detected`` holding ``state`` (in our layout), as :func:`load_pretrained` returns it.
+
+    ``source`` names the weights in messages.
+    """
     device = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available()
                                                                             else 'cpu')
     if device.type == 'cuda' and not torch.cuda.is_available():
@@ -62,17 +75,16 @@ def load_pretrained(path: str | Path, *, device: str | torch.device | None = Non
     for key in ('pre_train', 'cpu', 'model'):
         if key in overrides:
             raise TypeError(f'load_pretrained: unknown option {key!r}')
-    state, detected = detect.read_checkpoint(path, what='weights')
     scale = overrides.get('scale')
     if scale is not None and int(scale) != detected.scale:
-        raise UserError(f'scale {scale} requested, but {path} is a x{detected.scale} {detected.model} checkpoint')
+        raise UserError(f'scale {scale} requested, but {source} is a x{detected.scale} {detected.model} checkpoint')
     options = {**detected.options, **detected.assumed, **overrides, 'cpu': device.type == 'cpu'}
     try:
         args = option.for_model(detected.model, **options)
     except TypeError as e:
         raise TypeError(f'load_pretrained: {e}') from None
     net = registry.get(args.model).make_model(args)
-    checkpoint_io.load_into(net, state, source=f'weights {path}', log=lambda _: None, allow_new_upsampler=False)
+    checkpoint_io.load_into(net, state, source=source, log=lambda _: None, allow_new_upsampler=False)
     net.sr_args = args
     net.sr_detected = detected
     return net.to(device).eval()

@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     g('--load', type=str, default='', help='name of a run under --save_dir to continue')
     g('--resume', type=int, default=0, help='with --load: -1 latest, N epoch N, 0 start anew')
     g('--save_models', action='store_true', help='keep a checkpoint of every epoch')
+    g('--save_safetensors', action='store_true', help='also write each model file as .safetensors beside its .pt')
     g('--print_every', type=int, default=100, help='batches between log lines')
     g('--save_results', action='store_true', help='write the SR images of the test sets')
     g('--save_gt', action='store_true', help='with --save_results, write LR and HR too')

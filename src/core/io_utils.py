@@ -13,6 +13,8 @@ Every ``.pt`` file is read by :func:`load_state`: ``torch.load(..., weights_only
 CPU, with a :class:`errors.UserError` naming the file when it is missing, cut short, not a PyTorch
 checkpoint (a text file, a plain pickle), or holds pickled objects other than tensors and plain
 types (the message names the function or class the pickle refers to; nothing of it is run).
+A ``.safetensors`` file (by its name or its header) is read with the ``safetensors`` package, which
+holds nothing but tensors. :func:`save_weights` writes a state_dict as either, by the file's extension.
 """
 
 import errno
@@ -111,6 +113,45 @@ def atomic_write_text(text: str, path: str | Path) -> None:
     atomic_write(path, lambda f: f.write(text), mode='w')
 
 
+SAFETENSORS_SUFFIX = '.safetensors'
+# Extensions save_weights writes with torch.save.
+TORCH_SUFFIXES = ('.pt', '.pth', '.ckpt')
+
+
+def save_weights(state: dict, path: str | Path) -> None:
+    """Write the state_dict ``state`` atomically: ``.safetensors`` with safetensors, ``.pt``/``.pth``/``.ckpt``
+    with ``torch.save``; every tensor as a contiguous CPU copy (channels_last weights included: safetensors
+    refuses strided tensors, and no copy shares storage with another). ValueError for another extension."""
+    path = Path(path)
+    plain = {k: v.detach().to('cpu').clone(memory_format=torch.contiguous_format) for k, v in state.items()}
+    if path.suffix == SAFETENSORS_SUFFIX:
+        from safetensors.torch import save
+        atomic_write(path, lambda f: f.write(save(plain, metadata={'format': 'pt'})))
+    elif path.suffix in TORCH_SUFFIXES:
+        atomic_save(plain, path)
+    else:
+        raise ValueError(f'{path}: weights are written as {SAFETENSORS_SUFFIX} or {", ".join(TORCH_SUFFIXES)}')
+
+
+def _is_safetensors(path: Path, head: bytes) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header starting with '{'."""
+    if path.suffix == SAFETENSORS_SUFFIX:
+        return True
+    if len(head) < 9 or head[8:9] != b'{':
+        return False
+    return 2 <= int.from_bytes(head[:8], 'little') <= path.stat().st_size - 8
+
+
+def _load_safetensors(path: Path, what: str) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        return load_file(path, device='cpu')
+    except (SafetensorError, OSError, ValueError) as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f'{what} {path}: not a readable safetensors file ({text})') from None
+
+
 def load_state(path: str | Path, *, what: str = 'checkpoint'):
     """``torch.load(path, map_location='cpu', weights_only=True)`` with errors that name the file.
 
@@ -127,6 +168,13 @@ def load_state(path: str | Path, *, what: str = 'checkpoint'):
         raise UserError(f'{what} {path}: no such file')
     if not path.is_file():
         raise UserError(f'{what} {path}: not a file')
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(16)
+    except OSError as e:
+        raise UserError(f'{what} {path}: cannot read it ({e.strerror or e})') from None
+    if _is_safetensors(path, head):
+        return _load_safetensors(path, what)
     try:
         with warnings.catch_warnings():
             # A plain pickle of another protocol is refused below with a message of ours.

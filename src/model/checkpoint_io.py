@@ -14,7 +14,12 @@ Keys and shapes must match the network exactly, with two exceptions:
   ``upsampler_prefix`` attribute, e.g. RDN's ``UPNet.``), every other tensor is loaded and the
   network keeps its freshly initialised upsampler, as a whole; the log names what was kept and skipped.
 - The placeholder parameter ``a`` (unused by forward, present in the official LCoAN and NLSN-repository
-  RCAN checkpoints, absent from RCAN's own ``RCAN_BIX2.pt``) may be missing; the network keeps its own.
+  RCAN checkpoints, absent from RCAN's own ``RCAN_BIX2.pt``, spandrel's and super-image's RCAN) may be
+  missing; the network keeps its own.
+
+Before that, a checkpoint in another code base's layout (``Architecture.layouts``: BasicSR's EDSR
+and RCAN) is renamed to ours (:func:`in_our_layout`), and the prefixes that wrappers put before every
+key (``module.``, ``_orig_mod.``, ``model.``) are removed (:func:`strip_prefixes`).
 """
 
 from collections.abc import Callable
@@ -25,10 +30,15 @@ from torch import nn
 
 from core.errors import UserError
 from core.io_utils import load_state
-from model.spec import PLACEHOLDER_KEYS, upsampler_scale
+from model import registry
+from model.spec import PLACEHOLDER_KEYS, Layout, UnknownCheckpoint, natural_order, rgb_range_of, upsampler_scale
 
 UPSAMPLER_PREFIX = 'tail.0.'
-DDP_PREFIX = 'module.'
+# What wrappers put before every key: (Distributed)DataParallel, torch.compile, and a module that
+# holds the network as ``self.model`` (Lightning modules, EMA wrappers). Removed in any nesting.
+WRAPPER_PREFIXES = ('module.', '_orig_mod.', 'model.')
+# EDSR-PyTorch's rgb_range, assumed for a layout that keeps the mean shift out of its weights (BasicSR's img_range).
+DEFAULT_RGB_RANGE = 255
 # Entries under which training scripts commonly nest the state_dict, in order of preference.
 WRAPPER_KEYS = ('params_ema', 'params', 'state_dict', 'model', 'net')
 # How many mismatched keys an error message lists before it says "and N more".
@@ -49,7 +59,12 @@ def read_state_dict(path: str | Path, *, what: str = 'checkpoint') -> dict[str, 
     obj = load_state(path, what=what)
     if not isinstance(obj, dict):
         raise UserError(f'{what} {path}: expected a state_dict (a dict of tensors), found a {type(obj).__name__}')
+    if not obj:
+        raise UserError(f'{what} {path}: an empty state_dict: it holds no weights')
     obj = unwrap_state_dict(obj)
+    empty = [k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict) and not obj[k]]
+    if empty and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f'{what} {path}: its {empty[0]!r} entry is empty: the file holds no weights')
     bad = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
     if bad:
         nested = [k for k in bad if isinstance(obj[k], dict)]
@@ -90,13 +105,77 @@ def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
                             'that are not finite (saved from a run that diverged?)')
 
 
-def strip_ddp_prefix(state: dict[str, torch.Tensor], *, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
-    """Remove the ``module.`` that (Distributed)DataParallel puts before every key, if all keys have it."""
-    if state and all(k.startswith(DDP_PREFIX) for k in state):
-        log(f"Checkpoint was saved from a DataParallel/DistributedDataParallel wrapper: removed the leading "
-            f"'{DDP_PREFIX}' of its {len(state)} keys.")
-        return {k[len(DDP_PREFIX):]: v for k, v in state.items()}
+def strip_prefixes(state: dict[str, torch.Tensor], *, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """Remove the :data:`WRAPPER_PREFIXES` that every key has (``module._orig_mod.`` too), naming them in ``log``."""
+    removed = []
+    while state:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items()}
+        removed.append(prefix)
+    if removed:
+        log(f"Checkpoint was saved from a wrapper (DataParallel, torch.compile, a module holding the network): "
+            f"removed the leading '{''.join(removed)}' of its {len(state)} keys.")
     return state
+
+
+def layouts() -> dict[str, list[Layout]]:
+    """Layout name -> the layouts of that name (one per architecture that has it), from the registry."""
+    found: dict[str, list[Layout]] = {}
+    for arch in registry.architectures().values():
+        for layout in arch.layouts:
+            found.setdefault(layout.name, []).append(layout)
+    return found
+
+
+def in_our_layout(state: dict[str, torch.Tensor], *, rgb_range: float | None = None,
+                  layout: str | None = None) -> tuple[dict[str, torch.Tensor], Layout | None]:
+    """``state`` in our key names, and the other code base's layout it was in (None: already ours).
+
+    Args:
+        state: a plain state_dict, prefixes removed.
+        rgb_range: for a layout that keeps the mean shift out of its weights, the ``rgb_range`` to
+            build it for (None: 255, BasicSR's ``img_range`` default).
+        layout: read ``state`` as this layout (``'super-image'``, whose weights cannot be told from
+            ours); None: recognise it by a layout's signature key.
+
+    Raises:
+        UnknownCheckpoint: ``layout`` is given but no architecture's layout of that name fits ``state``.
+    """
+    rgb_range = DEFAULT_RGB_RANGE if rgb_range is None else rgb_range
+    if layout is None:
+        owned = {arch.signature for arch in registry.architectures().values()}
+        if any(k in state for k in owned):
+            return state, None
+        found = [lay for group in layouts().values() for lay in group if lay.signature and lay.signature in state]
+    else:  # a layout without a signature key has ours: the architecture's own signature tells whose it is
+        found = [lay for arch in registry.architectures().values() for lay in arch.layouts
+                 if lay.name == layout and (lay.signature or arch.signature) in state]
+        if not found:
+            known = ', '.join(layouts())
+            raise UnknownCheckpoint(f'not in the {layout!r} layout of any architecture (layouts read: {known})')
+    if not found:
+        return state, None
+    return natural_order(found[0].to_ours(state, rgb_range)), found[0]
+
+
+def read_weights(path: str | Path, *, what: str, log: Callable[[str], None], rgb_range: float | None = None,
+                 layout: str | None = None) -> tuple[dict[str, torch.Tensor], Layout | None]:
+    """:func:`read_state_dict`, :func:`strip_prefixes` and :func:`in_our_layout`: ``path``'s weights in our key names.
+
+    A checkpoint in another layout is named in ``log``, with what is assumed for it.
+    """
+    state = strip_prefixes(read_state_dict(path, what=what), log=log)
+    try:
+        state, found = in_our_layout(state, rgb_range=rgb_range, layout=layout)
+    except UnknownCheckpoint as e:
+        raise UnknownCheckpoint(f'{what} {path}: {e}') from None
+    if found is not None:
+        note = (f'; rgb_range {DEFAULT_RGB_RANGE if rgb_range is None else rgb_range} and the DIV2K mean assumed '
+                '(not stored in its weights)' if found.mean_outside else '')
+        log(f'{what} {path} is in the layout of {found.source}: its keys were renamed to ours{note}.')
+    return state, found
 
 
 def upsampler_prefix(network: nn.Module) -> str:
@@ -192,7 +271,7 @@ def load_checkpoint(network: nn.Module, path: str | Path, *, log: Callable[[str]
     Returns:
         The checkpoint keys that were not loaded.
     """
-    state = strip_ddp_prefix(read_state_dict(path, what=what), log=log)
+    state, _ = read_weights(path, what=what, log=log, rgb_range=rgb_range_of(network.state_dict()))
     skipped = load_into(network, state, source=f'{what} {path}', log=log, allow_new_upsampler=allow_new_upsampler)
     log(f'Loaded {what} {path} ({len(state) - len(skipped)} tensors).')
     return skipped

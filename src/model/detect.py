@@ -13,7 +13,6 @@ must equal the checkpoint's. Anything else raises :class:`UnknownCheckpoint` nam
 fault, so a detected configuration always loads strictly.
 """
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,8 @@ from typing import Any
 
 import torch
 
-from model import checkpoint_io, common, registry
-from model.spec import Architecture, UnknownCheckpoint, mismatch
+from model import checkpoint_io, registry
+from model.spec import PLACEHOLDER_KEYS, Architecture, Layout, UnknownCheckpoint, mismatch, rgb_range_of
 
 # EDSR-PyTorch's default for models without a mean shift (RDN), whose weights do not reveal it.
 DEFAULT_RGB_RANGE = 255
@@ -30,7 +29,7 @@ DEFAULT_RGB_RANGE = 255
 _LIST_AT_MOST = 5
 
 __all__ = ['Detected', 'UnknownCheckpoint', 'apply_pre_train', 'detect_architecture', 'expected_shapes',
-           'fill_options', 'read_checkpoint']
+           'fill_options', 'read_checkpoint', 'recognise']
 
 
 @dataclass(frozen=True)
@@ -41,11 +40,13 @@ class Detected:
         model: the architecture's name (``model.registry``).
         options: option name -> value read from the weights (``scale`` is an int).
         assumed: option name -> published value, for options the weights do not record.
+        layout: the other code base whose key names the checkpoint has (``Layout.source``); '' for ours.
     """
 
     model: str
     options: dict[str, Any]
     assumed: dict[str, Any] = field(default_factory=dict)
+    layout: str = ''
 
     @property
     def scale(self) -> int:
@@ -57,26 +58,14 @@ class Detected:
         text = f'{self.model} x{self.scale} ({shown})'
         if self.assumed:
             text += '; assumed (not stored in the weights): ' + ', '.join(f'{k}={v}' for k, v in self.assumed.items())
+        if self.layout:
+            text += f'; in the layout of {self.layout}'
         return text
 
 
 def expected_shapes(model: str, **options) -> dict[str, tuple[int, ...]]:
     """Key -> shape of the state_dict that ``model`` built with ``options`` has."""
     return registry.get(model).shapes(**options)
-
-
-def _rgb_range(state: dict[str, torch.Tensor]) -> float | None:
-    """``rgb_range`` from ``add_mean.bias = rgb_range * DIV2K mean`` (None when the bias is not of that form)."""
-    bias = state.get('add_mean.bias')
-    if bias is None or bias.dim() != 1 or bias.numel() not in (1, 3):
-        return None
-    mean = torch.tensor(common.DIV2K_RGB_MEAN, dtype=torch.float64)
-    if bias.numel() == 1:
-        mean = mean.mean().reshape(1)
-    value = float(bias.double().sum() / mean.sum())
-    if not math.isfinite(value) or value <= 0 or not torch.allclose(bias.double(), value * mean, rtol=1e-4):
-        return None
-    return int(round(value)) if abs(value - round(value)) < 1e-3 * max(1.0, value) else value
 
 
 def _listing(keys: Iterable[str]) -> str:
@@ -96,15 +85,27 @@ def _layout_error(arch: Architecture, options: dict, want: dict, have: dict) -> 
 
 
 def detect_architecture(state: dict[str, torch.Tensor]) -> Detected:
-    """The model and options that produced ``state`` (a plain state_dict; ``module.`` prefixes are removed).
+    """The model and options that produced ``state`` (a plain state_dict): :func:`recognise`'s ``Detected``."""
+    return recognise(state)[1]
+
+
+def recognise(state: dict[str, torch.Tensor], *, rgb_range: float | None = None,
+              layout: str | None = None) -> tuple[dict[str, torch.Tensor], Detected]:
+    """``state`` in our layout, and the model and options that produced it.
+
+    Wrapper prefixes (``module.``, ``_orig_mod.``, ``model.``) are removed and another code base's
+    layout is renamed to ours first (:func:`checkpoint_io.in_our_layout`; ``rgb_range`` and
+    ``layout`` are passed to it).
 
     Raises:
         UnknownCheckpoint: no known architecture has these keys and shapes; the message (one line,
             without the file name: callers prefix it) names the keys it does not recognise, or those
             that differ from the closest architecture's layout.
     """
-    if state and all(k.startswith(checkpoint_io.DDP_PREFIX) for k in state):
-        state = {k[len(checkpoint_io.DDP_PREFIX):]: v for k, v in state.items()}
+    if not state:
+        raise UnknownCheckpoint('an empty state_dict: it holds no weights')
+    state = checkpoint_io.strip_prefixes(state, log=lambda _: None)
+    state, found_layout = checkpoint_io.in_our_layout(state, rgb_range=rgb_range, layout=layout)
     archs = registry.architectures().values()
     everyone = ', '.join(registry.names())
     candidates = [a for a in archs if a.signature in state]
@@ -116,42 +117,55 @@ def detect_architecture(state: dict[str, torch.Tensor]) -> Detected:
             foreign = list(state)
         raise UnknownCheckpoint('not a super-resolution checkpoint this program knows; ' + which + _listing(foreign))
     errors = []
+    layout_range = (checkpoint_io.DEFAULT_RGB_RANGE if rgb_range is None else rgb_range) if found_layout else None
     for arch in candidates:  # one, unless two architectures share a signature key: the one whose layout fits
         try:
-            return _verified(arch, state)
+            return state, _verified(arch, state, found_layout, layout_range)
         except UnknownCheckpoint as e:
             errors.append(e)
     raise errors[0]
 
 
-def _verified(arch: Architecture, state: dict[str, torch.Tensor]) -> Detected:
-    """``arch`` with the options read from ``state``, if rebuilding it with them gives exactly ``state``'s layout."""
+def _verified(arch: Architecture, state: dict[str, torch.Tensor], layout: Layout | None,
+              layout_range: float | None) -> Detected:
+    """``arch`` with the options read from ``state``, if rebuilding it with them gives exactly ``state``'s layout.
+
+    A placeholder key (``a``) may be missing. For a ``layout`` that keeps the mean shift out of its
+    weights, ``rgb_range`` is reported as assumed: ``layout_range``, the one it was converted for.
+    """
     options = arch.read_options(state)
     bad = [k for k, v in options.items() if isinstance(v, int) and v <= 0]
     if bad:
         raise mismatch(f'{arch.name}-like keys, but {", ".join(bad)} cannot be read from the shapes')
     want = arch.shapes(**options)
     have = {k: tuple(v.shape) for k, v in state.items()}
+    for key in PLACEHOLDER_KEYS:
+        if key in want and key not in have:
+            del want[key]
     if want != have:
         raise _layout_error(arch, options, want, have)
 
     assumed = arch.assumed(options)
-    rgb_range = _rgb_range(state)
-    if rgb_range is None:
+    rgb_range = rgb_range_of(state)
+    if layout is not None and layout.mean_outside:
+        assumed['rgb_range'] = layout_range
+    elif rgb_range is None:
         assumed['rgb_range'] = DEFAULT_RGB_RANGE
     else:
         options['rgb_range'] = rgb_range
-    return Detected(model=arch.name, options=options, assumed=assumed)
+    return Detected(model=arch.name, options=options, assumed=assumed, layout=layout.source if layout else '')
 
 
-def read_checkpoint(path: str | Path, *, what: str = 'checkpoint') -> tuple[dict[str, torch.Tensor], Detected]:
+def read_checkpoint(path: str | Path, *, what: str = 'checkpoint', rgb_range: float | None = None,
+                    layout: str | None = None) -> tuple[dict[str, torch.Tensor], Detected]:
     """Read ``path`` (see :func:`checkpoint_io.read_state_dict`) and detect its architecture.
 
-    Returns ``(state_dict without module. prefixes, detected)``; errors name the file.
+    Returns ``(state_dict in our layout, detected)``; errors name the file. ``rgb_range`` and
+    ``layout``: see :func:`recognise`.
     """
-    state = checkpoint_io.strip_ddp_prefix(checkpoint_io.read_state_dict(path, what=what), log=lambda _: None)
+    state = checkpoint_io.read_state_dict(path, what=what)
     try:
-        return state, detect_architecture(state)
+        return recognise(state, rgb_range=rgb_range, layout=layout)
     except UnknownCheckpoint as e:
         raise UnknownCheckpoint(f'{what} {path}: {e}') from None
 
@@ -178,13 +192,21 @@ def apply_pre_train(args) -> str:
     """``--pre_train X.pt`` with architecture flags left out: fill them from the checkpoint.
 
     Flags in ``args.given`` (command line or ``--template``) win; a contradiction then surfaces as
-    the loader's mismatch error naming keys and shapes. Returns the log line (empty without
-    ``--pre_train``).
+    the loader's mismatch error naming keys and shapes, except a given ``--model`` other than the
+    checkpoint's, which is named as such. Returns the log line (empty without ``--pre_train``).
     """
     path = args.pre_train
     if not path or path == '.' or not Path(path).exists():
         return ''  # nothing to read: a missing file is reported by the loader, naming it
-    _, detected = read_checkpoint(path, what='--pre_train')
+    given_range = args.rgb_range if 'rgb_range' in args.given else None
+    _, detected = read_checkpoint(path, what='--pre_train', rgb_range=given_range)
+    if 'model' in args.given and str(args.model).lower() != detected.model.lower():
+        template = getattr(args, 'template', None)
+        by = f' (--model or --template {template})' if template not in (None, '.') else ''
+        raise UnknownCheckpoint(
+            f'--pre_train {path}: a checkpoint of {detected.model} x{detected.scale}, but the model is '
+            f'{args.model}{by}; give --model {detected.model}, or leave out --model and --template to take the '
+            'architecture from the weights')
     filled, assumed = fill_options(args, detected, args.given)
     kept = sorted(({'model'} | set(detected.options)) & set(args.given))
     line = f'--pre_train {path}: {detected.model} x{detected.scale} checkpoint; '
@@ -194,4 +216,6 @@ def apply_pre_train(args) -> str:
         line += '; assumed (not stored in the weights): ' + ', '.join(f'{k}={v}' for k, v in assumed.items())
     if kept:
         line += '; as given (flags or --template): ' + ', '.join(kept)
+    if detected.layout:
+        line += f'; in the layout of {detected.layout}, renamed to ours'
     return line + '.'

@@ -40,6 +40,42 @@ def _assume(read: dict) -> dict:
     return {'res_scale': PAPER['res_scale'] if paper else 1.0}
 
 
+def _from_basicsr(state: spec.StateDict, rgb_range: float) -> dict:
+    """BasicSR's EDSR (``conv_first``, ``body.N.conv1/conv2``, ``conv_after_body``, ``upsample``, ``conv_last``)."""
+    n = spec.count(state, 'body.{i}.conv1.weight')
+    rules = [(r'body\.(\d+)\.conv1\.(.+)', r'body.\1.body.0.\2'), (r'body\.(\d+)\.conv2\.(.+)', r'body.\1.body.2.\2'),
+             *spec.basicsr_to_ours(n)]
+    return spec.with_mean_shift(spec.renamed(state, rules), rgb_range)
+
+
+def _to_basicsr(state: spec.StateDict, options: dict) -> dict:
+    n = options['n_resblocks']
+    rules = [*spec.ours_to_basicsr(n), (r'body\.(\d+)\.body\.0\.(.+)', r'body.\1.conv1.\2'),
+             (r'body\.(\d+)\.body\.2\.(.+)', r'body.\1.conv2.\2')]
+    return spec.renamed(state, rules)
+
+
+def _basicsr_options(o: dict) -> str:
+    return (f"network_g: {{type: EDSR, num_in_ch: 3, num_out_ch: 3, num_feat: {o['n_feats']}, "
+            f"num_block: {o['n_resblocks']}, upscale: {o['scale']}, res_scale: {o['res_scale']}, "
+            f"img_range: {o['rgb_range']}}}")
+
+
+BASICSR = spec.Layout(
+    name='basicsr', source="BasicSR's EDSR (basicsr/archs/edsr_arch.py)", signature='body.0.conv1.weight',
+    to_ours=_from_basicsr, from_ours=_to_basicsr, mean_outside=True, load_there=_basicsr_options)
+
+
+def _from_super_image(state: spec.StateDict, rgb_range: float) -> dict:
+    """super-image's ``EdsrModel``: our keys, but its forward (on [0, 1] images) never applies the mean shift."""
+    return spec.unit_range(state, rgb_range, applies_mean=False)
+
+
+SUPER_IMAGE = spec.Layout(
+    name='super-image', source="super-image's EdsrModel (no mean shift in its forward)", signature='',
+    to_ours=_from_super_image, mean_outside=True)
+
+
 ARCH = spec.Architecture(
     name='EDSR',
     description='Enhanced Deep Residual Network (Lim et al., CVPRW 2017)',
@@ -55,6 +91,7 @@ ARCH = spec.Architecture(
     read_options=_read_options,
     shapes=_shapes,
     assume=_assume,
+    layouts=(BASICSR, SUPER_IMAGE),
 )
 
 

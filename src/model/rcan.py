@@ -49,6 +49,54 @@ def _shapes(*, scale: int, n_colors: int, n_feats: int, n_resgroups: int, n_resb
     return {'a': (1,), **spec.edsr_like(scale=scale, n_colors=n_colors, n_feats=n_feats, body=body)}
 
 
+def _from_basicsr(state: spec.StateDict, rgb_range: float) -> dict:
+    """BasicSR's RCAN: ``body.G.residual_group.B.rcab.{0,2}``, ``rcab.3.attention.{1,3}`` and ``body.G.conv``."""
+    blocks = spec.count(state, 'body.0.residual_group.{i}.rcab.0.weight')
+    rcab = r'body\.(\d+)\.residual_group\.(\d+)\.rcab\.'
+    rules = [(rcab + r'([02])\.(.+)', r'body.\1.body.\2.body.\3.\4'),
+             (rcab + r'3\.attention\.1\.(.+)', r'body.\1.body.\2.body.3.conv_du.0.\3'),
+             (rcab + r'3\.attention\.3\.(.+)', r'body.\1.body.\2.body.3.conv_du.2.\3'),
+             (r'body\.(\d+)\.conv\.(.+)', rf'body.\1.body.{blocks}.\2'),
+             *spec.basicsr_to_ours(spec.count(state, 'body.{i}.conv.weight'))]
+    return spec.with_mean_shift(spec.renamed(state, rules), rgb_range)
+
+
+def _attention_key(match) -> str:
+    group, block, conv, rest = match.groups()
+    return f'body.{group}.residual_group.{block}.rcab.3.attention.{int(conv) + 1}.{rest}'
+
+
+def _to_basicsr(state: spec.StateDict, options: dict) -> dict:
+    groups, blocks = options['n_resgroups'], options['n_resblocks']
+    rules = [(r'a', None), *spec.ours_to_basicsr(groups),
+             (rf'body\.(\d+)\.body\.{blocks}\.(.+)', r'body.\1.conv.\2'),
+             (r'body\.(\d+)\.body\.(\d+)\.body\.([02])\.(.+)', r'body.\1.residual_group.\2.rcab.\3.\4'),
+             (r'body\.(\d+)\.body\.(\d+)\.body\.3\.conv_du\.([02])\.(.+)', _attention_key)]
+    return spec.renamed(state, rules)
+
+
+def _basicsr_options(o: dict) -> str:
+    return (f"network_g: {{type: RCAN, num_in_ch: 3, num_out_ch: 3, num_feat: {o['n_feats']}, "
+            f"num_group: {o['n_resgroups']}, num_block: {o['n_resblocks']}, squeeze_factor: {o['reduction']}, "
+            f"upscale: {o['scale']}, res_scale: {o['res_scale']}, img_range: {o['rgb_range']}}}")
+
+
+BASICSR = spec.Layout(
+    name='basicsr', source="BasicSR's RCAN (basicsr/archs/rcan_arch.py)",
+    signature='body.0.residual_group.0.rcab.0.weight', to_ours=_from_basicsr, from_ours=_to_basicsr,
+    mean_outside=True, load_there=_basicsr_options)
+
+
+def _from_super_image(state: spec.StateDict, rgb_range: float) -> dict:
+    """super-image's ``RcanModel``: RCAN's keys without ``a``, run on [0, 1] images with the mean shift of 255."""
+    return spec.unit_range(state, rgb_range, applies_mean=True)
+
+
+SUPER_IMAGE = spec.Layout(
+    name='super-image', source="super-image's RcanModel ([0, 1] images, the mean shift of range 255)", signature='',
+    to_ours=_from_super_image, mean_outside=True)
+
+
 ARCH = spec.Architecture(
     name='RCAN',
     description='Residual Channel Attention Network (Zhang et al., ECCV 2018)',
@@ -67,6 +115,7 @@ ARCH = spec.Architecture(
         | body\.\d+\.body\.\d+\.body\.([02]|3\.conv_du\.[02])\.(weight|bias)''',
     read_options=_read_options,
     shapes=_shapes,
+    layouts=(BASICSR, SUPER_IMAGE),
 )
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from core.errors import UserError
+from model.common import DIV2K_RGB_MEAN
 
 Shapes = dict[str, tuple[int, ...]]
 StateDict = Mapping[str, torch.Tensor]
@@ -29,6 +30,38 @@ PLACEHOLDER_KEYS = ('a',)
 
 class UnknownCheckpoint(UserError):
     """A state_dict that is not one of the architectures (or one in a layout they cannot build)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Another code base's ``state_dict`` of the same network: its key names, and the maps to and from ours.
+
+    A checkpoint in such a layout is renamed to ours on reading (detection, ``--pre_train``,
+    ``api.load_pretrained``, ``upscale.py``), and ``convert.py --layout NAME`` writes it.
+
+    Attributes:
+        name: what ``convert.py --layout`` / ``--from`` and the messages call it (``'basicsr'``).
+        source: who writes it, for messages (``"BasicSR's EDSR (basicsr/archs/edsr_arch.py)"``).
+        signature: a key only this layout has, by which a checkpoint in it is recognised; ``''``
+            when its weights cannot be told from ours (then it is read only on request:
+            ``convert.py --from NAME``).
+        to_ours: ``to_ours(state, rgb_range)``: its state_dict in our key names. ``rgb_range`` is
+            the value the mean shift is built for when the layout keeps it out of the weights
+            (``mean_outside``).
+        from_ours: ``from_ours(state, options)``: ours in its key names (``options`` as detected);
+            raises :class:`UnknownCheckpoint` for a configuration it cannot hold. None: not written.
+        mean_outside: its network subtracts the DIV2K mean and scales by ``img_range`` outside the
+            ``state_dict``, so ``rgb_range`` cannot be read from its weights: 255 (its default) is assumed.
+        load_there: how the other code base builds the network for ``options`` (printed by convert.py).
+    """
+
+    name: str
+    source: str
+    signature: str
+    to_ours: Callable[[StateDict, float], dict[str, torch.Tensor]]
+    from_ours: Callable[[StateDict, Mapping[str, Any]], dict[str, torch.Tensor]] | None = None
+    mean_outside: bool = False
+    load_there: Callable[[Mapping[str, Any]], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +118,8 @@ class Architecture:
         assume: published values that depend on the options read from the weights (EDSR's residual
             scaling differs between its two published sizes); every other flag the weights do not
             record is assumed to have its default.
+        layouts: other code bases' key names for this network (:class:`Layout`), read and written
+            through renaming (BasicSR's EDSR and RCAN).
     """
 
     name: str
@@ -102,6 +137,7 @@ class Architecture:
     shapes: Callable[..., Shapes]
     check: Callable[[Namespace], None] | None = None
     assume: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    layouts: tuple[Layout, ...] = ()
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.flags]
@@ -215,6 +251,105 @@ def upsampler_scale(state: StateDict, prefix: str = 'tail.0.') -> int | None:
             return None
         scale *= root
     return scale if len(weights) > 1 else None
+
+
+Rules = list[tuple[str, 'str | Callable[[re.Match], str] | None']]
+
+
+def renamed(state: StateDict, rules: Rules) -> dict[str, torch.Tensor]:
+    """``state`` with each key rewritten by the first ``(regex, replacement)`` of ``rules`` that matches it whole.
+
+    A replacement is a template (``match.expand``) or a function of the match; None drops the key; a key
+    no rule matches is kept as it is (detection then names it). The order of the keys is kept.
+    """
+    compiled = [(re.compile(pattern), replacement) for pattern, replacement in rules]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for pattern, replacement in compiled:
+            match = pattern.fullmatch(key)
+            if match:
+                if replacement is not None:
+                    out[replacement(match) if callable(replacement) else match.expand(replacement)] = value
+                break
+        else:
+            out[key] = value
+    return out
+
+
+def natural_order(state: StateDict) -> dict[str, torch.Tensor]:
+    """``state`` with its keys sorted part by part, numbers as numbers (``body.2`` before ``body.10``).
+
+    Our layouts read right in this order (the upsampler ``tail.0.*`` before the ``tail.1`` after it),
+    whatever order a file gave (safetensors sorts keys as text).
+    """
+    def key(name: str) -> tuple:
+        return tuple((0, int(part), '') if part.isdigit() else (1, 0, part) for part in name.split('.'))
+    return {k: state[k] for k in sorted(state, key=key)}
+
+
+# BasicSR's names for the parts of the EDSR family outside the body (basicsr/archs/edsr_arch.py,
+# rcan_arch.py): ``conv_first``, ``conv_after_body`` (our last body convolution, ``body.<n>``),
+# ``upsample`` (the same conv + PixelShuffle stack) and ``conv_last``. It keeps the mean shift out
+# of the state_dict (``img_range`` and ``rgb_mean`` are constructor arguments).
+def basicsr_to_ours(n_body: int) -> Rules:
+    """Rules for :func:`renamed` from BasicSR's outer EDSR-family names to ours, the body having ``n_body`` blocks."""
+    return [(r'conv_first\.(.+)', r'head.0.\1'), (r'conv_after_body\.(.+)', rf'body.{n_body}.\1'),
+            (r'upsample\.(.+)', r'tail.0.\1'), (r'conv_last\.(.+)', r'tail.1.\1')]
+
+
+def ours_to_basicsr(n_body: int) -> Rules:
+    """The inverse of :func:`basicsr_to_ours`; our mean shift is dropped (BasicSR applies its own)."""
+    return [(r'(sub|add)_mean\..+', None), (r'head\.0\.(.+)', r'conv_first.\1'),
+            (rf'body\.{n_body}\.(.+)', r'conv_after_body.\1'), (r'tail\.0\.(.+)', r'upsample.\1'),
+            (r'tail\.1\.(.+)', r'conv_last.\1')]
+
+
+def with_mean_shift(state: StateDict, rgb_range: float) -> dict[str, torch.Tensor]:
+    """``state`` (3 colours) preceded by EDSR's DIV2K mean shift for ``rgb_range``, as ``common.MeanShift`` holds it."""
+    mean = torch.tensor(DIV2K_RGB_MEAN, dtype=torch.float32) * rgb_range
+    eye = torch.eye(3).view(3, 3, 1, 1)
+    return {'sub_mean.weight': eye, 'sub_mean.bias': -mean, 'add_mean.weight': eye.clone(), 'add_mean.bias': mean,
+            **state}
+
+
+def rgb_range_of(state: StateDict) -> float | None:
+    """``rgb_range`` from ``add_mean.bias = rgb_range * DIV2K mean`` (None when the bias is not of that form).
+
+    The bias is compared in its own precision: a checkpoint saved in float16 or bfloat16 holds the
+    mean rounded to 11 or 8 significant bits.
+    """
+    bias, weight = state.get('add_mean.bias'), state.get('add_mean.weight')
+    if bias is None or bias.dim() != 1 or bias.numel() not in (1, 3) or not bias.is_floating_point():
+        return None
+    mean = torch.tensor(DIV2K_RGB_MEAN, dtype=torch.float64)
+    if bias.numel() == 1:
+        mean = mean.mean().reshape(1)
+    gain = 1.0  # a layout run on [0, 1] images scales by rgb_range in add_mean's weight (unit_range)
+    if weight is not None and weight.shape == (bias.numel(), bias.numel(), 1, 1):
+        diagonal = float(weight.double().flatten(1).diagonal().mean())
+        gain = diagonal if diagonal > 0 else 1.0
+    value = float(bias.double().sum() / mean.sum() / gain)
+    rtol = max(1e-4, 2 * torch.finfo(bias.dtype).eps)
+    if not math.isfinite(value) or value <= 0 or not torch.allclose(bias.double(), gain * value * mean, rtol=rtol):
+        return None
+    return int(round(value)) if abs(value - round(value)) < max(1e-3, rtol) * max(1.0, value) else value
+
+
+def unit_range(state: StateDict, rgb_range: float, *, applies_mean: bool) -> dict[str, torch.Tensor]:
+    """``state`` of a network run on [0, 1] images (super-image's) as ours, run on [0, ``rgb_range``] images.
+
+    ``sub_mean`` divides by ``rgb_range`` and ``add_mean`` multiplies by it, so our network computes
+    its function exactly. ``applies_mean``: its forward applies the mean shift it holds (kept);
+    else the shift is dropped (only the rescaling is left).
+    """
+    out = dict(state)
+    for key, factor in (('sub_mean.', 1 / rgb_range), ('add_mean.', rgb_range)):
+        weight, bias = state[key + 'weight'].float(), state[key + 'bias'].float()
+        if not applies_mean:
+            weight, bias = torch.eye(weight.shape[0]).view_as(weight), torch.zeros_like(bias)
+        out[key + 'weight'] = weight * factor
+        out[key + 'bias'] = bias * rgb_range if key == 'add_mean.' else bias
+    return out
 
 
 def mismatch(why: str) -> UnknownCheckpoint:

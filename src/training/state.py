@@ -3,7 +3,8 @@
 Files in the run folder (rank 0 writes them, each atomically):
 
 - ``model/model_latest.pt``, ``model/model_best.pt`` and, with --save_models, ``model/model_<epoch>.pt``:
-  the bare network's state_dict, as the official checkpoints are;
+  the bare network's state_dict, as the official checkpoints are; with --save_safetensors each also
+  as ``.safetensors`` beside it (contiguous tensors; for tools that read only safetensors);
 - ``training_state.pt``: everything :class:`trainer.Trainer` needs to continue after the epoch, the
   network included; with --save_models also ``state/training_state_<epoch>.pt`` (without the network,
   which is ``model/model_<epoch>.pt``). All of it loads with ``weights_only=True``.
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from core.errors import UserError
-from core.io_utils import atomic_save, load_state
+from core.io_utils import atomic_save, load_state, save_weights
 from core.rng import get_rng_state, set_rng_state
 from training.run_folder import TRAINING_STATE, checkpoint
 
@@ -93,11 +94,12 @@ def save_epoch(ckp: checkpoint, net_state: dict, state: dict, *, epoch: int, is_
     check_finite_state(net_state, 'the model')
     state = {'format': STATE_FORMAT, **state}
     model_dir = ckp.get_path('model')
-    atomic_save(net_state, model_dir / 'model_latest.pt')
-    if is_best:
-        atomic_save(net_state, model_dir / 'model_best.pt')
+    also_safetensors = getattr(getattr(ckp, 'args', None), 'save_safetensors', False)
+    for name in ['model_latest'] + ['model_best'] * is_best + [f'model_{epoch}'] * save_models:
+        atomic_save(net_state, model_dir / f'{name}.pt')
+        if also_safetensors:
+            save_weights(net_state, model_dir / f'{name}.safetensors')
     if save_models:
-        atomic_save(net_state, model_dir / f'model_{epoch}.pt')
         ckp.get_path('state').mkdir(exist_ok=True)
         atomic_save(state, ckp.get_path('state', f'training_state_{epoch}.pt'))
     # Written last and holding the network too: the one file that defines the resume point.
