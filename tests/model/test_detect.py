@@ -80,7 +80,7 @@ def test_official_listings_are_detected_with_their_published_configuration(prefi
     expected_assumed = {
         'LCoAN': {'window_size': 384, 'res_scale': 0.1, 'ema_decay': 0.999},
         'EDSR': {'res_scale': 0.1 if prefix == 'edsr_paper' else 1},
-        'RCAN': {}, 'RDN': {'rgb_range': 255},
+        'RCAN': {'res_scale': 1.0}, 'RDN': {'rgb_range': 255},
         'NLSN': {'chunk_size': 144, 'n_hashes': 4, 'res_scale': 0.1},
     }[name]
     assert found.assumed == expected_assumed
