@@ -3,6 +3,7 @@
     import sys; sys.path.insert(0, 'src')
     from api import load_pretrained, upscale
     net = load_pretrained('LCoAN_x4.pt')            # architecture and options read from the weights
+    print(net.sr_options)                           # ... the rest from its run's config.txt, or published
     sr = upscale(net, imageio.v3.imread('in.png'))  # uint8/uint16 HWC (or HW) in, same type out
 
 Gray images run through an RGB network as three equal channels (the output is their mean); an RGB
