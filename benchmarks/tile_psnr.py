@@ -1,7 +1,8 @@
 """What tiled inference costs in PSNR: a checkpoint on benchmark sets, whole images vs tiles.
 
     python benchmarks/tile_psnr.py --weights W.pt --dir ../shared/data/benchmark --sets Set5+Set14 --tiles 64+128
-    (add --window_size / --chunk_size for models trained with other values than the published ones)
+    (the options the weights do not record come from the run's config.txt beside them; --window_size /
+    --chunk_size override them, e.g. for weights without their run folder)
 
 For every set: mean PSNR (Y, ``scale`` pixels shaved, as the benchmark tables) of ``api.upscale``
 on the whole LR images, at the automatic (default) tile of this machine, and at each forced
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'src'))
 import api  # noqa: E402
 import upscale  # noqa: E402
 import utility  # noqa: E402
+from core.errors import show_warnings_plainly  # noqa: E402
 from model import inference, registry  # noqa: E402
 
 
@@ -40,13 +42,14 @@ def main() -> None:
     p.add_argument('--window_size', type=int, help="LCoAN's window, if not the published 384 (not in the weights)")
     p.add_argument('--chunk_size', type=int, help="NLSN's chunk, if not the published 144 (not in the weights)")
     args = p.parse_args()
+    show_warnings_plainly()  # a tile raised to fit the halo, centroids never initialised: one line each
     overrides = {k: v for k, v in (('window_size', args.window_size), ('chunk_size', args.chunk_size)) if v}
     net = api.load_pretrained(args.weights, device='cpu' if args.cpu or not torch.cuda.is_available() else 'cuda',
                               **overrides)
     scale = net.sr_args.scale[0]
     halo, exact = inference.default_halo(net, registry.get(net.sr_args.model).local)
     auto = api.choose_tile(net, api.make_forward(net), net.sr_args.n_colors, ('single', False))
-    print(f'{net.sr_detected.describe()}')
+    print(net.sr_options)
     print(f'default halo {halo} LR px ({"exact" if exact else "context only"}); automatic tile here: {auto} LR px')
     tiles = [('whole', 10 ** 9), (f'auto ({auto})', None)] + [(str(t), int(t)) for t in args.tiles.split('+')]
     print('set    | ' + ' | '.join(f'{name:>13}' for name, _ in tiles))

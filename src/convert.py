@@ -89,7 +89,7 @@ def verify(path: Path, net: torch.nn.Module, detected: detect.Detected, layout: 
     if shapes(again) != shapes(detected):
         raise UserError(f'{path}: reads back as {again.describe()}, not as {detected.describe()}')
     overrides = {k: getattr(args, k) for k in again.assumed if hasattr(args, k)}
-    back = api.build(state, again, source=f'written file {path}', device='cpu', **overrides)
+    back = api.build(state, again, weights=path, what='written file', device='cpu', **overrides)
     lr = torch.rand(1, args.n_colors, CHECK_SIZE, CHECK_SIZE, generator=torch.Generator().manual_seed(0)) * rgb_range
     difference = float((_output(back, lr) - _output(net, lr)).abs().max())
     if not difference <= CHECK_TOLERANCE * rgb_range:
@@ -113,7 +113,7 @@ def convert(args: argparse.Namespace) -> int:
     except UnknownCheckpoint as e:
         raise UserError(str(e)) from None
     print(f'{src}: {detected.describe()}')
-    net = api.build(state, detected, source=f'checkpoint {src}', device='cpu')
+    net = api.build(state, detected, weights=src, what='checkpoint', device='cpu')
     written = out_state(state, detected, net, args.layout)
     tmp = out.with_name(f'.{out.stem}.convert-{os.getpid()}{out.suffix}')
     try:

@@ -4,9 +4,11 @@ Usage (from the repository root or from ``src/``)::
 
     python src/visualize.py --weights X.pt --image IMG -o DIR [--pixel y,x ...] [model flags]
 
-The image is the network's (LR) input. The model is built from the model flags of ``main.py``
-(``--template demo``, ``--n_feats 32`` ...; the defaults are the paper's LCoAN), and ``--weights``
-is loaded into it strictly. Writes into DIR:
+The image is the network's (LR) input (any size, down to one pixel). The model is built as
+``main.py --pre_train`` builds it: architecture and options from the weights, the options they do
+not record from the config.txt of the run that saved them, the model flags of ``main.py`` given
+(``--template demo``, ``--window_size 96`` ...) winning; ``--weights`` is loaded into it strictly.
+Writes into DIR:
 
 * ``clusters.png``: the image beside one map per k-means round, each LR pixel coloured by its cluster;
 * ``cluster_patches.png``: example patches of the largest clusters (one row per cluster);
@@ -78,8 +80,8 @@ class Capture:
 def build_model(args: argparse.Namespace, weights: Path, log=print) -> nn.Module:
     """The network of ``args`` with ``weights`` loaded, in eval mode on the CPU.
 
-    ``args`` comes from :func:`option.parse_args` with ``--pre_train weights``, so the architecture
-    flags not given on the command line are already those detected from the checkpoint.
+    ``args`` comes from :func:`api.parse_args` with ``--pre_train weights``, so the architecture
+    flags not given on the command line are already those detected from the checkpoint (and its run's config.txt).
     """
     net = registry.get(args.model).make_model(args)
     checkpoint_io.load_checkpoint(net, weights, log=log, what='--weights', allow_new_upsampler=False)
@@ -178,7 +180,8 @@ def textured_pixels(image: np.ndarray, count: int) -> list[tuple[int, int]]:
     """``count`` pixels where the luminance varies most locally, spread apart (image (h, w, 3) uint8)."""
     h, w = image.shape[:2]
     y = torch.from_numpy(image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
-    gy, gx = torch.gradient(y)
+    # torch.gradient needs two pixels along an axis: a 1-pixel axis has no variation along it.
+    gy, gx = (torch.gradient(y, dim=d)[0] if y.shape[d] > 1 else torch.zeros_like(y) for d in (0, 1))
     energy = F.avg_pool2d((gx ** 2 + gy ** 2)[None, None], 5, stride=1, padding=2, count_include_pad=False)[0, 0]
     margin = min(2, (min(h, w) - 1) // 2)
     mask = torch.full_like(energy, -math.inf)
@@ -359,7 +362,7 @@ def run(argv=None) -> list[Path]:
     """Write the figures; returns their paths."""
     vis, rest = build_parser().parse_known_args(argv)
     # The architecture flags not given are read from the weights (model.detect), as for main.py --pre_train.
-    args = api.parse_args([*rest, '--pre_train', str(vis.weights), '--cpu'])
+    args = api.parse_args([*rest, '--pre_train', str(vis.weights), '--cpu'], weights_flag='--weights')
     if args.pre_train_detected:
         print(args.pre_train_detected)
     torch.manual_seed(args.seed)  # NLSN's random rotations

@@ -52,6 +52,8 @@ NONLOCAL_HALO = 16
 MEMORY_FRACTION = 0.5
 PROBE_SIZE = 64
 MIN_TILE = 32
+# The smallest core a tile keeps inside its halo (LR pixels): smaller cores cost many times the work of the image.
+MIN_CORE = 16
 
 Forward = Callable[[Tensor], Tensor]
 Span = tuple[int, int, int, int]
@@ -186,6 +188,11 @@ def default_halo(net: nn.Module, local: bool) -> tuple[int, bool]:
     if local:
         return radius, True
     return min(radius, NONLOCAL_HALO), False
+
+
+def min_tile(halo: int) -> int:
+    """The smallest tile for :func:`halo_spans` with ``halo``: a core of ``MIN_CORE`` pixels inside the halo."""
+    return 2 * halo + MIN_CORE
 
 
 def halo_spans(length: int, tile: int, halo: int) -> list[Span]:

@@ -84,3 +84,37 @@ def test_baselines_export(tmp_path, name, flags):
         assert export.max_difference(path, net, lr) <= 1e-4
     session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     assert session.run(None, {'lr': lr.numpy()})[0].shape == (1, 3, 38, 46)
+
+
+def test_export_refuses_centroids_that_were_never_initialised(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = LCoAN(scale=2, n_resgroups=2, n_resblocks=1, n_feats=8, reduction=2, n_clusters=4, window_size=WINDOW)
+    torch.save(net.state_dict(), tmp_path / 'w.pt')  # saved before any forward: no centroids
+    assert export.main(['--weights', str(tmp_path / 'w.pt'), '--onnx', str(tmp_path / 'w.onnx')]) == 2
+    assert capsys.readouterr().err == (
+        f'error: weights {tmp_path / "w.pt"}: the k-means centroids of its attention were never initialised (weights '
+        'saved before the first training step?): there is no trained attention pattern to export\n')
+    assert not (tmp_path / 'w.onnx').exists()
+
+
+@pytest.mark.slow
+def test_export_cli_of_a_network_that_draws_random_numbers_checks_the_shape(tmp_path, capsys):
+    """NLSN's hashing draws random rotations in every forward: its ONNX output is checked in shape, exit status 0."""
+    from helpers.architectures import tiny_network
+    from model import registry
+    lr = torch.rand(1, 3, 12, 12)
+    nets = {}
+    for name in registry.names():
+        nets[name] = tiny_network(name, rgb_range=1)
+        with torch.no_grad():
+            nets[name].train()(lr)  # a training forward initialises LCoA's centroids
+        nets[name].eval()
+    random = [name for name, net in nets.items() if export.draws_random_numbers(net, lr)]
+    if not random:
+        pytest.skip('no architecture draws random numbers in its forward')
+    torch.save(nets[random[0]].state_dict(), tmp_path / 'w.pt')
+    assert export.main(['--weights', str(tmp_path / 'w.pt'), '--onnx', str(tmp_path / 'w.onnx')]) == 0
+    out = capsys.readouterr()
+    assert ('onnxruntime on a 29x37 input: output 1x3x58x74 as PyTorch\'s; the values are not compared: this network '
+            'draws random numbers in every forward') in out.out
+    assert out.err == ''  # nor the exporter's notes (torchvision is not installed ...)

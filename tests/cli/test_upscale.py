@@ -321,5 +321,147 @@ def test_baseline_convolutional_models_tile_exactly(tmp_path, name, flags):
     assert exact and halo >= 3
     lr = torch.rand(1, 3, 2 * halo + 30, 2 * halo + 17)
     whole = api.super_resolve(net, lr, tile=10 ** 6)
-    tiled = api.super_resolve(net, lr, tile=2 * halo + 8)
+    tiled = api.super_resolve(net, lr, tile=inference.min_tile(halo))
     torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ issue #22
+
+@pytest.mark.parametrize('orientation', range(1, 9))
+def test_exif_orientation_is_applied_as_pillow_does(tmp_path, orientation):
+    from PIL import ImageOps
+    image = rgb(6, 10)
+    exif = Image.Exif()
+    exif[upscale.EXIF_ORIENTATION] = orientation
+    Image.fromarray(image).save(tmp_path / 'a.png', exif=exif)
+    with Image.open(tmp_path / 'a.png') as img:
+        expected = np.asarray(ImageOps.exif_transpose(img))
+    np.testing.assert_array_equal(upscale.read_image(tmp_path / 'a.png'), expected)
+    import tifffile
+    tifffile.imwrite(tmp_path / 'a.tif', image, photometric='rgb', extratags=[(274, 'H', 1, orientation, True)])
+    np.testing.assert_array_equal(upscale.read_image(tmp_path / 'a.tif'), expected)
+
+
+def test_a_portrait_jpeg_comes_out_upright(tmp_path, weights):
+    stored = rgb(20, 24)  # stored landscape; the camera says: turn it 90 degrees clockwise
+    exif = Image.Exif()
+    exif[upscale.EXIF_ORIENTATION] = 6
+    Image.fromarray(stored).save(tmp_path / 'portrait.jpg', quality=95, exif=exif)
+    assert run_cli('--weights', weights, tmp_path / 'portrait.jpg', '-o', tmp_path / 'o', '--cpu') == 0
+    with Image.open(tmp_path / 'o' / 'portrait_x2.jpg') as out:
+        assert out.size == (40, 48) and out.getexif().get(upscale.EXIF_ORIENTATION, 1) == 1
+
+
+def test_random_networks_give_the_same_output_on_every_run(tmp_path, capsys):
+    from helpers.architectures import tiny_network
+    def draws_random_numbers(net) -> bool:
+        x = torch.rand(1, 3, 12, 12)
+        with torch.no_grad():
+            net.train()(x)  # initialises LCoA's centroids
+            net.eval()
+            return not torch.equal(*[(torch.manual_seed(seed), net(x))[1] for seed in (0, 1)])
+
+    nets = [tiny_network(name, rgb_range=1) for name in registry.names()]
+    random = [net for net in nets if draws_random_numbers(net)]  # NLSN: its hashing
+    if not random:
+        pytest.skip('no architecture draws random numbers in its forward')
+    torch.save(random[0].state_dict(), tmp_path / 'w.pt')
+    Image.fromarray(rgb(16, 18)).save(tmp_path / 'a.png')
+    outputs = []
+    for seed in ([], [], ['--seed', '5']):
+        folder = tmp_path / f'o{len(outputs)}'
+        assert run_cli('--weights', tmp_path / 'w.pt', tmp_path / 'a.png', '-o', folder, '--cpu', *seed) == 0
+        outputs.append(upscale.read_image(folder / 'a_x2.png'))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert not np.array_equal(outputs[0], outputs[2])
+    # The API draws after its seed and leaves the caller's generator where it was.
+    net = api.load_pretrained(tmp_path / 'w.pt', device='cpu')
+    state = torch.get_rng_state()
+    np.testing.assert_array_equal(api.upscale(net, rgb(16, 18)), outputs[0])
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_tile_too_small_for_the_halo_is_raised_with_one_warning(tmp_path, capsys):
+    from helpers.architectures import tiny_network
+    torch.manual_seed(0)
+    net = tiny_network('RDN', rgb_range=1)  # a halo of over a hundred LR pixels: its receptive field
+    torch.save(net.state_dict(), tmp_path / 'w.pt')
+    halo = inference.receptive_radius(net)
+    assert halo > 100
+    for name in 'ab':
+        Image.fromarray(rgb(10, 12)).save(tmp_path / f'{name}.png')
+    assert run_cli('--weights', tmp_path / 'w.pt', tmp_path / 'a.png', tmp_path / 'b.png', '-o', tmp_path / 'o',
+                   '--cpu', '--tile', '64') == 0
+    err = capsys.readouterr().err
+    assert err == (f'warning: --tile 64 is too small for a context of {halo} LR pixels on each side (--tile_halo): '
+                   f'using --tile {2 * halo + inference.MIN_CORE}, the smallest that keeps a core of '
+                   f'{inference.MIN_CORE} pixels; a smaller --tile_halo allows smaller tiles, with visible seams\n')
+    assert (tmp_path / 'o' / 'a_x2.png').is_file() and (tmp_path / 'o' / 'b_x2.png').is_file()
+    # The API does the same; spans of the raised tile keep a core.
+    loaded = api.load_pretrained(tmp_path / 'w.pt', device='cpu')
+    with pytest.warns(UserWarning, match='--tile 20 is too small'):
+        assert api.fit_tiling(loaded, 20, None) == (2 * halo + inference.MIN_CORE, halo)
+    assert api.fit_tiling(loaded, 20, 2) == (20, 2)
+    assert inference.halo_spans(300, inference.min_tile(halo), halo)[0][3] == inference.MIN_CORE
+
+
+def test_write_failures_are_one_line_each_and_the_others_are_written(tmp_path, weights, capsys, monkeypatch):
+    import errno
+    (tmp_path / 'in' / 'sub').mkdir(parents=True)
+    for name in ('a', 'b', 'c', 'sub/d'):
+        Image.fromarray(rgb()).save(tmp_path / 'in' / f'{name}.png')
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'sub').write_text('a file where the subfolder goes')
+    real = upscale.write_image
+
+    def write_image(path, image):
+        if path.name == 'b_x2.png':
+            raise OSError(errno.ENOSPC, 'No space left on device', str(path))
+        if path.name == 'c_x2.png':
+            raise PermissionError(errno.EROFS, 'Read-only file system', str(path))
+        real(path, image)
+
+    monkeypatch.setattr(upscale, 'write_image', write_image)
+    assert run_cli('--weights', weights, tmp_path / 'in', '-r', '-o', out, '--cpu') == 1
+    err = capsys.readouterr().err.splitlines()
+    src = tmp_path / 'in'
+    assert err == [f'error: {src / "b.png"}: cannot write {out / "b_x2.png"}: no space left on device',
+                   f'error: {src / "c.png"}: cannot write {out / "c_x2.png"}: read-only file system',
+                   f'error: {src / "sub" / "d.png"}: cannot write {out / "sub" / "d_x2.png"}: file exists',
+                   '3 input(s) failed (see above).']
+    assert sorted(p.name for p in out.iterdir()) == ['a_x2.png', 'sub']
+    # -o naming a file: one line before any work, exit status 2.
+    assert run_cli('--weights', weights, src / 'a.png', '-o', out / 'sub', '--cpu') == 2
+    assert capsys.readouterr().err == f'error: -o {out / "sub"}: a file, not a folder\n'
+
+
+@pytest.mark.parametrize(('suffix', 'message'), [
+    ('_{foo}', "--suffix '_{foo}': only {scale} is replaced (write {{ and }} for braces)"),
+    ('_{0}', "--suffix '_{0}': only {scale} is replaced (write {{ and }} for braces)"),
+    ('_{scale', "--suffix '_{scale': only {scale} is replaced (write {{ and }} for braces)"),
+    ('/../x', "--suffix '/../x': part of a file name, without / or \\ (outputs go to -o)"),
+    ('_x\\y', "--suffix '_x\\\\y': part of a file name, without / or \\ (outputs go to -o)"),
+])
+def test_bad_suffixes_are_refused_before_any_work(tmp_path, weights, capsys, suffix, message):
+    Image.fromarray(rgb()).save(tmp_path / 'a.png')
+    assert run_cli('--weights', weights, tmp_path / 'a.png', '-o', tmp_path / 'o', '--cpu', '--suffix', suffix) == 2
+    assert capsys.readouterr().err == f'error: {message}\n'
+    assert not (tmp_path / 'o').exists() and sorted(p.name for p in tmp_path.iterdir()) == ['a.png']
+
+
+def test_a_second_run_into_the_input_folder_does_not_upscale_its_own_outputs(tmp_path, weights, capsys):
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    Image.fromarray(rgb()).save(folder / 'a.png')
+    Image.fromarray(rgb(12, 12)).save(folder / 'b.jpg')
+    assert run_cli('--weights', weights, folder, '-o', folder, '--cpu') == 0
+    capsys.readouterr()
+    assert run_cli('--weights', weights, folder, '-o', folder, '--cpu', '--overwrite') == 0
+    out = capsys.readouterr().out
+    assert f'Skipped 2 file(s) that are the outputs of other inputs (e.g. {folder / "a_x2.png"}, of ' \
+           f'{folder / "a.png"}).' in out
+    assert sorted(p.name for p in folder.iterdir()) == ['a.png', 'a_x2.png', 'b.jpg', 'b_x2.jpg']
+    # With another output folder, an earlier output is an input like any other.
+    assert run_cli('--weights', weights, folder / 'a_x2.png', '-o', tmp_path / 'again', '--cpu') == 0
+    assert (tmp_path / 'again' / 'a_x2_x2.png').is_file()

@@ -128,3 +128,16 @@ def test_nlsn_buckets_reproduce_the_attention_output():
         values = rearrange(module.conv_assembly(seen['x']), 'n c h w -> n (h w) c')[0]
     got = rearrange(dense @ values, '(h w) c -> c h w', h=12)[None] * module.res_scale
     torch.testing.assert_close(got, seen['out'] - seen['x'], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(('h', 'w'), [(1, 1), (1, 9), (7, 1)])
+def test_visualize_an_image_of_one_pixel_row_or_column(tmp_path, h, w):
+    net, _ = tiny_lcoan()
+    torch.save(net.state_dict(), tmp_path / 'w.pt')
+    image = np.ascontiguousarray(photo()[:h, :w])
+    iio.imwrite(tmp_path / 'img.png', image)
+    picked = visualize.textured_pixels(image, 2)
+    assert picked and all(0 <= y < h and 0 <= x < w for y, x in picked)
+    written = visualize.run(['--weights', str(tmp_path / 'w.pt'), '--image', str(tmp_path / 'img.png'), '-o',
+                             str(tmp_path / 'vis'), *TINY])
+    assert any(p.name.startswith('attention_') for p in written) and (tmp_path / 'vis' / 'overview.png').is_file()
