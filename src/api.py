@@ -191,18 +191,29 @@ def model_overrides(args) -> dict[str, Any]:
 def _apply_weights(args, flag: str) -> str:
     """``--pre_train X.pt`` with architecture flags left out: fill them from the checkpoint (and its run's
     config.txt). Flags in ``args.given`` (command line or ``--template``) win; a contradiction then surfaces as
-    the loader's mismatch error. Returns the log line (empty without ``--pre_train``)."""
+    the loader's mismatch error, except a given ``--model`` other than the checkpoint's, which is named as
+    such. Returns the log line (empty without ``--pre_train``)."""
     path = args.pre_train
     if not path or path == '.' or not Path(path).exists():
         return ''  # nothing to read: a missing file is reported by the loader, naming it
-    _, detected = detect.read_checkpoint(path, what=flag)
+    given_range = args.rgb_range if 'rgb_range' in args.given else None
+    _, detected = detect.read_checkpoint(path, what=flag, rgb_range=given_range)
+    if 'model' in args.given and str(args.model).lower() != detected.model.lower():
+        template = getattr(args, 'template', None)
+        by = f' (--model or --template {template})' if template not in (None, '.') else ''
+        raise detect.UnknownCheckpoint(
+            f'{flag} {path}: a checkpoint of {detected.model} x{detected.scale}, but the model is {args.model}{by}; '
+            f'give --model {detected.model}, or leave out --model and --template to take the architecture from '
+            'the weights')
     resolved = resolve(path, detected, args.given)
     filled, _ = detect.fill_options(args, dataclasses.replace(detected, assumed={}), args.given)
     for key, value in {**resolved.from_config, **resolved.assumed}.items():
         setattr(args, key, value)
     kept = sorted(({'model'} | set(detected.options)) & set(args.given))
-    return resolved.describe(f'{flag} {path}', filled,
-                             'as given (flags or --template): ' + ', '.join(kept) if kept else '')
+    notes = ['as given (flags or --template): ' + ', '.join(kept)] if kept else []
+    if detected.layout:
+        notes.append(f'in the layout of {detected.layout}, renamed to ours')
+    return resolved.describe(f'{flag} {path}', filled, '; '.join(notes))
 
 
 def parse_args(argv=None, *, weights_flag: str = '--pre_train'):

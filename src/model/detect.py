@@ -28,7 +28,7 @@ DEFAULT_RGB_RANGE = 255
 # How many keys a message lists before "and N more".
 _LIST_AT_MOST = 5
 
-__all__ = ['Detected', 'UnknownCheckpoint', 'apply_pre_train', 'detect_architecture', 'expected_shapes',
+__all__ = ['Detected', 'UnknownCheckpoint', 'detect_architecture', 'expected_shapes',
            'fill_options', 'read_checkpoint', 'recognise']
 
 
@@ -186,36 +186,3 @@ def fill_options(args, detected: Detected, given: Iterable[str]) -> tuple[dict[s
             setattr(args, key, str(value) if key == 'scale' else value)
             target[key] = value
     return filled, assumed
-
-
-def apply_pre_train(args) -> str:
-    """``--pre_train X.pt`` with architecture flags left out: fill them from the checkpoint.
-
-    Flags in ``args.given`` (command line or ``--template``) win; a contradiction then surfaces as
-    the loader's mismatch error naming keys and shapes, except a given ``--model`` other than the
-    checkpoint's, which is named as such. Returns the log line (empty without ``--pre_train``).
-    """
-    path = args.pre_train
-    if not path or path == '.' or not Path(path).exists():
-        return ''  # nothing to read: a missing file is reported by the loader, naming it
-    given_range = args.rgb_range if 'rgb_range' in args.given else None
-    _, detected = read_checkpoint(path, what='--pre_train', rgb_range=given_range)
-    if 'model' in args.given and str(args.model).lower() != detected.model.lower():
-        template = getattr(args, 'template', None)
-        by = f' (--model or --template {template})' if template not in (None, '.') else ''
-        raise UnknownCheckpoint(
-            f'--pre_train {path}: a checkpoint of {detected.model} x{detected.scale}, but the model is '
-            f'{args.model}{by}; give --model {detected.model}, or leave out --model and --template to take the '
-            'architecture from the weights')
-    filled, assumed = fill_options(args, detected, args.given)
-    kept = sorted(({'model'} | set(detected.options)) & set(args.given))
-    line = f'--pre_train {path}: {detected.model} x{detected.scale} checkpoint; '
-    line += ('options read from the weights: ' + ', '.join(f'{k}={v}' for k, v in filled.items())
-             if filled else 'no options filled from the weights')
-    if assumed:
-        line += '; assumed (not stored in the weights): ' + ', '.join(f'{k}={v}' for k, v in assumed.items())
-    if kept:
-        line += '; as given (flags or --template): ' + ', '.join(kept)
-    if detected.layout:
-        line += f'; in the layout of {detected.layout}, renamed to ours'
-    return line + '.'
