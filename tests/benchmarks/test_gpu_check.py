@@ -7,6 +7,7 @@ numbers. The other tests check the driver's pieces (timeouts, statuses, goals, l
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -64,7 +65,7 @@ def test_smoke_runs_every_step_and_a_failing_step_does_not_stop_the_others(tmp_p
     # Only what needs CUDA itself may skip on the CPU: the tests marked cuda.
     assert set(skipped) <= {'pytest_cuda'}, skipped
     if skipped:
-        assert skipped['pytest_cuda'].startswith('no CUDA: 7 tests selected, all skipped')
+        assert re.match(r'no CUDA: [1-9]\d* tests selected, all skipped', skipped['pytest_cuda'])
 
     results = {name: e['result'] for name, e in steps.items()}
     assert results['environment']['machine']['torch']
