@@ -40,7 +40,6 @@ def main() -> int:
             ['bench_model.py', '--sizes', '24', '--scales', '2', '--chop_lr', '128', '--repeats', '1',
              '--only', 'infer,train,chop,roofline', *threads, *official],
             ['bench_data.py', '--images', '2', '--size', '480x320', '--samples', '8', '--repeats', '1'],
-            ['bench_conv.py', '--repeats', '1', *threads],
         ]
     else:
         runs = [
@@ -49,7 +48,6 @@ def main() -> int:
              *official],
             ['bench_model.py', '--repeats', '3', *threads, *official],
             ['bench_data.py'],
-            ['bench_conv.py', *threads],
             ['compare_models.py', '--repeats', '3', *threads],
         ]
     start = time.perf_counter()
