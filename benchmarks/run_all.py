@@ -54,8 +54,7 @@ def main() -> int:
             ['bench_data.py'],
             ['compare_models.py', '--repeats', '3', *threads],
             # The paired training step: fresh processes, ours and the official code taking turns.
-            ['bench_train_step.py', '--batches', '2', '--rounds', '5', '--repeats', '3', *threads, *lcoan],
-            ['bench_train_step.py', '--batches', '16', '--rounds', '3', '--repeats', '2', *threads, *lcoan],
+            ['bench_train_step.py', '--batches', '2,16', '--rounds', '5,3', '--repeats', '3,2', *threads, *lcoan],
             ['profile_train_step.py', '--batch', '2', '--steps', '2', *threads, *lcoan],
         ]
     start = time.perf_counter()
