@@ -83,8 +83,16 @@ def _label_modules(net) -> tuple[list, list]:
         k = module.kernel_size[0] * module.kernel_size[1]
         product = 2.0 * output.numel() * module.in_channels // module.groups * k
         flops['conv forward'] += product
-        flops['conv input grad'] += product if inputs[0].requires_grad else 0.0
-        flops['conv weight grad'] += product if module.weight.requires_grad else 0.0
+        if output.grad_fn is None:
+            return
+        needs_input, needs_weight = inputs[0].requires_grad, module.weight.requires_grad
+
+        def backward_ran(_grad_inputs, _grad_outputs):
+            # Counted when the convolution's backward runs: an output nothing uses has none.
+            flops['conv input grad'] += product if needs_input else 0.0
+            flops['conv weight grad'] += product if needs_weight else 0.0
+
+        output.grad_fn.register_hook(backward_ran)
 
     for module in net.modules():
         if module is net:
