@@ -146,7 +146,6 @@ def draw_model(ax):
 
     sparse = Box(ax, x0 + 0.6, 0.15, 3.4, h, 'sparse_attention.py',
                  'fast LCoA; sparse_attention_reference.py\n(the plain oracle) · attention_interface.py', 'core')
-    conv = Box(ax, x0 + 4.2, 0.15, 1.75, h, 'conv.py', 'GEMM weight grad', 'core')
 
     a = arrow
     a(ax, wrapper.bottom(0.1), registry.top(0.7), rad=0.1)
@@ -161,7 +160,6 @@ def draw_model(ax):
     a(ax, registry.left(0.3), spec.left(0.7), rad=0.5)
     a(ax, archs[0].bottom(0.85), lcoa.top(0.3))
     a(ax, archs[4].bottom(0.6), nlsa.top(0.5))
-    a(ax, common.bottom(0.5), conv.top(0.5))
     a(ax, lcoa.bottom(0.5), sparse.top(0.75))
     ax.text(x0 + 7.3, -0.2, 'one file per architecture: make_model(args) and ARCH = spec.Architecture(...);\n'
             'red dashed: the registry imports every model/<name>.py that defines ARCH; spec.py also\n'

@@ -9,9 +9,8 @@ Questions answered (``--only`` picks some):
 
 * ``infer``: eval forward at x2 and x4 for LR 48, 96 and 192 (``--sizes``), fast vs reference;
 * ``train``: one Adam step, x2, a batch of 2 LR patches of 48x48 (the issue's reference shape),
-  with and without the fast conv weight gradient (``model.conv``), and the reference kernels;
-* ``train16``: the same at the paper's batch of 16 patches, with and without the fast conv weight
-  gradient (slow: about 25 s a step);
+  fast and reference kernels;
+* ``train16``: the same at the paper's batch of 16 patches, fast kernels (slow: 15-30 s a step);
 * ``chop``: ``Model`` wrapper with ``--chop`` on a large LR image at x4 (``--chop_lr``, default 1024);
 * ``roofline``: the model's conv FLOPs per image and this machine's measured 3x3-conv throughput,
   i.e. how long the convolutions alone must take at best.
@@ -141,12 +140,8 @@ def infer(*, scale: int, size: int, impl: str):
     return _forward(_network(scale, impl), size)
 
 
-def train_step(*, scale: int, size: int, batch: int, impl: str, fast_weight_grad: bool = True):
-    """Setup: forward + L1 backward + Adam step on ``batch`` LR patches ``size`` x ``size``;
-    ``fast_weight_grad=False`` makes every convolution plain ``nn.Conv2d`` (oneDNN's weight gradient)."""
-    from model import conv
-
-    conv.FAST_WEIGHT_GRAD = fast_weight_grad
+def train_step(*, scale: int, size: int, batch: int, impl: str):
+    """Setup: forward + L1 backward + Adam step on ``batch`` LR patches ``size`` x ``size``."""
     return _step(_network(scale, impl), scale, size, batch)
 
 
@@ -240,13 +235,8 @@ def main() -> None:
     if 'train' in only:
         for impl in ('fast', 'reference'):
             measure(f'train step x2 2x48x48 {impl}', 'train_step', dict(scale=2, size=48, batch=2, impl=impl))
-        measure('train step x2 2x48x48 fast, oneDNN weight gradient', 'train_step',
-                dict(scale=2, size=48, batch=2, impl='fast', fast_weight_grad=False))
     if 'train16' in only:
-        for fast_weight_grad in (True, False):
-            name = 'fast' if fast_weight_grad else 'fast, oneDNN weight gradient'
-            measure(f'train step x2 16x48x48 {name}', 'train_step',
-                    dict(scale=2, size=48, batch=16, impl='fast', fast_weight_grad=fast_weight_grad), repeats=2)
+        measure('train step x2 16x48x48 fast', 'train_step', dict(scale=2, size=48, batch=16, impl='fast'), repeats=2)
     scales, sizes = set(map(int, opts.scales.split(','))), set(map(int, opts.sizes.split(',')))
     if official:
         for scale, size in ((2, 96), (4, 192)):  # the issue's full-model rows

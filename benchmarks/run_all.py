@@ -31,6 +31,7 @@ def main() -> int:
     # Check the checkouts now rather than after minutes of measurements.
     try:
         official = ['--official_src', str(official_lcoan(opts.official_src).src)] if opts.official_src else []
+        lcoan = list(official)  # the training-step scripts compare with the official LCoAN only
         official += ['--nlsn_src', str(official_nlsn(opts.nlsn_src).src)] if opts.nlsn_src else []
     except FileNotFoundError as error:
         parser.error(str(error))
@@ -40,7 +41,9 @@ def main() -> int:
             ['bench_model.py', '--sizes', '24', '--scales', '2', '--chop_lr', '128', '--repeats', '1',
              '--only', 'infer,train,chop,roofline', *threads, *official],
             ['bench_data.py', '--images', '2', '--size', '480x320', '--samples', '8', '--repeats', '1'],
-            ['bench_conv.py', '--repeats', '1', *threads],
+            ['bench_train_step.py', '--batches', '1', '--size', '24', '--rounds', '1', '--repeats', '1', *threads,
+             *lcoan],
+            ['profile_train_step.py', '--batch', '1', '--size', '24', '--steps', '1', *threads, *lcoan],
         ]
     else:
         runs = [
@@ -49,8 +52,10 @@ def main() -> int:
              *official],
             ['bench_model.py', '--repeats', '3', *threads, *official],
             ['bench_data.py'],
-            ['bench_conv.py', *threads],
             ['compare_models.py', '--repeats', '3', *threads],
+            # The paired training step: fresh processes, ours and the official code taking turns.
+            ['bench_train_step.py', '--batches', '2,16', '--rounds', '5,3', '--repeats', '3,2', *threads, *lcoan],
+            ['profile_train_step.py', '--batch', '2', '--steps', '2', *threads, *lcoan],
         ]
     start = time.perf_counter()
     for run in runs:

@@ -11,8 +11,6 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from model.conv import Conv2d
-
 ConvFactory = Callable[..., nn.Conv2d]
 
 # Mean colour of the DIV2K training images, which the EDSR family subtracts before the network.
@@ -20,11 +18,8 @@ DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
 
 def default_conv(in_channels: int, out_channels: int, kernel_size: int, bias: bool = True) -> nn.Conv2d:
-    """A convolution that keeps the spatial size for odd ``kernel_size`` (padding ``kernel_size // 2``).
-
-    An ``nn.Conv2d`` with a faster CPU weight gradient (``model.conv.Conv2d``).
-    """
-    return Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+    """A convolution that keeps the spatial size for odd ``kernel_size`` (padding ``kernel_size // 2``)."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
 
 
 class MeanShift(nn.Conv2d):

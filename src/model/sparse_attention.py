@@ -30,7 +30,11 @@ Why it is faster and leaner than the straightforward version:
   allocations page-fault on every call on some machines);
 * two ``autograd.Function``s own the backward passes. Building saves only the embeddings and the
   attention weights (the softmax backward needs nothing else; no raw scores are kept), applying
-  saves only the values tensor itself (no gathered or tripled copies); gathers are recomputed.
+  saves only the values tensor itself (no gathered or tripled copies); gathers are recomputed;
+* the backward passes reuse the forward's sort: the gradient w.r.t. every window's [previous | self
+  | next] rows is one batched product, folded onto the sorted rows (the wrapped windows and the
+  padding added to the rows they repeat) and put back in pixel order by a gather with the inverse
+  permutation: no scatter-add, whose colliding indices serialise it.
 
 Under autocast the matrix products run in the autocast dtype; softmax, log-sum-exp and the stored
 attention weights stay in float32 (float64 for float64 inputs).
@@ -51,19 +55,6 @@ from model.attention_interface import KEY_NORM_EPS
 # matrices are row- or column-major with any leading dimension (overlapping batches included):
 # that lets every call go to one batched BLAS call (one parallel region) instead of a loop of small
 # ones, which matters on few, shared cores.
-
-def _scatter_triples(out_ext: Tensor, weights: Tensor, g: Tensor, w: int) -> None:
-    """``out_ext[window k + d] += weights[k, :, block d]^T @ g[k]`` for d = 0, 1, 2.
-
-    The adjoint of multiplying ``weights`` (nW, w, 3w) with the triples of an extended sequence:
-    ``out_ext`` ((nW + 2) * w, c) contiguous and zeroed, ``g`` (nW, w, c). Within one call every
-    window writes a different block, so each block d is one batched product.
-    """
-    n_windows = g.shape[0]
-    out_windows = out_ext.unflatten(0, (n_windows + 2, w))
-    for d in range(3):
-        out_windows[d:d + n_windows].baddbmm_(weights[:, :, d * w:(d + 1) * w].transpose(1, 2), g)
-
 
 def _take(src: Tensor, index: Tensor, out: Tensor) -> None:
     """``out = src[index]``: rows of a 2-D (positions, channels) ``src`` into a contiguous ``out``."""
@@ -123,6 +114,7 @@ class _Plan:
         self.gather_ext = order[..., padded_source[ring]].reshape(n * n_rounds, self.extended)
         self.order = order.reshape(n * n_rounds, length)
         self.rank = torch.empty_like(self.order).scatter_(1, self.order, positions.expand_as(self.order))
+        self.pad_source = padded_source[length:]
         self._scratch: dict[tuple, Tensor] = {}
         self._weights_cast: dict[torch.dtype, Tensor] = {}
 
@@ -165,6 +157,45 @@ class _Plan:
         [previous | self | next] windows, as an overlapping view (no copy)."""
         row, col = x_ext.stride()
         return x_ext.as_strided((self.n_windows, 3 * self.window, x_ext.shape[1]), (self.window * row, row, col))
+
+    def fold_triples(self, grad_triples: Tensor, out: Tensor) -> Tensor:
+        """Gradient w.r.t. every window's [previous | self | next] rows (nW, 3w, c) -> w.r.t. the padded
+        sorted rows, written to ``out`` (P, c) and returned.
+
+        Window k's rows are the 'self' block of window k, the 'previous' block of window k + 1 and the
+        'next' block of window k - 1 (cyclically): the adjoint of :meth:`triples`.
+        """
+        w = self.window
+        previous, own, following = grad_triples[:, :w], grad_triples[:, w:2 * w], grad_triples[:, 2 * w:]
+        out_windows = self.windows(out)
+        torch.add(own[:-1], previous[1:], out=out_windows[:-1])
+        torch.add(own[-1], previous[0], out=out_windows[-1])
+        out_windows[1:] += following[:-1]
+        out_windows[0] += following[-1]
+        return out
+
+    def fold_padding(self, grad_padded: Tensor) -> Tensor:
+        """Gradient w.r.t. the padded sorted rows (P, c) -> w.r.t. the sorted rows (L, c), in place; a view."""
+        length = self.length
+        pad = self.padded - length
+        rows = grad_padded[:length]
+        if pad > length:  # cyclic padding: a row may be repeated more than once
+            rows.index_add_(0, self.pad_source, grad_padded[length:])
+        elif pad:
+            rows[length - pad:] += grad_padded[length:]
+        return rows
+
+    def unsort(self, rows: Tensor, slot: int, out: Tensor) -> None:
+        """Sorted rows (L, c) of ``slot`` back to pixel order, into ``out`` (N, L, c) of the same dtype:
+        the slot's first round writes ``out[n]``, later rounds add to it.
+
+        A gather by the inverse permutation: every pixel reads its own row, no scatter with collisions.
+        """
+        n, r = divmod(slot, self.n_rounds)
+        if r == 0:
+            torch.index_select(rows, 0, self.rank[slot], out=out[n])
+        else:
+            out[n].add_(rows.index_select(0, self.rank[slot]))
 
 
 def _normalize_backward(x: Tensor, grad: Tensor) -> Tensor:
@@ -221,8 +252,11 @@ class _BuildWeights(torch.autograd.Function):
             return None, None, None, None
         source = embed.contiguous()
         channels = embed.shape[-1]
-        d_embed = torch.zeros(embed.shape, dtype=weights.dtype, device=embed.device)
+        # Every pixel's gradient is written by its slot's first round: no zero fill.
+        d_embed = torch.empty(embed.shape, dtype=weights.dtype, device=embed.device)
         gathered = embed.new_empty((plan.extended, channels))
+        d_triples = embed.new_empty((plan.n_windows, 3 * plan.window, channels), dtype=cd)
+        d_keys = embed.new_empty((plan.padded, channels), dtype=cd)
         for b in range(plan.slots):
             _take(source[b // plan.n_rounds], plan.gather_ext[b], gathered)
             x_float = gathered.to(weights.dtype)
@@ -240,11 +274,12 @@ class _BuildWeights(torch.autograd.Function):
                 d_raw.addcmul_(w_b, coef)
             d_raw = d_raw.to(cd)
             d_queries = torch.bmm(d_raw, plan.triples(keys.to(cd))).flatten(0, 1)
-            d_keys = torch.zeros(gathered.shape, dtype=cd, device=embed.device)
-            _scatter_triples(d_keys, d_raw, plan.windows(plan.middle(gathered).to(cd)), plan.window)
-            d_total = _normalize_backward(x_float, d_keys.to(x_float.dtype))
-            plan.middle(d_total).add_(d_queries)
-            d_embed[b // plan.n_rounds].index_add_(0, plan.gather_ext[b], d_total)
+            torch.bmm(d_raw.transpose(1, 2), plan.windows(plan.middle(gathered).to(cd)), out=d_triples)
+            # Every key is a normalised copy of a padded sorted row: the copies' gradients are summed
+            # into that row before the normalisation's backward.
+            d_padded = _normalize_backward(plan.middle(x_float), plan.fold_triples(d_triples, d_keys).to(x_float.dtype))
+            d_padded += d_queries
+            plan.unsort(plan.fold_padding(d_padded), b, d_embed)
         return d_embed.to(embed.dtype), None, None, None
 
 
@@ -290,24 +325,27 @@ class _ApplyWeights(torch.autograd.Function):
         d_raw_low = None
         if want_weights and cd != weights.dtype:
             d_raw_low = weights.new_empty(weights.shape[1:], dtype=cd)
-        d_values = torch.zeros(values.shape, dtype=cd, device=values.device) if want_values else None
+        # Every pixel's gradient is written by its slot's first round: no zero fill.
+        d_values = torch.empty(values.shape, dtype=cd, device=values.device) if want_values else None
         # Backward-only buffers are fresh, not scratch: they should not outlive the backward pass.
         d_sorted = values.new_empty((plan.padded, cv), dtype=cd)
+        gathered = values.new_empty((plan.extended, cv), dtype=cd) if want_weights else None
+        d_triples = values.new_empty((plan.n_windows, 3 * plan.window, cv), dtype=cd) if want_values else None
+        d_rows = values.new_empty((plan.padded, cv), dtype=cd) if want_values else None
         for b in range(plan.slots):
             n, r = divmod(b, plan.n_rounds)
             # Padded rows were dropped in forward: their gradient is zero.
             d_sorted[length:].zero_()
             _take(d_out[n] if plan.n_rounds == 1 else d_out[n, r], plan.order[b], d_sorted[:length])
             if want_weights:
-                gathered = source[n].index_select(0, plan.gather_ext[b])
+                _take(source[n], plan.gather_ext[b], gathered)
                 target = d_weights[b] if d_raw_low is None else d_raw_low
                 torch.bmm(plan.windows(d_sorted), plan.triples(gathered).transpose(1, 2), out=target)
                 if d_raw_low is not None:
                     d_weights[b].copy_(d_raw_low)
             if want_values:
-                d_gathered = d_sorted.new_zeros((plan.extended, cv))
-                _scatter_triples(d_gathered, mixing[b], plan.windows(d_sorted), plan.window)
-                d_values[n].index_add_(0, plan.gather_ext[b], d_gathered)
+                torch.bmm(mixing[b].transpose(1, 2), plan.windows(d_sorted), out=d_triples)
+                plan.unsort(plan.fold_padding(plan.fold_triples(d_triples, d_rows)), b, d_values)
         if d_values is not None:
             d_values = d_values.to(values.dtype)
         return d_weights, d_values, None, None

@@ -23,6 +23,8 @@ sys.path.insert(0, str(BENCH))
 
 import _common  # noqa: E402
 import bench_attention  # noqa: E402
+import bench_train_step  # noqa: E402
+import profile_train_step  # noqa: E402
 from _official import SHARED_NAMES, OfficialSource, official_lcoan, official_nlsn  # noqa: E402
 
 MARK = 'OFFICIAL = True\n'
@@ -272,3 +274,35 @@ def test_bad_nlsa_config_is_named(fake_src, capsys):
     with pytest.raises(SystemExit):
         bench_attention.main(['--nlsa_configs', '5x130', '--nlsn_src', str(fake_src)])
     assert '--nlsa_configs 5x130: expected MODULESxCHANNELS' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_training_step_benchmark_pairs_ours_with_the_official_and_an_earlier_checkout(fake_src, capsys):
+    """Fresh processes per side take turns; the before side imports another copy of our src/ in a sealed
+    block (here this very tree). Only the report's structure is checked, never a timing."""
+    report = bench_train_step.main(['--official_src', str(fake_src), '--before_src', str(SRC), '--batches', '1',
+                                    '--size', '8', '--rounds', '2', '--repeats', '1', '--warmup', '0',
+                                    '--threads', '1'])
+    rows = report['batches'][1]
+    assert set(rows) == {'ours', 'before', 'official'}
+    for row in rows.values():
+        assert len(row['times_s']) == 2 and len(row['peak_rss_mb_all']) == 2 and row['peak_rss_mb'] > 50
+    ratio = report['ratios']['ours / official, batch 1']
+    assert ratio['peak_rss'] == rows['ours']['peak_rss_mb'] / rows['official']['peak_rss_mb']
+    assert {'before / official, batch 1', 'ours / before, batch 1'} <= set(report['ratios'])
+    assert '| 1 | ours / official |' in capsys.readouterr().out
+
+
+def test_training_step_profile_attributes_the_step_to_parts(fake_src, capsys):
+    ours, official = profile_train_step.main(['--official_src', str(fake_src), '--batch', '1', '--size', '8',
+                                              '--steps', '1', '--warmup', '1', '--threads', '1'])
+    for result in (ours, official):
+        times = result['times_s']
+        # Every profiled operation is attributed once: the parts and the untracked rest make up the step.
+        assert sum(times.values()) == pytest.approx(result['wall_s'], rel=1e-6)
+        assert times['conv|forward'] > 0 and times['conv|backward'] > 0 and times['optimizer|forward'] > 0
+    # Our network's attention builds its pattern in a custom autograd function; its backward is the attention's.
+    assert ours['times_s']['LCoA attention|backward'] > 0 and ours['times_s']['k-means|forward'] > 0
+    assert any(key.startswith('LCoA attention|backward|') for key in ours['ops_s'])
+    assert ours['flops']['conv weight grad'] > 0
+    assert '### official: one step' in capsys.readouterr().out
