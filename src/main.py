@@ -8,7 +8,7 @@ import api
 import data
 import loss
 import model
-from core import distributed
+from core import distributed, rng
 from core.errors import UserError, show_warnings_plainly
 from core.io_utils import write_error_cause
 from trainer import Trainer
@@ -19,6 +19,7 @@ def run(args) -> None:
     """Train and/or evaluate in this process (one of several under torch.distributed)."""
     show_warnings_plainly()  # again: a spawned process starts with Python's default
     torch.manual_seed(args.seed)
+    rng.set_deterministic(args.deterministic)
     ckp = run_folder.checkpoint(args)
     if getattr(args, 'pre_train_detected', ''):
         ckp.write_log(args.pre_train_detected)

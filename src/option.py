@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     g('--cpu', action='store_true', help='run on the CPU even if a GPU is available')
     g('--n_GPUs', type=int, default=1, help='GPUs on this machine; more than 1 starts DistributedDataParallel')
     g('--seed', type=int, default=1, help='random seed')
+    g('--deterministic', action='store_true',
+      help='bit-identical runs for the same --seed on CUDA too: deterministic kernels (slower; the CPU always is)')
     g('--dist_timeout', type=int, default=600,
       help='seconds a process waits for the others in a collective before the run fails')
 

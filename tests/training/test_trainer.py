@@ -13,10 +13,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import option
 from conftest import MAIN_ENV, SRC
 from core.errors import UserError
 from core.io_utils import atomic_save, load_state
-from core.rng import get_rng_state, seed_everything, set_rng_state
+from core.rng import get_rng_state, seed_everything, set_deterministic, set_rng_state
 from helpers.trainer_kit import (
     Net,
     PairSet,
@@ -196,6 +197,20 @@ def test_load_state_errors_name_the_file(tmp_path):
     with pytest.raises(UserError, match=f'^checkpoint {unsafe}: refused: it holds a pickled reference to '
                                         'types.SimpleNamespace, not only tensors'):
         load_state(unsafe)
+
+
+def test_deterministic_turns_on_deterministic_kernels(monkeypatch):
+    monkeypatch.delenv('CUBLAS_WORKSPACE_CONFIG', raising=False)
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        set_deterministic(False)
+        assert not torch.are_deterministic_algorithms_enabled() and 'CUBLAS_WORKSPACE_CONFIG' not in os.environ
+        set_deterministic(True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ['CUBLAS_WORKSPACE_CONFIG'] == ':4096:8' and not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    assert option.parse_args(['--deterministic']).deterministic and not option.parse_args([]).deterministic
 
 
 def test_rng_state_loads_with_weights_only(tmp_path):
@@ -418,8 +433,11 @@ def test_e2e_run_writes_its_files_and_seed_makes_runs_bit_identical(e2e):
     assert 'patch_size: 32' in (a / 'config.txt').read_text()
     assert 'attention_impl: fast' in (a / 'config.txt').read_text()
 
-    b = run_main(e2e, '--save', 'b')
+    # --deterministic changes nothing on the CPU, whose kernels are deterministic already.
+    b = run_main(e2e, '--save', 'b', '--deterministic')
     assert b.returncode == 0, b.stdout + b.stderr
+    assert 'deterministic: True' in (e2e / 'exp' / 'b' / 'config.txt').read_text()
+    assert 'warning' not in b.stderr
     state_b = load_state(e2e / 'exp' / 'b' / 'training_state.pt')
     assert torch.equal(state_b['loss_log'], state['loss_log'])
     assert torch.equal(state_b['psnr_log'], state['psnr_log'])
