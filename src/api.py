@@ -22,6 +22,7 @@ import option
 from core import distributed
 from core.errors import UserError
 from model import checkpoint_io, detect, inference, registry
+from training import run_flags
 
 PRECISIONS = inference.PRECISIONS
 # ITU-R BT.601 as MATLAB's rgb2ycbcr, on [0, 1] values: rows give Y, Cb, Cr.
@@ -31,10 +32,13 @@ _YCBCR_OFFSET = torch.tensor([16.0, 128.0, 128.0]) / 255
 
 def parse_args(argv=None):
     """``main.py``'s options from the command line ``argv``: parsed, the model options not given read from
-    a ``--pre_train`` checkpoint (``args.pre_train_detected`` says what was read), checked, and on a
+    a ``--pre_train`` checkpoint, or the network ``--load <run> --test_only`` evaluates
+    (``args.pre_train_detected`` says what was read), checked, and on a
     device (CUDA unless ``--cpu`` or there is none; ``args.device_note`` says when CUDA was missing)."""
     args = option.parse(argv)
-    args.pre_train_detected = detect.apply_pre_train(args)
+    weights = run_flags.evaluated_weights(args)  # --load <run> --test_only: the run's network file
+    args.pre_train_detected = (detect.apply_pre_train(args, weights, f'--load {args.load} --test_only:') if weights
+                               else detect.apply_pre_train(args))
     option.finalize(args)
     args.device_note = distributed.select_device(args)
     return args

@@ -19,7 +19,9 @@ def run(args) -> None:
     """Train and/or evaluate in this process (one of several under torch.distributed)."""
     show_warnings_plainly()  # again: a spawned process starts with Python's default
     torch.manual_seed(args.seed)
-    ckp = run_folder.checkpoint(args)
+    # Every start-up check runs before the run folder is written, or deleted by --reset: the folder itself,
+    # the data, the weights (--pre_train, --load), the loss, what --resume loads.
+    ckp = run_folder.checkpoint(args, open_now=False)
     if getattr(args, 'pre_train_detected', ''):
         ckp.write_log(args.pre_train_detected)
     try:
@@ -27,6 +29,7 @@ def run(args) -> None:
         net = model.Model(args, ckp)
         criterion = loss.Loss(args, ckp) if not args.test_only else None
         trainer = Trainer(args, loader, net, criterion, ckp)
+        ckp.open()
         while not trainer.terminate():
             trainer.train()
             trainer.test()

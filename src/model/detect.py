@@ -174,20 +174,21 @@ def fill_options(args, detected: Detected, given: Iterable[str]) -> tuple[dict[s
     return filled, assumed
 
 
-def apply_pre_train(args) -> str:
+def apply_pre_train(args, path: str | Path | None = None, what: str = '--pre_train') -> str:
     """``--pre_train X.pt`` with architecture flags left out: fill them from the checkpoint.
 
     Flags in ``args.given`` (command line or ``--template``) win; a contradiction then surfaces as
     the loader's mismatch error naming keys and shapes. Returns the log line (empty without
-    ``--pre_train``).
+    ``--pre_train``). ``path`` and ``what``: another checkpoint and how messages name it (the network
+    that ``--load <run> --test_only`` evaluates, see ``api.parse_args``).
     """
-    path = args.pre_train
+    path = args.pre_train if path is None else path
     if not path or path == '.' or not Path(path).exists():
         return ''  # nothing to read: a missing file is reported by the loader, naming it
-    _, detected = read_checkpoint(path, what='--pre_train')
+    _, detected = read_checkpoint(path, what=what)
     filled, assumed = fill_options(args, detected, args.given)
     kept = sorted(({'model'} | set(detected.options)) & set(args.given))
-    line = f'--pre_train {path}: {detected.model} x{detected.scale} checkpoint; '
+    line = f'{what} {path}: {detected.model} x{detected.scale} checkpoint; '
     line += ('options read from the weights: ' + ', '.join(f'{k}={v}' for k, v in filled.items())
              if filled else 'no options filled from the weights')
     if assumed:

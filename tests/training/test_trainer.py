@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import conftest
 from conftest import MAIN_ENV, SRC
 from core.errors import UserError
 from core.io_utils import atomic_save, load_state
@@ -478,6 +479,7 @@ def test_e2e_test_only_prints_the_table(e2e):
 def test_e2e_test_only_on_a_run_evaluates_its_trained_model_and_keeps_its_results(e2e):
     a = e2e / 'exp' / 'a'
     kept = {p: p.read_bytes() for p in [a / 'metrics_Sample_x2.csv', *sorted((a / 'results-Sample').iterdir())]}
+    earlier = set(a.glob('test-*'))
     done = run_main(e2e, '--load', 'a', '--test_only')
     assert done.returncode == 0, done.stdout + done.stderr
     assert f'--test_only: evaluating {a}/model/model_latest.pt (the latest epoch of run a;' in done.stdout
@@ -486,10 +488,26 @@ def test_e2e_test_only_on_a_run_evaluates_its_trained_model_and_keeps_its_result
     last = load_state(a / 'training_state.pt')['psnr_log'][-1, 0].item()
     assert psnr == pytest.approx(last, abs=0.005)  # the trained network, not an untrained one
     assert {p: p.read_bytes() for p in kept} == kept
-    (out,) = a.glob('test-*')
+    (out,) = set(a.glob('test-*')) - earlier
     assert (out / 'metrics_Sample_x2.csv').is_file() and len(list((out / 'results-Sample').iterdir())) == 3
     untrained = run_main(e2e, '--save', 'u', '--test_only')
     assert untrained.returncode == 2 and untrained.stderr.startswith('error: --test_only: no weights to evaluate;')
+
+
+@pytest.mark.slow
+def test_e2e_test_only_on_a_run_reads_its_architecture_and_a_failure_leaves_no_folder(e2e):
+    # Issue 22, item 11: without --template demo, --load of a demo run built the paper model and failed; every failed
+    # evaluation left a test-<date> folder.
+    a = e2e / 'exp' / 'a'
+    earlier = set(a.glob('test-*'))
+    failed = conftest.run_main(e2e, '--load', 'a', '--test_only', '--cpu', '--data_test', 'Set14')
+    assert failed.returncode == 2 and failed.stderr.startswith('error: Set14 not found'), failed.stderr
+    assert set(a.glob('test-*')) == earlier
+    done = conftest.run_main(e2e, '--load', 'a', '--test_only', '--cpu', '--data_test', 'Sample')
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f'--load a --test_only: {a}/model/model_latest.pt: LCoAN x2 checkpoint; options read from the weights: ' \
+           'model=LCoAN, scale=2, n_colors=3, n_feats=8, n_resgroups=1, n_resblocks=1, ' in done.stdout
+    assert len(set(a.glob('test-*')) - earlier) == 1
 
 
 @pytest.mark.slow
