@@ -48,6 +48,11 @@ def main(argv=None) -> int:
         if args.device_note:
             print(args.device_note)
         distributed.launch(args, run)
+    except distributed.PeerFailed:  # under torchrun: the process that failed prints why
+        return 2
+    except distributed.ProcessFailed as e:
+        print(f'error: {e}; {run_folder.how_to_go_on(args)}', file=sys.stderr)
+        return 2
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

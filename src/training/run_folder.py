@@ -47,6 +47,16 @@ def interrupted_message(args: argparse.Namespace | None) -> str:
             f'--save {name} --reset')
 
 
+def how_to_go_on(args: argparse.Namespace) -> str:
+    """What to do after a run stopped by a lost process: resume it, or start it over."""
+    if args.test_only:
+        return 'evaluate again'
+    name = args.load or args.save
+    if (Path(args.save_dir) / name / TRAINING_STATE).exists():
+        return f'resume with --load {name} --resume -1'
+    return f'nothing was saved yet: start over with --save {name} --reset'
+
+
 def _made_by_this_program(folder: Path) -> bool:
     """Whether --reset may delete ``folder``: it holds the config.txt this program writes, or nothing but
     what a run creates before its config.txt (an empty model/ folder, an empty log.txt)."""
