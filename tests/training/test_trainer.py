@@ -1,10 +1,8 @@
 """Trainer, checkpoint folder and durable files: unit tests on small stand-ins, then main.py end to end."""
 
 import math
-import os
 import re
 import signal
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +12,6 @@ import torch
 from torch.utils.data import DataLoader
 
 import conftest
-from conftest import MAIN_ENV, SRC
 from core.errors import UserError
 from core.io_utils import atomic_save, load_state
 from core.rng import get_rng_state, seed_everything, set_rng_state
@@ -22,12 +19,12 @@ from helpers.trainer_kit import (
     Net,
     PairSet,
     log_text,
-    main_cmd,
     make_args,
     make_data,
     make_trainer,
     run_epochs,
     run_main,
+    start_held,
     weights,
 )
 from training import tables
@@ -431,19 +428,10 @@ def test_e2e_run_writes_its_files_and_seed_makes_runs_bit_identical(e2e):
 
 @pytest.mark.slow
 def test_e2e_kill_9_mid_epoch_then_resume_reproduces_the_losses(e2e):
-    proc = subprocess.Popen(main_cmd(e2e, '--save', 'c'), cwd=SRC, env=MAIN_ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    seen, in_epoch_2 = [], False
-    try:
-        for line in proc.stdout:
-            seen.append(line)
-            in_epoch_2 = in_epoch_2 or line.startswith('[Epoch 2]')
-            if in_epoch_2 and line.startswith('[4/8]'):  # second of four batches of epoch 2 done
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-    finally:
-        proc.kill()
-        proc.wait(timeout=60)
+    # Killed before the third of four batches of epoch 2 (held there: no race with the run's own progress).
+    proc, seen = start_held(e2e, 7, '--save', 'c')
+    proc.kill()
+    proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, ''.join(seen)
     c = e2e / 'exp' / 'c'
     assert load_state(c / 'training_state.pt')['epoch'] == 1
