@@ -21,6 +21,7 @@ from core.errors import UserError
 from core.io_utils import load_state
 from data import sample
 from helpers.architectures import BASELINES, tiny_flags
+from training import interrupts
 
 WORKER = conftest.TESTS / 'helpers' / 'ddp_worker.py'
 TINY = ['--scale', '2', '--n_resgroups', '3', '--n_resblocks', '1', '--n_feats', '16', '--reduction', '2',
@@ -162,6 +163,28 @@ def test_a_stopped_rank_ends_the_run_after_dist_timeout_with_one_line(tmp_path):
                          r'was saved yet: start over with --save r --reset\n', done.stderr)
     assert match and match[1] != match[2], done.stderr
     assert 'Traceback' not in done.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_two_processes_is_one_line(tmp_path):
+    # Ctrl-C in a terminal reaches every process of the group. Both ranks are held before their 5th batch (the
+    # first of epoch 2) by the test-only hold of training.interrupts, so the signal comes exactly there.
+    env = {**MAIN_ENV, interrupts.HOLD_ENV: '5'}
+    proc = subprocess.Popen(main_cmd(tmp_path, '--save', 'r', '--epochs', '50'), cwd=SRC, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if sum(x.startswith(interrupts.HOLD_LINE) for x in seen) == 2:  # one line from each rank
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, ''.join(seen) + out + err
+    assert err == 'interrupted; resume with --load r --resume -1\n'
+    assert not _children(proc.pid)
 
 
 @pytest.mark.slow
