@@ -37,7 +37,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from core.errors import UserError
-from core.io_utils import atomic_write_text
+from core.io_utils import atomic_write_text, write_error_cause
 
 # How long the parent gives the other processes to end by themselves once one has failed (or after
 # Ctrl-C) before it stops them; a process it finds stopped (SIGSTOP, Ctrl-Z) is killed at once.
@@ -170,6 +170,9 @@ def _run_rank(args, run, rank_: int, size: int, store: str) -> tuple[str, str]:
     except UserError as e:
         return 'user', str(e)
     except Exception as e:
+        cause = write_error_cause(e)  # a write outside the trainer's own handling, as main.py says it
+        if cause is not None:
+            return 'user', f'cannot write {e.filename or "the run folder"}: {cause}'
         return collective_failure(e, args.dist_timeout) or ('crash', traceback.format_exc())
     return 'ok', ''
 

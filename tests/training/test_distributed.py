@@ -4,12 +4,14 @@ that fails, is killed or stops ends the run with one line.
 The tests marked slow start two or more processes.
 """
 
+import errno
 import os
 import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -236,6 +238,26 @@ def test_the_cause_wins_over_its_consequences_in_any_order():
     e = outcome([('crash', 'Traceback ...\nZeroDivisionError'), closed], [1, 2], {}, interrupted=False)
     assert type(e) is distributed.ProcessCrashed and str(e).endswith('ZeroDivisionError')
     assert outcome([ok, ok], [0, 0], {}, interrupted=False) is None
+
+
+@pytest.mark.parametrize('error, report', [
+    (UserError('Set14 not found'), ('user', 'Set14 not found')),
+    (distributed.PeerFailed('process 0 failed while preparing the data'),
+     ('peer', 'process 0 failed while preparing the data')),
+    (KeyboardInterrupt(), ('interrupt', '')),
+    (OSError(errno.EROFS, 'Read-only file system', '/runs/r/config.txt'),
+     ('user', 'cannot write /runs/r/config.txt: read-only file system')),
+    (RuntimeError('[pair.cc:553] Connection closed by peer [127.0.0.1]:1. This is typically caused by ... gloo'),
+     ('peer', 'lost the connection to another process (Connection closed by peer [127.0.0.1]:1)')),
+])
+def test_what_ends_a_process_is_reported_in_one_line(monkeypatch, error, report):
+    monkeypatch.setattr(distributed, '_join', lambda *a: None)
+
+    def run(args):
+        raise error
+    assert distributed._run_rank(SimpleNamespace(dist_timeout=5), run, 0, 2, 'store') == report
+    kind, text = distributed._run_rank(SimpleNamespace(dist_timeout=5), lambda args: 1 / 0, 0, 2, 'store')
+    assert kind == 'crash' and text.startswith('Traceback') and 'ZeroDivisionError' in text
 
 
 def test_collective_failures_are_named_in_one_line():
