@@ -158,6 +158,9 @@ class checkpoint:  # lower case: EDSR's name, used the same way
             flag, name = ('load', args.load) if args.load else ('save', args.save)
             raise UserError(f'--{flag} {name!r}: {self.run_dir} holds a run already; continue it with '
                             f'--load {name} --resume -1, or start it over with --reset')
+        elif self.run_dir.exists() and not self.run_dir.is_dir():
+            flag, name = ('load', args.load) if args.load else ('save', args.save)
+            raise UserError(f'--{flag} {name!r}: {self.run_dir} is a file, not a run folder; choose another --{flag}')
         elif self.run_dir.is_dir() and not _made_by_this_program(self.run_dir):
             # Writing into it would adopt it: a later --reset would delete the user's files.
             flag, name = ('load', args.load) if args.load else ('save', args.save)

@@ -217,6 +217,9 @@ def test_a_folder_this_program_did_not_make_is_never_adopted(tmp_path):
         run_folder.checkpoint(make_args(tmp_path, '--save', 'u', '--reset'))
     assert [p.name for p in users.iterdir()] == ['thesis.tex']
     assert (users / 'thesis.tex').read_text() == 'years of work'
+    (tmp_path / 'notes.txt').write_text('x')
+    with pytest.raises(UserError, match=f"^--save 'notes.txt': {tmp_path}/notes.txt is a file, not a run folder"):
+        run_folder.checkpoint(make_args(tmp_path, '--save', 'notes.txt'))
     empty = tmp_path / 'empty'
     empty.mkdir()
     run_folder.checkpoint(make_args(tmp_path, '--save', 'empty')).done()  # an empty folder is taken
