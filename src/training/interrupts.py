@@ -16,13 +16,14 @@ the load of the machine. Nothing else reads it; never set it for real runs.
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
 
 HOLD_ENV = 'LCOAN_TEST_HOLD_AT_BATCH'
 HOLD_LINE = 'test hold: waiting for a signal at batch'
-HOLD_LIMIT_S = 900  # a test that never sends the signal fails instead of hanging
+HOLD_LIMIT_S = 300  # a test that never sends the signal fails instead of hanging
 _fetched = 0  # batches fetched by this process, over all epochs
 
 
@@ -47,7 +48,10 @@ def _test_hold() -> None:
     _fetched += 1
     if os.environ.get(HOLD_ENV) != str(_fetched):
         return
-    print(f'{HOLD_LINE} {_fetched}', flush=True)
+    # One write of the whole line (print writes the newline apart): other processes' lines stay apart.
+    sys.stdout.flush()
+    sys.stdout.write(f'{HOLD_LINE} {_fetched}\n')
+    sys.stdout.flush()
     deadline = time.monotonic() + HOLD_LIMIT_S
     while time.monotonic() < deadline:
         time.sleep(0.05)  # a signal's handler runs here (Ctrl-C raises KeyboardInterrupt)
