@@ -28,6 +28,7 @@ import option
 from core import distributed
 from core.errors import UserError
 from model import checkpoint_io, detect, inference, registry
+from training import run_flags
 
 PRECISIONS = inference.PRECISIONS
 # ITU-R BT.601 as MATLAB's rgb2ycbcr, on [0, 1] values: rows give Y, Cb, Cr.
@@ -188,12 +189,13 @@ def model_overrides(args) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
-def _apply_weights(args, flag: str) -> str:
+def _apply_weights(args, flag: str, path: str | Path | None = None) -> str:
     """``--pre_train X.pt`` with architecture flags left out: fill them from the checkpoint (and its run's
     config.txt). Flags in ``args.given`` (command line or ``--template``) win; a contradiction then surfaces as
     the loader's mismatch error, except a given ``--model`` other than the checkpoint's, which is named as
-    such. Returns the log line (empty without ``--pre_train``)."""
-    path = args.pre_train
+    such. ``path``: another checkpoint than ``--pre_train``, named in messages by ``flag``. Returns the log
+    line (empty without weights to read)."""
+    path = args.pre_train if path is None else path
     if not path or path == '.' or not Path(path).exists():
         return ''  # nothing to read: a missing file is reported by the loader, naming it
     given_range = args.rgb_range if 'rgb_range' in args.given else None
@@ -218,11 +220,16 @@ def _apply_weights(args, flag: str) -> str:
 
 def parse_args(argv=None, *, weights_flag: str = '--pre_train'):
     """``main.py``'s options from the command line ``argv``: parsed, the model options not given read from
-    a ``--pre_train`` checkpoint and its run's config.txt (``args.pre_train_detected`` says what was read from
-    where), checked, and on a device (CUDA unless ``--cpu`` or there is none; ``args.device_note`` says when
-    CUDA was missing). ``weights_flag`` names the checkpoint in messages (``visualize.py``: ``--weights``)."""
+    a ``--pre_train`` checkpoint (or the network ``--load <run> --test_only`` evaluates) and its run's config.txt
+    (``args.pre_train_detected`` says what was read from where), checked, and on a device (CUDA unless ``--cpu``
+    or there is none; ``args.device_note`` says when CUDA was missing). ``weights_flag`` names the checkpoint in
+    messages (``visualize.py``: ``--weights``)."""
     args = option.parse(argv)
-    args.pre_train_detected = _apply_weights(args, weights_flag)
+    weights = run_flags.evaluated_weights(args)  # --load <run> --test_only: the run's network file
+    if weights:
+        args.pre_train_detected = _apply_weights(args, f'--load {args.load} --test_only:', weights)
+    else:
+        args.pre_train_detected = _apply_weights(args, weights_flag)
     option.finalize(args)
     args.device_note = distributed.select_device(args)
     return args

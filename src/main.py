@@ -20,7 +20,9 @@ def run(args) -> None:
     show_warnings_plainly()  # again: a spawned process starts with Python's default
     torch.manual_seed(args.seed)
     rng.set_deterministic(args.deterministic)
-    ckp = run_folder.checkpoint(args)
+    # Every start-up check runs before the run folder is written, or deleted by --reset: the folder itself,
+    # the data, the weights (--pre_train, --load), the loss, what --resume loads.
+    ckp = run_folder.checkpoint(args, open_now=False)
     if getattr(args, 'pre_train_detected', ''):
         ckp.write_log(args.pre_train_detected)
     try:
@@ -28,6 +30,7 @@ def run(args) -> None:
         net = model.Model(args, ckp)
         criterion = loss.Loss(args, ckp) if not args.test_only else None
         trainer = Trainer(args, loader, net, criterion, ckp)
+        ckp.open()
         while not trainer.terminate():
             trainer.train()
             trainer.test()
@@ -46,6 +49,11 @@ def main(argv=None) -> int:
         if args.device_note:
             print(args.device_note)
         distributed.launch(args, run)
+    except distributed.PeerFailed:  # under torchrun: the process that failed prints why
+        return 2
+    except distributed.ProcessFailed as e:
+        print(f'error: {e}; {run_folder.how_to_go_on(args)}', file=sys.stderr)
+        return 2
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

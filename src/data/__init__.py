@@ -21,10 +21,8 @@ continues with exactly the batches the interrupted one would have seen. Each ran
 of every global batch, so N processes see the same samples per step as one process would.
 """
 
-import contextlib
 from pathlib import Path
 
-import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from core import distributed
@@ -51,16 +49,6 @@ class EpochSampler(DistributedSampler):
         return ((self.epoch, index) for index in super().__iter__())
 
 
-@contextlib.contextmanager
-def _main_process_first(rank: int, world: int):
-    """Rank 0 makes missing LR images and caches first; the other ranks then find them ready."""
-    if world > 1 and rank != 0:
-        dist.barrier()
-    yield
-    if world > 1 and rank == 0:
-        dist.barrier()
-
-
 class Data:
     """The training and test loaders for ``args`` (see the module docstring).
 
@@ -77,7 +65,9 @@ class Data:
         self.store = ImageStore(ext='sep' if args.ext == 'sep_reset' and rank != 0 else args.ext)
         dir_data = Path(args.dir_data)
 
-        with _main_process_first(rank, world):
+        # Rank 0 makes missing LR images and caches first; the other ranks then find them ready (and stop
+        # with it, each with a message, if it fails).
+        with distributed.main_process_first():
             train_set = None if args.test_only else self._train_set(dir_data, rank)
             test_sets = [self._test_set(dir_data, name) for name in args.data_test]
 

@@ -138,6 +138,18 @@ def _check_sizes(name: str, hr: Path, hr_size: tuple[int, int], lr: Path, lr_siz
                         f'{patch_size // scale} (--patch_size {patch_size} / --scale {scale})')
 
 
+def load_as_scanned(store: ImageStore, path: Path, size: tuple[int, int]) -> np.ndarray:
+    """The image at ``path``, which must still have the ``(height, width)`` it had at scan time: with
+    ``--ext img`` every read decodes the file, and a file replaced since start-up (a smaller or larger
+    image) would otherwise fail deep in patch cropping or batching."""
+    img = store.load(path)
+    if img.shape[:2] != tuple(size):
+        raise DataError(f'{path}: changed since start-up: now {img.shape[1]}x{img.shape[0]}, was {size[1]}x{size[0]} '
+                        f'when the data was checked; put the original back, or restart the run (it checks the data '
+                        f'again; --load <run> --resume -1 continues from the last epoch saved)')
+    return img
+
+
 class TrainPatches(Dataset):
     """Random aligned (LR, HR) patches: an epoch is ``length`` samples cycling through the images.
 
@@ -180,8 +192,8 @@ class TrainPatches(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = np.random.default_rng([self.seed, epoch, index])
         pair = self.pairs[index % len(self.pairs)]
-        lr = self.store.load(pair.lr)
-        hr = self.store.load(pair.hr)
+        lr = load_as_scanned(self.store, pair.lr, pair.lr_size)
+        hr = load_as_scanned(self.store, pair.hr, pair.hr_size)
         lr, hr = random_patch(lr, hr, self.patch_size, self.scale, rng)
         if self.augment:
             lr, hr = augment(lr, hr, rng)
@@ -217,8 +229,8 @@ class TestImages(Dataset):
 
     def __getitem__(self, index: int):
         pair = self.pairs[index]
-        lr = self.store.load(pair.lr)
-        hr = self.store.load(pair.hr)
+        lr = load_as_scanned(self.store, pair.lr, pair.lr_size)
+        hr = load_as_scanned(self.store, pair.hr, pair.hr_size)
         lh, lw = lr.shape[:2]
         hr = hr[:lh * self.scale, :lw * self.scale]
         lr, hr = (to_tensor(set_channel(np.asarray(x), self.n_colors), self.rgb_range) for x in (lr, hr))

@@ -53,7 +53,7 @@ def score_set(model: nn.Module, loader: DataLoader, *, scale: int, rgb_range: fl
                 calc_ssim(img, hr, scale, rgb_range, benchmark) if ssim_fits(hr.shape, border) else math.nan]
 
     bar = tqdm(loader, ncols=80, leave=False, desc=f'{loader.dataset.name} x{scale}', disable=None)
-    for lr, hr, name in interrupts.batches(bar):
+    for lr, hr, name in interrupts.batches(bar, training=False):
         name = name[0] if isinstance(name, (list, tuple)) else name
         lr, hr = lr.to(device, non_blocking=True), hr.to(device, non_blocking=True)
         sr = quantize_(model(lr).float(), rgb_range)  # in place: no second copy of a large image

@@ -1,4 +1,5 @@
-"""Which combinations of the run flags make sense: ``--resume --load --pre_train --reset --untrained --test_only``.
+"""Which combinations of the run flags make sense: ``--resume --load --pre_train --reset --untrained --test_only``,
+and which network file ``--load <run>`` with ``--resume`` names.
 
 Every other check of a run (the run name, the folder, what it holds) needs the file system and lives in
 :mod:`training.run_folder`; these need only the flags, so option validation makes them before anything
@@ -6,8 +7,25 @@ is read or written.
 """
 
 import argparse
+from pathlib import Path
 
 from core.errors import UserError
+
+
+def run_weights(run_dir: Path, resume: int) -> Path:
+    """The network file of run folder ``run_dir`` that ``--resume`` names: -1 (and 0) the latest epoch's,
+    N epoch N's (kept with ``--save_models``)."""
+    return run_dir / 'model' / ('model_latest.pt' if resume <= 0 else f'model_{resume}.pt')
+
+
+def evaluated_weights(args: argparse.Namespace) -> Path | None:
+    """The network file ``--load <run> --test_only [--resume N]`` evaluates; None for other flags (or a
+    ``--load`` that is no run name, which the run folder reports). ``api.parse_args`` reads the
+    architecture from it, as from ``--pre_train``."""
+    name = args.load
+    if not (args.test_only and name) or name in ('.', '..') or '/' in name or '\\' in name:
+        return None
+    return run_weights(Path(args.save_dir) / name, int(args.resume))
 
 
 def check_run_flags(args: argparse.Namespace) -> None:
@@ -46,6 +64,9 @@ def _check_weight_flags(args: argparse.Namespace) -> None:
     if args.pre_train and args.load:
         raise UserError(f'--pre_train {args.pre_train!r} and --load {args.load!r} with --test_only: choose one '
                         '(the weights to evaluate)')
+    if args.reset and args.load:
+        raise UserError(f'--reset and --load {args.load!r} with --test_only: --reset would delete the run whose '
+                        'weights are evaluated; leave --reset out')
     if not (args.pre_train or args.load or args.untrained):
         raise UserError('--test_only: no weights to evaluate; give --pre_train <file.pt> or --load <run> (its '
                         'latest model), or --untrained to score a randomly initialised network on purpose')

@@ -47,6 +47,16 @@ def interrupted_message(args: argparse.Namespace | None) -> str:
             f'--save {name} --reset')
 
 
+def how_to_go_on(args: argparse.Namespace) -> str:
+    """What to do after a run stopped by a lost process: resume it, or start it over."""
+    if args.test_only:
+        return 'evaluate again'
+    name = args.load or args.save
+    if (Path(args.save_dir) / name / TRAINING_STATE).exists():
+        return f'resume with --load {name} --resume -1'
+    return f'nothing was saved yet: start over with --save {name} --reset'
+
+
 def _made_by_this_program(folder: Path) -> bool:
     """Whether --reset may delete ``folder``: it holds the config.txt this program writes, or nothing but
     what a run creates before its config.txt (an empty model/ folder, an empty log.txt)."""
@@ -60,6 +70,15 @@ def _made_by_this_program(folder: Path) -> bool:
     entries = list(folder.iterdir())
     return all((e.name == 'model' and e.is_dir() and not any(e.iterdir()))
                or (e.name == 'log.txt' and e.is_file() and e.stat().st_size == 0) for e in entries)
+
+
+def _holds_only_logs(folder: Path) -> bool:
+    """Whether ``folder`` holds no file but its config.txt and log.txt (empty folders aside)."""
+    try:
+        return all(p.parent == folder and p.name in ('config.txt', 'log.txt')
+                   for p in folder.rglob('*') if not p.is_dir())
+    except OSError:
+        return False
 
 
 class checkpoint:  # lower case: EDSR's name, used the same way
@@ -77,43 +96,78 @@ class checkpoint:  # lower case: EDSR's name, used the same way
         args: options from :func:`option.parse_args` (whose flag combinations
             :func:`training.run_flags.check_run_flags` has checked); uses ``save_dir, save, load, resume,
             reset, test_only, rgb_range`` and writes all of them to config.txt.
+        open_now: start writing at once, as EDSR's checkpoint does; False: only check the folder (UserError:
+            a folder of the user's, a run that exists already, nothing to resume) and hold the log lines until
+            :meth:`open`.
 
     ``run_dir`` is the run (its checkpoints); ``dir`` is where this invocation writes: the run itself,
     or, for ``--test_only`` on a folder that holds a training run, a new ``test-<date>-<time>/`` in it.
     """
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, *, open_now: bool = True) -> None:
         self.args = args
         self.is_main = distributed.is_main()
         # The run: its checkpoints (model/, training_state.pt). ``dir`` is where this invocation writes:
         # the run itself, except for a --test_only evaluation of a training run (see _output_dir).
         self.run_dir = self._run_dir(args)
-        if args.reset:
-            self._reset()
-        elif not args.test_only and args.resume == 0 and (self.run_dir / TRAINING_STATE).exists():
-            flag, name = ('load', args.load) if args.load else ('save', args.save)
-            raise UserError(f'--{flag} {name!r}: {self.run_dir} holds a run already; continue it with '
-                            f'--load {name} --resume -1, or start it over with --reset')
-        elif args.resume == -1 and not args.test_only:
-            self._check_something_to_resume()
+        self._check_folder()
         self.dir = self._output_dir()
 
         self._log_file = None
         self._writer: ImageWriter | None = None
-        if self.is_main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            if not args.test_only:
-                (self.dir / 'model').mkdir(exist_ok=True)
-                # Temporary files of a killed writer (atomic_write) are never read: remove them (not in an
-                # evaluation, which may run beside the training that is writing them).
-                for folder in (self.dir, self.dir / 'model', self.dir / 'state'):
-                    for stale in folder.glob('.*.tmp-*'):
-                        stale.unlink(missing_ok=True)
-            self._log_file = open(self.dir / 'log.txt', 'a')
-            self._write_config()
-            if self.dir != self.run_dir:
-                self.write_log(f'--test_only: this evaluation writes to {self.dir}; the training run\'s own '
-                               f'results in {self.run_dir} are kept')
+        self._held: list[str] | None = []  # log lines written before open(), for log.txt
+        self._created = False  # whether open() made ``dir``
+        if self.dir != self.run_dir:
+            self.write_log(f'--test_only: this evaluation writes to {self.dir}; the training run\'s own '
+                           f'results in {self.run_dir} are kept')
+        if open_now:
+            self.open()
+
+    def open(self) -> None:
+        """Start writing: ``--reset`` deletes the old run now, then the folder is made and ``config.txt`` and
+        ``log.txt`` (with the lines logged so far) are written. ``main.py`` makes the checkpoint with
+        ``open_now=False`` and calls this once every start-up check (data, weights, loss, resume) has passed,
+        so a run that cannot start deletes and writes nothing. Calling it again does nothing."""
+        if self._held is None:
+            return
+        if self.args.reset:
+            self._reset()
+        held, self._held = self._held, None
+        if not self.is_main:
+            return
+        self._created = not self.dir.exists()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.args.test_only:
+            (self.dir / 'model').mkdir(exist_ok=True)
+            # Temporary files of a killed writer (atomic_write) are never read: remove them (not in an
+            # evaluation, which may run beside the training that is writing them).
+            for folder in (self.dir, self.dir / 'model', self.dir / 'state'):
+                for stale in folder.glob('.*.tmp-*'):
+                    stale.unlink(missing_ok=True)
+        self._log_file = open(self.dir / 'log.txt', 'a')
+        self._write_config()
+        self._log_file.write(''.join(msg + '\n' for msg in held))
+        self._log_file.flush()
+
+    def _check_folder(self) -> None:
+        """The checks of the run folder that need the file system; nothing is written or deleted here."""
+        args = self.args
+        if args.reset:
+            self._check_reset()
+        elif not args.test_only and args.resume == 0 and (self.run_dir / TRAINING_STATE).exists():
+            flag, name = ('load', args.load) if args.load else ('save', args.save)
+            raise UserError(f'--{flag} {name!r}: {self.run_dir} holds a run already; continue it with '
+                            f'--load {name} --resume -1, or start it over with --reset')
+        elif self.run_dir.exists() and not self.run_dir.is_dir():
+            flag, name = ('load', args.load) if args.load else ('save', args.save)
+            raise UserError(f'--{flag} {name!r}: {self.run_dir} is a file, not a run folder; choose another --{flag}')
+        elif self.run_dir.is_dir() and not _made_by_this_program(self.run_dir):
+            # Writing into it would adopt it: a later --reset would delete the user's files.
+            flag, name = ('load', args.load) if args.load else ('save', args.save)
+            raise UserError(f'--{flag} {name!r}: {self.run_dir} holds files but no run of this program (no '
+                            f'config.txt written by main.py); choose another --{flag}, or empty the folder')
+        elif args.resume == -1 and not args.test_only:
+            self._check_something_to_resume()
 
     @staticmethod
     def _run_dir(args: argparse.Namespace) -> Path:
@@ -126,8 +180,8 @@ class checkpoint:  # lower case: EDSR's name, used the same way
             raise UserError(f'--load {args.load!r}: no run folder {folder}')
         return folder
 
-    def _reset(self) -> None:
-        """Delete the run folder for --reset, if this program made it (every rank checks; rank 0 deletes)."""
+    def _check_reset(self) -> None:
+        """Whether --reset may delete the run folder: this program made it."""
         folder = self.run_dir
         if folder.exists() or folder.is_symlink():
             if not folder.is_dir() or folder.is_symlink():
@@ -135,9 +189,14 @@ class checkpoint:  # lower case: EDSR's name, used the same way
             if not _made_by_this_program(folder):
                 raise UserError(f'--reset: {folder} holds files but no config.txt of a run of this program; not '
                                 'deleting it (choose another --save, or delete the folder yourself)')
-        distributed.barrier()  # every rank has checked the folder before rank 0 deletes it
-        if self.is_main and folder.exists():
-            shutil.rmtree(folder)
+
+    def _reset(self) -> None:
+        """Delete the run folder for --reset (every rank checked it when the checkpoint was made; rank 0
+        checks again, for files put there since, and deletes)."""
+        distributed.barrier()
+        if self.is_main and self.run_dir.exists():
+            self._check_reset()
+            shutil.rmtree(self.run_dir)
         distributed.barrier()
 
     def _check_something_to_resume(self) -> None:
@@ -180,6 +239,9 @@ class checkpoint:  # lower case: EDSR's name, used the same way
             return
         tqdm.write(msg, file=sys.stdout)
         sys.stdout.flush()
+        if self._held is not None:  # before open(): log.txt gets it then
+            self._held.append(msg)
+            return
         if self._log_file is None:  # reopened after done()
             self._log_file = open(self.dir / 'log.txt', 'a')
         self._log_file.write(msg + '\n')
@@ -243,7 +305,9 @@ class checkpoint:  # lower case: EDSR's name, used the same way
                 self._writer.put(path, array)
 
     def abort(self) -> None:
-        """After an error: stop the image writer and close log.txt, ignoring their own errors (a full disk)."""
+        """After an error: stop the image writer and close log.txt, ignoring their own errors (a full disk).
+        An evaluation's folder made by this invocation is removed if it holds nothing but config.txt and
+        log.txt (the evaluation failed before scoring anything)."""
         writer, self._writer = self._writer, None
         if writer is not None:
             with contextlib.suppress(BaseException):
@@ -252,6 +316,9 @@ class checkpoint:  # lower case: EDSR's name, used the same way
             with contextlib.suppress(OSError):
                 self._log_file.close()
             self._log_file = None
+        if self._created and self.args.test_only and _holds_only_logs(self.dir):
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self._created = False
 
     def done(self) -> None:
         """Finish: wait for queued images, flush and close log.txt."""

@@ -22,6 +22,7 @@ import torch
 from core.errors import UserError
 from core.io_utils import atomic_save, load_state, save_weights
 from core.rng import get_rng_state, set_rng_state
+from training import run_flags
 from training.run_folder import TRAINING_STATE, checkpoint
 
 STATE_FORMAT = 2
@@ -110,8 +111,8 @@ def resume_paths(ckp: checkpoint, resume: int) -> tuple[Path, Path]:
     """The network and training-state files of ``--resume`` (-1: the latest epoch; N: epoch N) in the run."""
     run = ckp.run_dir
     if resume == -1:
-        return run / 'model' / 'model_latest.pt', run / TRAINING_STATE
-    return run / 'model' / f'model_{resume}.pt', run / 'state' / f'training_state_{resume}.pt'
+        return run_flags.run_weights(run, resume), run / TRAINING_STATE
+    return run_flags.run_weights(run, resume), run / 'state' / f'training_state_{resume}.pt'
 
 
 def read_training_state(path: Path) -> dict:

@@ -30,16 +30,24 @@ class TensorBoardLog:
     """
 
     def __init__(self, run_dir, enabled: bool, rgb_range: float = 255) -> None:
-        self.writer = None
         self.rgb_range = rgb_range
         self._images: dict[tuple[int, str], int] = {}
-        if enabled:
+        self._log_dir = Path(run_dir) / LOG_DIR if enabled else None
+        self._writer = None
+        if enabled:  # a missing package is a start-up error; the folder is made with the first event
             from torch.utils.tensorboard import SummaryWriter  # optional dependency, only with --tensorboard
-            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / LOG_DIR))
+            self._make_writer = SummaryWriter
 
     @property
     def enabled(self) -> bool:
-        return self.writer is not None
+        return self._log_dir is not None
+
+    @property
+    def writer(self):
+        """The SummaryWriter, made at the first event: the run folder is written only once the run starts."""
+        if self._writer is None:
+            self._writer = self._make_writer(log_dir=str(self._log_dir))
+        return self._writer
 
     def add_losses(self, epoch: int, names, values, lr: float) -> None:
         """The epoch's mean weighted loss terms and its learning rate."""
@@ -84,5 +92,5 @@ class TensorBoardLog:
         self.writer.add_image(f'results/{set_name}/{filename}', pair, epoch, dataformats='CHW')
 
     def close(self) -> None:
-        if self.enabled:
-            self.writer.close()
+        if self._writer is not None:
+            self._writer.close()

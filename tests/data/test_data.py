@@ -228,6 +228,7 @@ def test_distributed_ranks_get_their_own_patches(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.distributed, 'get_world_size', lambda: 2)
     monkeypatch.setattr(torch.distributed, 'get_rank', lambda: rank['value'])
     monkeypatch.setattr(torch.distributed, 'barrier', lambda: None)
+    monkeypatch.setattr(torch.distributed, 'broadcast_object_list', lambda objects, src: None)  # rank 0: all went well
     loaders = []
     for r in (0, 1):
         rank['value'] = r
@@ -433,6 +434,30 @@ def test_worker_error_reaches_the_user_as_one_line_naming_the_file(tmp_path):
             pass
     msg = str(err.value)
     assert str(bad) in msg and 'truncated' in msg and '\n' not in msg and 'worker' in msg
+
+
+def test_an_image_replaced_by_another_size_after_start_up_is_one_line_naming_it(tmp_path):
+    # Issue 22, item 12: with --ext img, an image replaced mid-run by a smaller one failed with "high <= 0".
+    make_div2k(tmp_path, range(1, 5))
+    make_benchmark(tmp_path, 'Set5', {'x': photo(9)})
+    lr = tmp_path / 'DIV2K' / 'DIV2K_train_LR_bicubic' / 'X2' / '0002x2.png'
+    original = lr.read_bytes()
+    for workers in ('0', '1'):  # read by the main process, and by a loader worker
+        d = data.Data(parse(tmp_path, '--n_threads', workers))
+        save(lr, photo(2, 10, 12))  # smaller than a patch
+        with pytest.raises(UserError) as err:
+            for _ in d.loader_train:
+                pass
+        msg = str(err.value)
+        assert msg.startswith(f'{lr}: changed since start-up: now 12x10, was 60x48 when the data was checked; put the '
+                              'original back, or restart the run'), msg
+        assert '\n' not in msg and ('(in DataLoader worker process 0)' in msg) == (workers == '1')
+        lr.write_bytes(original)
+    d = data.Data(parse(tmp_path))
+    hr = tmp_path / 'benchmark' / 'Set5' / 'HR' / 'x.png'
+    save(hr, photo(9, 100, 120))  # larger: the LR image no longer matches it
+    with pytest.raises(UserError, match=f'^{hr}: changed since start-up: now 120x100, was 120x96 when'):
+        d.loader_test[0].dataset[0]
 
 
 def test_image_formats_are_converted_with_one_warning(tmp_path):

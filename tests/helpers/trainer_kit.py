@@ -13,10 +13,11 @@ from torch.utils.data import DataLoader, Dataset
 
 import conftest
 import option
-from conftest import main_command
+from conftest import MAIN_ENV, SRC, main_command
 from loss import Loss
 from metrics import quantize
 from trainer import Trainer
+from training import interrupts
 from training.run_folder import checkpoint
 
 PHOTOS = (skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea())
@@ -123,3 +124,20 @@ def main_cmd(base: Path, *flags) -> list[str]:
 
 def run_main(base: Path, *flags) -> subprocess.CompletedProcess:
     return conftest.run_main(base, *TINY, *flags, timeout=300)
+
+
+def start_held(base: Path, batch: int, *flags) -> tuple[subprocess.Popen, list[str]]:
+    """``main.py`` (the tiny configuration) started with the test-only hold of :mod:`training.interrupts`:
+    returns once the run waits before training its ``batch``-th batch (counted over all epochs), with the
+    lines it printed so far. The run is exactly there, however loaded the machine: signal or kill it.
+    """
+    env = {**MAIN_ENV, interrupts.HOLD_ENV: str(batch)}
+    proc = subprocess.Popen(main_cmd(base, *flags), cwd=SRC, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(interrupts.HOLD_LINE):
+            return proc, seen
+    _, err = proc.communicate()
+    raise AssertionError(f'main.py ended (status {proc.returncode}) before batch {batch}:\n{"".join(seen)}{err}')

@@ -10,35 +10,38 @@ import pickle
 import re
 import signal
 import subprocess
+import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import api
 import main as main_module
 import metrics
 import model
 import option
-from conftest import MAIN_ENV, SRC
 from core import io_utils
 from core.errors import UserError
 from core.io_utils import atomic_save, load_state
+from helpers.architectures import tiny_network
 from helpers.trainer_kit import (
     PairSet,
     Wrapper,
     log_text,
-    main_cmd,
     make_args,
     make_data,
     make_trainer,
     run_epochs,
     run_main,
+    start_held,
     weights,
 )
-from model import checkpoint_io, inference
-from training import evaluation, interrupts, run_folder
+from model import checkpoint_io, inference, registry
+from training import evaluation, interrupts, run_flags, run_folder
 
 # ----------------------------------------------------------------------------------------------
 # checkpoints that cannot be used (items 3 and 12)
@@ -197,6 +200,142 @@ def test_reset_deletes_only_a_folder_this_program_made(tmp_path):
     fresh.done()
     (tmp_path / 'killed_early' / 'model').mkdir(parents=True)  # what a run killed before its config.txt leaves
     run_folder.checkpoint(make_args(tmp_path, '--save', 'killed_early', '--reset')).done()
+
+
+def test_a_folder_this_program_did_not_make_is_never_adopted(tmp_path):
+    # Issue 22, item 2: mkdir u; echo x > u/thesis.tex; a run into u adopted it, a later --reset deleted thesis.tex.
+    users = tmp_path / 'u'
+    users.mkdir()
+    (users / 'thesis.tex').write_text('years of work')
+    for flags, flag in [(['--save', 'u'], 'save'), (['--save', 'u', '--test_only', '--untrained'], 'save'),
+                        (['--load', 'u', '--test_only'], 'load'), (['--load', 'u', '--resume', '-1'], 'load')]:
+        with pytest.raises(UserError) as e:
+            run_folder.checkpoint(make_args(tmp_path, *flags))
+        assert str(e.value) == (f"--{flag} 'u': {users} holds files but no run of this program (no config.txt "
+                                f'written by main.py); choose another --{flag}, or empty the folder'), flags
+    with pytest.raises(UserError, match=f'^--reset: {users} holds files but no config.txt of a run of this program'):
+        run_folder.checkpoint(make_args(tmp_path, '--save', 'u', '--reset'))
+    assert [p.name for p in users.iterdir()] == ['thesis.tex']
+    assert (users / 'thesis.tex').read_text() == 'years of work'
+    (tmp_path / 'notes.txt').write_text('x')
+    with pytest.raises(UserError, match=f"^--save 'notes.txt': {tmp_path}/notes.txt is a file, not a run folder"):
+        run_folder.checkpoint(make_args(tmp_path, '--save', 'notes.txt'))
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    run_folder.checkpoint(make_args(tmp_path, '--save', 'empty')).done()  # an empty folder is taken
+    assert (empty / 'config.txt').is_file()
+
+
+def test_the_run_folder_is_written_only_when_opened(tmp_path):
+    trainer, ckp, _ = make_trainer(make_args(tmp_path, '--epochs', '1'))
+    run_epochs(trainer, 1)
+    ckp.done()
+    before = {p: p.read_bytes() for p in ckp.dir.rglob('*') if p.is_file()}
+    held = run_folder.checkpoint(make_args(tmp_path, '--reset'), open_now=False)
+    held.write_log('Made a network.')
+    assert {p: p.read_bytes() for p in ckp.dir.rglob('*') if p.is_file()} == before  # checked, nothing touched
+    held.abort()  # a start-up check failed: still nothing touched
+    assert {p: p.read_bytes() for p in ckp.dir.rglob('*') if p.is_file()} == before
+    held = run_folder.checkpoint(make_args(tmp_path, '--reset'), open_now=False)
+    held.write_log('Made a network.')
+    held.open()
+    assert sorted(p.name for p in ckp.dir.iterdir()) == ['config.txt', 'log.txt', 'model']
+    assert held.get_path('log.txt').read_text() == 'Made a network.\n'
+    held.write_log('Next line.')
+    held.done()
+    assert held.get_path('log.txt').read_text() == 'Made a network.\nNext line.\n'
+
+
+@pytest.fixture(scope='module')
+def sample_data(tmp_path_factory):
+    """The built-in Sample data set (written once for the module: seconds)."""
+    from data import sample
+    folder = tmp_path_factory.mktemp('data')
+    sample.ensure_sample(folder, say=lambda _: None)
+    return folder
+
+
+def _old_run(tmp_path) -> tuple[Path, dict]:
+    """Run 'run' under ``tmp_path`` after one epoch, and its files' contents."""
+    trainer, ckp, _ = make_trainer(make_args(tmp_path, '--epochs', '1'))
+    run_epochs(trainer, 1)
+    ckp.done()
+    return ckp.dir, {p: p.read_bytes() for p in sorted(ckp.dir.rglob('*')) if p.is_file()}
+
+
+@pytest.mark.parametrize('case', ['missing --pre_train', 'weights of another architecture', 'missing --data_test'])
+def test_reset_deletes_nothing_when_a_start_up_check_fails(tmp_path, sample_data, capsys, case):
+    # Issue 22, item 1: main.py --template demo --save r --reset --pre_train /nope.pt left r/ with config.txt, log.txt
+    # and an empty model/.
+    run, files = _old_run(tmp_path)
+    edsr = tmp_path / 'edsr.pt'
+    torch.save(tiny_network('EDSR').state_dict(), edsr)
+    flags = {'missing --pre_train': ['--pre_train', str(tmp_path / 'nope.pt')],
+             'weights of another architecture': ['--model', 'LCoAN', '--pre_train', str(edsr)],
+             'missing --data_test': ['--data_test', 'Set14']}[case]
+    status = main_module.main(['--template', 'demo', '--cpu', '--n_threads', '0', '--save_dir', str(tmp_path),
+                               '--dir_data', str(sample_data), '--save', 'run', '--reset', *flags])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith('error: ') and err.count('\n') == 1, err
+    assert {p: p.read_bytes() for p in sorted(run.rglob('*')) if p.is_file()} == files
+
+
+def test_reset_with_test_only_on_the_loaded_run_is_refused(tmp_path):
+    run, files = _old_run(tmp_path)
+    with pytest.raises(UserError, match="^--reset and --load 'run' with --test_only: --reset would delete the run"):
+        make_args(tmp_path, '--load', 'run', '--test_only', '--reset')
+    assert {p: p.read_bytes() for p in sorted(run.rglob('*')) if p.is_file()} == files
+
+
+def test_load_test_only_reads_the_architecture_of_the_run_it_evaluates(tmp_path):
+    # Issue 22, item 11: --load RUN --test_only built the paper model for a demo run given without --template demo.
+    run = tmp_path / 'run'
+    (run / 'model').mkdir(parents=True)
+    atomic_save(tiny_network('LCoAN').state_dict(), run / 'model' / 'model_latest.pt')
+    atomic_save(tiny_network('EDSR').state_dict(), run / 'model' / 'model_2.pt')
+    args = api.parse_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only'])
+    tiny = registry.get('LCoAN').tiny
+    assert args.model == 'LCoAN' and args.n_feats == tiny['n_feats'] and args.n_resgroups == tiny['n_resgroups']
+    assert args.pre_train_detected.startswith(f'--load run --test_only: {run}/model/model_latest.pt: LCoAN x2 '
+                                              'checkpoint; options read from the weights: ')
+    args = api.parse_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only', '--resume', '2'])
+    assert args.model == 'EDSR' and args.n_feats == registry.get('EDSR').tiny['n_feats']
+    assert args.pre_train_detected.startswith(f'--load run --test_only: {run}/model/model_2.pt: EDSR x2 checkpoint')
+    assert run_flags.evaluated_weights(args) == run / 'model' / 'model_2.pt'
+    # Flags given win, as with --pre_train; training runs are not read here.
+    args = api.parse_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only', '--n_feats', '8'])
+    assert args.n_feats == 8
+    assert run_flags.evaluated_weights(option.parse(['--load', 'run', '--resume', '-1'])) is None
+
+
+def test_a_failed_evaluation_leaves_no_folder(tmp_path, sample_data, capsys, monkeypatch):
+    # Issue 22, item 11: every failed evaluation of a run left a test-<date> folder with only config.txt and log.txt.
+    run, _ = _old_run(tmp_path)
+    atomic_save(tiny_network('LCoAN').state_dict(), run / 'model' / 'model_latest.pt')  # detected at start-up
+    common = ['--template', 'demo', '--cpu', '--n_threads', '0', '--save_dir', str(tmp_path), '--dir_data',
+              str(sample_data), '--load', 'run', '--test_only']
+    # At start-up: a missing test set, before the folder is made.
+    assert main_module.main(common + ['--data_test', 'Set14']) == 2
+    assert capsys.readouterr().err.startswith('error: Set14 not found')
+    assert not list(run.glob('test-*'))
+    # During the evaluation, before a score is written: the folder made for it is removed.
+    _old_run(tmp_path / 'kit')  # the trainer kit's stand-in network
+    tested, tckp, _ = make_trainer(make_args(tmp_path / 'kit', '--load', 'run', '--test_only'))
+    run = tckp.run_dir
+    monkeypatch.setattr(evaluation, 'score_set', lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        try:
+            tested.terminate()
+        except BaseException:
+            tckp.abort()
+            raise
+    assert not tckp.dir.exists() and not list(run.glob('test-*'))
+    # An evaluation that scored something keeps its folder, even if it fails later.
+    tested, tckp, _ = make_trainer(make_args(tmp_path / 'kit', '--load', 'run', '--test_only'))
+    monkeypatch.undo()
+    tested.ckp.write_csv('metrics_Set5_x2.csv', ['image'], [['a']])
+    tckp.abort()
+    assert tckp.dir.is_dir()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -435,17 +574,30 @@ def test_ctrl_c_during_a_fetch_waits_for_the_batch():
     assert list(interrupts.batches(iter(['a', 'b']))) == ['a', 'b']
 
 
-def _interrupt_when(base: Path, save: str, line_starts: str) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(main_cmd(base, '--save', save), cwd=SRC, env=MAIN_ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    seen = []
+def test_the_test_only_hold_waits_at_the_chosen_training_batch_for_a_signal(monkeypatch, capsys):
+    monkeypatch.setenv(interrupts.HOLD_ENV, '3')
+    monkeypatch.setattr(interrupts, '_fetched', 0)
+    slept = []
+
+    def sleep_then_ctrl_c(seconds):  # the signal comes while the hold waits
+        slept.append(seconds)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(seconds)
+    monkeypatch.setattr(interrupts, 'time', SimpleNamespace(monotonic=time.monotonic, sleep=sleep_then_ctrl_c))
+    assert list(interrupts.batches(['image 1', 'image 2'], training=False)) == ['image 1', 'image 2']  # not counted
+    batches = interrupts.batches(['batch 1', 'batch 2', 'batch 3', 'batch 4'])
+    assert [next(batches), next(batches)] == ['batch 1', 'batch 2'] and not slept
+    with pytest.raises(KeyboardInterrupt):
+        next(batches)
+    assert slept and capsys.readouterr().out == f'{interrupts.HOLD_LINE} 3\n'
+
+
+def _interrupt_at(base: Path, save: str, batch: int) -> subprocess.CompletedProcess:
+    """Ctrl-C to a run held before training its ``batch``-th batch (4 batches an epoch)."""
+    proc, seen = start_held(base, batch, '--save', save)
     try:
-        for line in proc.stdout:
-            seen.append(line)
-            if line.startswith(line_starts):
-                proc.send_signal(signal.SIGINT)
-                break
-        out, err = proc.communicate(timeout=120)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
     return subprocess.CompletedProcess(proc.args, proc.returncode, ''.join(seen) + out, err)
@@ -453,14 +605,16 @@ def _interrupt_when(base: Path, save: str, line_starts: str) -> subprocess.Compl
 
 @pytest.mark.slow
 def test_e2e_ctrl_c_is_one_line_with_how_to_resume(tmp_path):
-    done = _interrupt_when(tmp_path, 'c', '[Epoch 2]')
+    # Issue 22, item 13: this test sent the signal on seeing "[Epoch 2]", and on a loaded machine the run had
+    # finished before it arrived (status 0). The run now waits for it (training.interrupts' test-only hold).
+    done = _interrupt_at(tmp_path, 'c', 6)  # in epoch 2, after epoch 1 was saved
     assert done.returncode == 130, done.stdout + done.stderr
     assert done.stderr == 'interrupted; resume with --load c --resume -1\n'
     resumed = run_main(tmp_path, '--load', 'c', '--resume', '-1')
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert 'after epoch 1: learning rate in use' in resumed.stdout
 
-    early = _interrupt_when(tmp_path, 'd', '[2/8]')  # during the first epoch: nothing saved yet
+    early = _interrupt_at(tmp_path, 'd', 2)  # during the first epoch: nothing saved yet
     assert early.returncode == 130, early.stdout + early.stderr
     assert early.stderr == ('interrupted during the first epoch, before anything was saved: nothing to resume; '
                             'start over with --save d --reset\n')

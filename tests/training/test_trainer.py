@@ -1,10 +1,8 @@
 """Trainer, checkpoint folder and durable files: unit tests on small stand-ins, then main.py end to end."""
 
 import math
-import os
 import re
 import signal
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,8 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import conftest
 import option
-from conftest import MAIN_ENV, SRC
 from core.errors import UserError
 from core.io_utils import atomic_save, load_state
 from core.rng import get_rng_state, seed_everything, set_deterministic, set_rng_state
@@ -22,12 +20,12 @@ from helpers.trainer_kit import (
     Net,
     PairSet,
     log_text,
-    main_cmd,
     make_args,
     make_data,
     make_trainer,
     run_epochs,
     run_main,
+    start_held,
     weights,
 )
 from training import tables
@@ -448,19 +446,10 @@ def test_e2e_run_writes_its_files_and_seed_makes_runs_bit_identical(e2e):
 
 @pytest.mark.slow
 def test_e2e_kill_9_mid_epoch_then_resume_reproduces_the_losses(e2e):
-    proc = subprocess.Popen(main_cmd(e2e, '--save', 'c'), cwd=SRC, env=MAIN_ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    seen, in_epoch_2 = [], False
-    try:
-        for line in proc.stdout:
-            seen.append(line)
-            in_epoch_2 = in_epoch_2 or line.startswith('[Epoch 2]')
-            if in_epoch_2 and line.startswith('[4/8]'):  # second of four batches of epoch 2 done
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-    finally:
-        proc.kill()
-        proc.wait(timeout=60)
+    # Killed before the third of four batches of epoch 2 (held there: no race with the run's own progress).
+    proc, seen = start_held(e2e, 7, '--save', 'c')
+    proc.kill()
+    proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, ''.join(seen)
     c = e2e / 'exp' / 'c'
     assert load_state(c / 'training_state.pt')['epoch'] == 1
@@ -496,6 +485,7 @@ def test_e2e_test_only_prints_the_table(e2e):
 def test_e2e_test_only_on_a_run_evaluates_its_trained_model_and_keeps_its_results(e2e):
     a = e2e / 'exp' / 'a'
     kept = {p: p.read_bytes() for p in [a / 'metrics_Sample_x2.csv', *sorted((a / 'results-Sample').iterdir())]}
+    earlier = set(a.glob('test-*'))
     done = run_main(e2e, '--load', 'a', '--test_only')
     assert done.returncode == 0, done.stdout + done.stderr
     assert f'--test_only: evaluating {a}/model/model_latest.pt (the latest epoch of run a;' in done.stdout
@@ -504,10 +494,26 @@ def test_e2e_test_only_on_a_run_evaluates_its_trained_model_and_keeps_its_result
     last = load_state(a / 'training_state.pt')['psnr_log'][-1, 0].item()
     assert psnr == pytest.approx(last, abs=0.005)  # the trained network, not an untrained one
     assert {p: p.read_bytes() for p in kept} == kept
-    (out,) = a.glob('test-*')
+    (out,) = set(a.glob('test-*')) - earlier
     assert (out / 'metrics_Sample_x2.csv').is_file() and len(list((out / 'results-Sample').iterdir())) == 3
     untrained = run_main(e2e, '--save', 'u', '--test_only')
     assert untrained.returncode == 2 and untrained.stderr.startswith('error: --test_only: no weights to evaluate;')
+
+
+@pytest.mark.slow
+def test_e2e_test_only_on_a_run_reads_its_architecture_and_a_failure_leaves_no_folder(e2e):
+    # Issue 22, item 11: without --template demo, --load of a demo run built the paper model and failed; every failed
+    # evaluation left a test-<date> folder.
+    a = e2e / 'exp' / 'a'
+    earlier = set(a.glob('test-*'))
+    failed = conftest.run_main(e2e, '--load', 'a', '--test_only', '--cpu', '--data_test', 'Set14')
+    assert failed.returncode == 2 and failed.stderr.startswith('error: Set14 not found'), failed.stderr
+    assert set(a.glob('test-*')) == earlier
+    done = conftest.run_main(e2e, '--load', 'a', '--test_only', '--cpu', '--data_test', 'Sample')
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f'--load a --test_only: {a}/model/model_latest.pt: LCoAN x2 checkpoint; options read from the weights: ' \
+           'model=LCoAN, scale=2, n_colors=3, n_feats=8, n_resgroups=1, n_resblocks=1, ' in done.stdout
+    assert len(set(a.glob('test-*')) - earlier) == 1
 
 
 @pytest.mark.slow
