@@ -1,6 +1,7 @@
 """Trainer, checkpoint folder and durable files: unit tests on small stand-ins, then main.py end to end."""
 
 import math
+import os
 import re
 import signal
 from pathlib import Path
