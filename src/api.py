@@ -12,7 +12,6 @@ alpha channel is upscaled bicubically and put back.
 """
 
 import ast
-import contextlib
 import dataclasses
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import option
-from core import distributed
+from core import distributed, rng
 from core.errors import UserError
 from model import checkpoint_io, detect, inference, registry
 from training import run_flags
@@ -55,6 +54,7 @@ class Resolved:
         assumed: options that neither the flags nor config.txt give: the published values.
         config: the run's config.txt, when one lies beside the weights (or above their ``model/`` folder).
         note: why config.txt was not used, or ''.
+        seed: the run's ``--seed``, from its config.txt; None without one.
     """
 
     detected: detect.Detected
@@ -62,6 +62,7 @@ class Resolved:
     assumed: dict[str, Any]
     config: Path | None = None
     note: str = ''
+    seed: int | None = None
 
     def describe(self, prefix: str, read: Mapping[str, Any], given: str = '') -> str:
         """One line: ``<prefix>: LCoAN x2 checkpoint; options read from the weights: ...; from <config>: ...;
@@ -151,6 +152,8 @@ def _from_run_config(config: Path, detected: detect.Detected) -> tuple[dict[str,
                 values[key] = _as_type_of(run[key], published)
             except ValueError:
                 pass  # not a value this program wrote: the published one stays
+    if isinstance(run.get('seed'), int) and not isinstance(run['seed'], bool):
+        values['seed'] = run['seed']
     return values, ''
 
 
@@ -164,7 +167,7 @@ def resolve(weights: str | Path, detected: detect.Detected, given: Iterable[str]
     values, note = _from_run_config(config, detected) if config is not None else ({}, '')
     from_config = {k: values[k] for k in open_ if k in values}
     assumed = {k: v for k, v in open_.items() if k not in from_config}
-    return Resolved(detected, from_config, assumed, config, note)
+    return Resolved(detected, from_config, assumed, config, note, values.get('seed'))
 
 
 def add_model_flags(parser) -> None:
@@ -248,8 +251,9 @@ def load_pretrained(path: str | Path, *, device: str | torch.device | None = Non
     reveal (``'super-image'``); the recognisable ones (BasicSR's) are read without it.
 
     The returned network carries ``net.sr_args`` (the resolved options: ``model, scale, n_colors,
-    rgb_range`` ...) for :func:`upscale`, ``net.sr_detected`` (what the weights record) and
-    ``net.sr_options`` (one line: which value came from where).
+    rgb_range`` ...) for :func:`upscale`, ``net.sr_detected`` (what the weights record),
+    ``net.sr_options`` (one line: which value came from where) and ``net.sr_seed`` (the ``--seed`` of the run
+    that saved the weights, which its evaluation drew a random network's numbers after; else main.py's default).
 
     Raises:
         UserError: missing or unreadable file, unknown checkpoint, an override that contradicts it.
@@ -292,6 +296,7 @@ def build(state: dict[str, Tensor], detected: detect.Detected, *, weights: str |
     checkpoint_io.load_into(net, state, source=f'{what} {weights}', log=lambda _: None, allow_new_upsampler=False)
     net.sr_args = args
     net.sr_detected = detected
+    net.sr_seed = resolved.seed if resolved.seed is not None else DEFAULT_SEED
     net.sr_options = resolved.describe(str(weights), detected.options,
                                        'as given: ' + _listing(overrides) if overrides else '')
     return net.to(device).eval()
@@ -329,17 +334,6 @@ def fit_tiling(net: nn.Module, tile: int | None, halo: int | None) -> tuple[int 
     return tile, halo
 
 
-@contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device):
-    """The random generators of the CPU and ``device`` seeded with ``seed`` inside, restored after (None: as is)."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
-        torch.manual_seed(seed)
-        yield
-
-
 def super_resolve(net: nn.Module, lr: Tensor, *, tile: int | None = None, halo: int | None = None,
                   self_ensemble: bool = False, precision: str = 'single', progress: Callable | None = None,
                   seed: int | None = DEFAULT_SEED) -> Tensor:
@@ -358,7 +352,7 @@ def super_resolve(net: nn.Module, lr: Tensor, *, tile: int | None = None, halo: 
         tile = max(auto, inference.min_tile(halo))
     h, w = lr.shape[-2:]
     device = next(net.parameters()).device
-    with _seeded(seed, device):
+    with rng.seeded(seed, device):
         return inference.tiled_forward(forward, lr, scale=args.scale[0], rows=inference.halo_spans(h, tile, halo),
                                        cols=inference.halo_spans(w, tile, halo), device=device, progress=progress)
 

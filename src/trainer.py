@@ -225,7 +225,7 @@ class Trainer:
                     self.ckp.save_results(name, filename, images, self.scale)
 
             rows = evaluation.score_set(self.model, loader, scale=self.scale, rgb_range=args.rgb_range,
-                                        device=self.device, compare_bicubic=args.compare_bicubic,
+                                        device=self.device, compare_bicubic=args.compare_bicubic, seed=args.seed,
                                         on_image=on_image if args.save_results or self.tb.enabled else None)
             n_scored[i] = len(rows)
             if not rows:

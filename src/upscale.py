@@ -55,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--cpu', action='store_true', help='run on the CPU even if a GPU is available')
     p.add_argument('--suffix', default='_x{scale}', help='added to each output name; {scale} is replaced')
     p.add_argument('--overwrite', action='store_true', help='replace existing output files')
-    p.add_argument('--seed', type=int, default=api.DEFAULT_SEED,
-                   help="seed of the random numbers a network draws (NLSN's hashing), drawn anew for every image")
+    p.add_argument('--seed', type=int, default=None,
+                   help="seed of the random numbers a network draws (NLSN's hashing), drawn anew for every image "
+                        '(default: the --seed of the run that saved the weights, from its config.txt; else '
+                        f'{api.DEFAULT_SEED})')
     api.add_model_flags(p)
     return p
 
@@ -215,6 +217,7 @@ class Batch:
 
     def __init__(self, args: argparse.Namespace, net: torch.nn.Module, device: str) -> None:
         self.args, self.net, self.device = args, net, device
+        self.seed = args.seed if args.seed is not None else net.sr_seed
         self.suffix = check_suffix(args.suffix, net.sr_args.scale[0])
         self.tile, self.halo = api.fit_tiling(net, args.tile, args.tile_halo)
         self.failed, self.written, self.seconds, self.targets = 0, 0, 0.0, set()
@@ -244,7 +247,7 @@ class Batch:
         start = time.perf_counter()
         try:
             sr = api.upscale(self.net, image, tile=self.tile, halo=self.halo, self_ensemble=self.args.self_ensemble,
-                             precision=self.args.precision, seed=self.args.seed,
+                             precision=self.args.precision, seed=self.seed,
                              progress=lambda tiles: tqdm(tiles, unit='tile', leave=False, disable=None))
         except torch.OutOfMemoryError:
             return self.fail(src, f'out of memory on {self.device} ({image.shape[1]}x{image.shape[0]}); '

@@ -1,5 +1,6 @@
 """Seeds and the state of every random number generator a run uses, saved with ``weights_only=True``."""
 
+import contextlib
 import os
 import random
 
@@ -19,6 +20,22 @@ def seed_everything(seed: int, generator: torch.Generator | None = None) -> None
     random.seed(seed)
     if generator is not None:
         generator.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device | str = 'cpu'):
+    """torch's generators of the CPU and ``device`` seeded with ``seed`` inside, restored after (None: as is).
+
+    A network that draws random numbers in its forward (NLSN's hashing) then gives one output per image
+    and seed, whatever ran before, and the caller's random stream is left as it was.
+    """
+    if seed is None:
+        yield
+        return
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def set_deterministic(enabled: bool) -> None:

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from core.rng import seeded
 from data.imresize import bicubic_upscale
 from metrics import SSIM_WINDOW, calc_psnr, calc_ssim, protocol_border, psnr_fits, quantize_, ssim_fits
 from training import interrupts
@@ -28,7 +29,7 @@ BICUBIC_HEADER = ['bicubic_psnr', 'bicubic_ssim']
 
 
 def score_set(model: nn.Module, loader: DataLoader, *, scale: int, rgb_range: float, device: torch.device,
-              compare_bicubic: bool,
+              compare_bicubic: bool, seed: int | None = None,
               on_image: Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> list[list]:
     """Super-resolve every image of ``loader`` with ``model`` (in eval mode) and score it.
 
@@ -39,6 +40,8 @@ def score_set(model: nn.Module, loader: DataLoader, *, scale: int, rgb_range: fl
         rgb_range: the value of white.
         device: where the model runs.
         compare_bicubic: also score bicubic upscaling.
+        seed: torch's generators are seeded with it for every image (and restored after), so a network that
+            draws random numbers gives the same output for an image whenever it is evaluated; None: as they are.
         on_image: called as ``on_image(name, lr, hr, sr)`` for every image (to save it).
 
     Returns:
@@ -56,7 +59,8 @@ def score_set(model: nn.Module, loader: DataLoader, *, scale: int, rgb_range: fl
     for lr, hr, name in interrupts.batches(bar, training=False):
         name = name[0] if isinstance(name, (list, tuple)) else name
         lr, hr = lr.to(device, non_blocking=True), hr.to(device, non_blocking=True)
-        sr = quantize_(model(lr).float(), rgb_range)  # in place: no second copy of a large image
+        with seeded(seed, device):  # a network that draws random numbers (NLSN) draws them after --seed
+            sr = quantize_(model(lr).float(), rgb_range)  # in place: no second copy of a large image
         if hr.numel() > 0:
             size = f'{name} {hr.shape[-1]}x{hr.shape[-2]}'
             if not psnr_fits(hr.shape, border):
