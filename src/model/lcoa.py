@@ -154,7 +154,11 @@ class KMeansCentroids(nn.Module):
         # Random values that the first batch overwrites; drawn anyway to keep the official
         # construction's random-number consumption (same seed, same initial weights).
         self.register_buffer('means', torch.randn(n_rounds, n_clusters, dim))
+        # In the state_dict (official checkpoints hold it). Read through _initialised(), which keeps a
+        # Python copy of it so that a forward pass does not wait for the device to read it.
         self.register_buffer('initted', torch.tensor(False))
+        self._initted_seen: tuple[Tensor | None, int, bool] = (None, -1, False)
+        self.register_load_state_dict_post_hook(_reread_initted)
         # Buffers (not plain attributes) so that they follow the module's device and a trainer that restores
         # the buffers after a skipped batch restores these too.
         self.register_buffer('member_counts', torch.zeros(n_rounds, n_clusters), persistent=False)
@@ -195,6 +199,28 @@ class KMeansCentroids(nn.Module):
         self.means.copy_(means)
         self.start_means.copy_(means)
         self.initted.fill_(True)
+        # (Compiled code cannot keep the version counter: the next eager read re-reads the flag once.)
+        self._initted_seen = ((None, -1, True) if torch.compiler.is_compiling()
+                              else (self.initted, self.initted._version, True))
+
+    def _initialised(self) -> bool:
+        """The ``initted`` flag, read from the device only when the buffer has been replaced or written since
+        the last read (its version counter: ``fill_``, ``copy_``, ``load_state_dict``, a trainer restoring
+        buffers), so the steady state of training and evaluation has no host-device synchronisation.
+
+        Under ``torch.compile`` a True flag that was read before is trusted as it is (the version counter
+        would be a data-dependent graph break); ``load_state_dict`` re-reads it.
+        """
+        flag = self.initted
+        if isinstance(flag, bool):  # export.prepare makes it a plain bool
+            return flag
+        seen, version, value = getattr(self, '_initted_seen', (None, -1, False))
+        if torch.compiler.is_compiling():
+            return value or bool(flag)
+        if seen is not flag or version != flag._version:
+            value = bool(flag)
+            self._initted_seen = (flag, flag._version, value)
+        return value
 
     @torch.no_grad()
     def forward(self, embed: Tensor) -> Tensor:
@@ -204,7 +230,7 @@ class KMeansCentroids(nn.Module):
         they are frozen, and counts the members of every cluster.
         """
         with torch.autocast(device_type=embed.device.type, enabled=False):
-            if not bool(self.initted):
+            if not self._initialised():
                 if not self.training:
                     warnings.warn('k-means centroids are not initialised (no trained checkpoint loaded?): '
                                   'initialising them from this evaluation batch', stacklevel=2)
@@ -223,6 +249,12 @@ class KMeansCentroids(nn.Module):
                     self.means.copy_(F.normalize(self.ema_decay * means + (1 - self.ema_decay) * new, dim=-1))
                 self.member_counts.add_(counts)
         return codes
+
+
+def _reread_initted(module: KMeansCentroids, _incompatible_keys) -> None:
+    """After ``load_state_dict``: read the loaded ``initted`` flag once (see ``KMeansCentroids._initialised``)."""
+    module._initted_seen = (None, -1, False)
+    module._initialised()
 
 
 class LearnableCollaborativeAttention(nn.Module):

@@ -24,6 +24,7 @@ sys.path.insert(0, str(BENCH))
 import _common  # noqa: E402
 import bench_attention  # noqa: E402
 import bench_train_step  # noqa: E402
+import count_step_ops  # noqa: E402
 import profile_train_step  # noqa: E402
 from _official import SHARED_NAMES, OfficialSource, official_lcoan, official_nlsn  # noqa: E402
 
@@ -306,3 +307,18 @@ def test_training_step_profile_attributes_the_step_to_parts(fake_src, capsys):
     assert any(key.startswith('LCoA attention|backward|') for key in ours['ops_s'])
     assert ours['flops']['conv weight grad'] > 0
     assert '### official: one step' in capsys.readouterr().out
+
+
+def test_operator_count_separates_sides_and_finds_no_sync_in_our_network(fake_src, capsys):
+    results = count_step_ops.main(['--official_src', str(fake_src), '--batch', '2', '--size', '8', '--threads', '1'])
+    ours, official = results
+    assert (ours['side'], official['side']) == ('ours', 'official')
+    for result in results:
+        assert count_step_ops._total(result['kernels']) > 100
+        assert count_step_ops._total(result['kernels']) <= count_step_ops._total(result['aten'])
+        assert count_step_ops._total(result['kernels'], part='LCoA attention') > 0
+    # The forward and backward of our network never wait for a device value (Adam's step counter does).
+    assert count_step_ops._total(ours['syncs']) == count_step_ops._total(ours['syncs'], part='optimizer')
+    # Our residual groups loop in lcoan.py (traced); the official ones run in nn.Sequential (not traced).
+    assert any(line.startswith('lcoan.py:') for line in ours['loop_lines'])
+    assert '| kernels (aten calls doing work), whole step |' in capsys.readouterr().out

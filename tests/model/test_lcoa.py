@@ -1,5 +1,6 @@
 """Learnable sparse attention (reference implementation), k-means centroids and the LCoA module."""
 
+import copy
 import math
 import warnings
 
@@ -320,6 +321,87 @@ def test_eval_initialisation_warns_once():
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         km(torch.randn(1, 10, 3))
+
+
+SYNCS = {'aten::_local_scalar_dense', 'aten::item', 'aten::is_nonzero', 'aten::nonzero'}
+
+
+def host_syncs(fn) -> list[str]:
+    """The operators of ``fn()`` that copy a device value to the host (on a GPU, each one waits for it)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return [e.name for e in prof.events() if e.name in SYNCS]
+
+
+def initialises(km: lcoa.KMeansCentroids, embed: torch.Tensor) -> bool:
+    """Whether a forward pass of ``km`` (frozen centroids) on ``embed`` (re)initialises the centroids."""
+    assert km.frozen
+    before = km.means.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        km(embed)
+    return not torch.equal(km.means, before)
+
+
+@pytest.mark.parametrize('training', [True, False])
+def test_kmeans_forward_reads_no_device_value_once_initialised(training):
+    km = lcoa.KMeansCentroids(n_rounds=2, dim=4, n_clusters=3, ema_decay=0.9).train(training)
+    embed = torch.randn(2, 10, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # evaluation warns that it initialises
+        assert host_syncs(lambda: km(embed))  # the first pass reads the fresh flag (and initialises)
+    assert host_syncs(lambda: km(embed)) == []
+    loaded = lcoa.KMeansCentroids(n_rounds=2, dim=4, n_clusters=3, ema_decay=0.9).train(training)
+    loaded.load_state_dict(km.state_dict())  # reads the loaded flag once, at loading
+    assert host_syncs(lambda: loaded(embed)) == []
+
+
+def test_loading_a_state_dict_sets_whether_the_centroids_are_initialised():
+    embed = torch.randn(2, 10, 4)
+    trained = lcoa.KMeansCentroids(n_rounds=1, dim=4, n_clusters=3, ema_decay=1).eval()
+    trained.means.copy_(F.normalize(torch.randn(1, 3, 4), dim=-1))
+    trained.initted.fill_(True)
+    untrained = lcoa.KMeansCentroids(n_rounds=1, dim=4, n_clusters=3, ema_decay=1).eval()
+    km = lcoa.KMeansCentroids(n_rounds=1, dim=4, n_clusters=3, ema_decay=1).eval()
+    for state, expected in [(untrained, True), (trained, False), (untrained, True), (trained, False)]:
+        initialises(km, embed)  # whatever came before, the flag is now read and True
+        km.load_state_dict(state.state_dict())
+        assert bool(km.initted) != expected and initialises(km, embed) == expected
+        if not expected:
+            assert torch.equal(km.means, trained.means)
+
+
+def test_writing_the_flag_in_place_is_seen_by_the_next_forward():
+    # E.g. a trainer that restores every buffer after a skipped batch (training.step), or a benchmark
+    # that marks fresh centroids initialised.
+    embed = torch.randn(2, 10, 4)
+    km = lcoa.KMeansCentroids(n_rounds=1, dim=4, n_clusters=3, ema_decay=1).train()
+    saved = [b.detach().clone() for b in km.buffers()]
+    km(embed)
+    assert bool(km.initted) and not initialises(km, embed)
+    with torch.no_grad():
+        for buffer, old in zip(km.buffers(), saved, strict=True):
+            buffer.copy_(old)
+    assert initialises(km, embed) and bool(km.initted)
+    fresh = lcoa.KMeansCentroids(n_rounds=1, dim=4, n_clusters=3, ema_decay=1).train()
+    fresh(embed)
+    fresh.initted.fill_(False)
+    assert initialises(fresh, embed)
+    marked = lcoa.KMeansCentroids(n_rounds=1, dim=4, n_clusters=3, ema_decay=1).train()
+    assert not marked._initialised()  # read False ...
+    marked.means.copy_(F.normalize(marked.means, dim=-1))
+    marked.initted.fill_(True)  # ... then marked initialised from outside
+    assert not initialises(marked, embed)
+
+
+def test_the_flag_follows_moves_and_copies():
+    embed = torch.randn(2, 10, 4)
+    km = lcoa.KMeansCentroids(n_rounds=1, dim=4, n_clusters=3, ema_decay=1).train()
+    km(embed)
+    twin = copy.deepcopy(km).double()
+    assert not initialises(twin, embed.double())
+    twin.initted = torch.tensor(False)
+    assert initialises(twin, embed.double())
 
 
 def test_kmeans_statistics_are_float32_under_half_input():

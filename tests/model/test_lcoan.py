@@ -196,3 +196,24 @@ def test_inference_tail_in_strips_equals_whole_tail(scale, monkeypatch):
         whole = net(x)
     assert strips.shape == (1, 3, 41 * scale, 23 * scale)
     assert torch.allclose(strips, whole, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('n_hashes', [1, 2])
+def test_forward_and_backward_read_no_device_value(n_hashes):
+    # On a GPU each read of a device value (.item(), bool(tensor), nonzero, data-dependent shapes) waits for
+    # the device; the network's steady-state training pass has none, so the host can queue kernels ahead.
+    # (The optimizer is not the network's: torch's CPU Adam reads its step counters with .item().)
+    torch.manual_seed(0)
+    net = tiny(n_hashes=n_hashes).train()
+    lr, hr = torch.rand(3, 3, 12, 12), torch.rand(3, 3, 24, 24)
+
+    def step():
+        net.zero_grad(set_to_none=True)
+        torch.nn.functional.l1_loss(net(lr), hr).backward()
+
+    step()  # initialises the centroids
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step()
+    names = {e.name for e in prof.events()}
+    assert 'aten::bmm' in names
+    assert names.isdisjoint({'aten::_local_scalar_dense', 'aten::item', 'aten::is_nonzero', 'aten::nonzero'})

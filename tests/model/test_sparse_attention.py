@@ -288,7 +288,72 @@ def test_neighbour_windows_are_overlapping_views_of_one_extended_sequence():
     assert triples.shape == (5, 24, 2) and triples.data_ptr() == ext.data_ptr()  # a view, no copy
     # Window k's keys: extended windows k, k + 1, k + 2 = sorted windows k - 1, k, k + 1 (cyclic).
     assert torch.equal(triples[:, :, 0], torch.arange(5).view(5, 1) * 8 + torch.arange(24))
-    middle = plan.middle(plan.gather_ext[0])  # the padded sorted sequence, 40 pixels
-    assert torch.equal(middle, plan.order[0])
+    middle = plan.gather_ext[0, 8:48]  # the padded sorted sequence, 40 pixels
+    assert torch.equal(middle, plan.sorted_rows[0])
     assert torch.equal(plan.gather_ext[0, :8], middle[-8:])
     assert torch.equal(plan.gather_ext[0, -8:], middle[:8])
+
+
+@pytest.mark.parametrize('rounds,length,window', [(1, 40, 8), (2, 19, 6), (3, 5, 8)])
+def test_several_slots_gather_the_rows_of_each_slots_overlapping_view(rounds, length, window):
+    # One slot reads its windows' neighbours through an overlapping view; a chunk of several slots gathers
+    # them tripled (one batch stride for the product). Both hold the same rows, window after window.
+    embed, codes, _ = make_inputs(3, rounds, length, 3, 2, n_values=0)
+    plan = fast.build_pattern(embed, codes, window).plan
+    pixels = torch.arange(float(3 * length)).unsqueeze(1).expand(-1, 2).contiguous()  # row i holds i
+    buf = torch.empty(plan.slots * 3 * plan.padded, 2)
+    tripled = plan.take_triples(pixels, 0, plan.slots, buf).clone()
+    assert tripled.shape == (plan.slots * plan.n_windows, 3 * window, 2)
+    for b in range(plan.slots):
+        one = plan.take_triples(pixels, b, b + 1, buf)
+        assert one.data_ptr() == buf.data_ptr() and one.shape == (plan.n_windows, 3 * window, 2)
+        assert torch.equal(one, tripled[b * plan.n_windows:(b + 1) * plan.n_windows])
+        item = b // rounds
+        assert torch.equal(one[:, window:2 * window, 0].flatten(), plan.sorted_rows[b].float())
+        assert torch.equal(plan.sorted_rows[b] // length, torch.full_like(plan.sorted_rows[b], item))
+
+
+def test_chunks_are_whole_items_within_the_scratch_budget(monkeypatch):
+    embed, codes, _ = make_inputs(5, 2, 30, 4, 3, n_values=0)
+    plan = fast.build_pattern(embed, codes, 8).plan
+    assert plan.chunks(1000) == [(0, 10)]
+    monkeypatch.setattr(fast, 'SCRATCH_BYTES', 2 * 2 * 1000 + 999)  # two items of two rounds of 1000 bytes
+    assert plan.chunks(1000) == [(0, 4), (4, 8), (8, 10)]
+    assert plan.chunks(10**6) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]  # at least one item
+
+
+@pytest.mark.parametrize('items', [1, 2, 3])
+@pytest.mark.parametrize('case', [(3, 1, 30, 4, 3, 8), (3, 2, 50, 6, 7, 7), (5, 1, 24, 4, 5, 8), (2, 3, 3, 4, 3, 8)],
+                         ids=['padding', 'rounds', 'no_padding', 'cyclic_padding'])
+def test_chunks_of_slots_give_the_same_results(monkeypatch, case, items):
+    # Every stage cuts the slots into chunks of whole items (the last one shorter): any chunking gives the
+    # one-chunk results, which equal the reference.
+    n, rounds, length, c, cv, window = case
+    embed, codes, values = make_inputs(n, rounds, length, c, cv)
+    whole_out, whole_grads = run(fast, embed, codes, values, window)
+    ref_out, ref_grads = run(ref, embed, codes, values, window)
+    used = []
+
+    def chunks(plan, bytes_per_slot):
+        step = items * plan.n_rounds
+        used.append([(b0, min(b0 + step, plan.slots)) for b0 in range(0, plan.slots, step)])
+        return used[-1]
+
+    monkeypatch.setattr(fast._Plan, 'chunks', chunks)
+    out, grads = run(fast, embed, codes, values, window)
+    assert len(used) == 1 + 3 + 3 + 1 and all(len(u) == -(-n // items) for u in used)  # build, 3 x apply, backward
+    assert max_diff(out, whole_out) <= TOL and max_diff(grads, whole_grads) <= TOL
+    assert max_diff(out, ref_out) <= TOL and max_diff(grads, ref_grads) <= TOL
+
+
+def test_chunked_bfloat16_autocast_matches_one_chunk(monkeypatch):
+    embed, codes, values = make_inputs(3, 2, 40, 8, 6, n_values=2)
+    results = []
+    for budget in (fast.SCRATCH_BYTES, 1):
+        monkeypatch.setattr(fast, 'SCRATCH_BYTES', budget)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            results.append(run(fast, embed, codes, values, 16))
+    (one_out, one_grads), (chunked_out, chunked_grads) = results
+    assert all(torch.equal(a, b) for a, b in zip(one_out, chunked_out, strict=True))
+    for got, want in zip(chunked_grads, one_grads, strict=True):
+        assert (got - want).abs().max() <= 1e-2 * want.abs().max()

@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import model
 import option
-from model import lcoan
+from model import lcoa, lcoan
 
 
 def test_the_ddp_keyword_is_one_this_torch_has():
@@ -62,3 +62,31 @@ def test_a_compiled_training_step_matches_eager():
     assert torch.allclose(compiled_loss, eager_loss, rtol=0, atol=1e-6)
     for got, want in zip(compiled_grads, eager_grads, strict=True):
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def _graph_breaks(fn, *args) -> list[str]:
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(fn)(*args)
+    return [reason.reason for reason in explained.break_reasons]
+
+
+@pytest.mark.parametrize('training', [True, False])
+def test_initialised_kmeans_compiles_without_a_graph_break(training):
+    km = lcoa.KMeansCentroids(n_rounds=2, dim=4, n_clusters=3, ema_decay=0.9).train(training)
+    embed = torch.randn(2, 10, 4)
+    km.train()(embed)  # initialises the centroids
+    km.train(training)
+    assert _graph_breaks(km, embed) == []
+
+
+@pytest.mark.slow
+def test_the_network_forward_compiles_to_one_graph():
+    # The k-means flag is not read from the tensor, and the attention's autograd functions (forward and
+    # backward, which dynamo traces with the forward) take no strided out= and no duplicated input.
+    args = option.parse_args(['--n_resgroups', '2', '--n_resblocks', '1', '--n_feats', '16', '--reduction', '2',
+                              '--n_clusters', '8', '--window_size', '32', '--rgb_range', '1', '--scale', '2', '--cpu'])
+    torch.manual_seed(0)
+    net = lcoan.make_model(args).train()
+    lr = torch.rand(2, 3, 16, 16)
+    net(lr)
+    assert _graph_breaks(net, lr) == []
