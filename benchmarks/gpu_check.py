@@ -78,6 +78,8 @@ STEPS = (
     Step('chop_self_ensemble', '--chop and --self_ensemble on CUDA vs the CPU', 60, 45),
     Step('train_fp32', 'a short training run (main.py) in fp32, its PSNR', 60, 75),
     Step('train_bf16', 'the same run with --precision bf16, its PSNR against fp32', 60, 60),
+    Step('train_compile', 'the fp32 run with --compile: epoch time against eager, PSNR', 90, 45,
+         requires=('train_fp32',)),
     Step('resume', 'a run stopped halfway and resumed, against it straight through (--deterministic)', 110, 90,
          requires=('train_fp32',)),
     Step('upscale', 'upscale.py with the trained checkpoint, CUDA vs CPU and tiled', 60, 45, requires=('train_fp32',)),
@@ -86,7 +88,7 @@ STEPS = (
     Step('bench_official', 'the same measurements with the official code (--official_src)', 75, 45),
     Step('pytest_fast', "the fast test suite (-m 'not slow') on this machine's torch", 90, 60),
     # Last: compiling the paper network may take minutes; it gets what is left of the budget.
-    Step('bench_compile', 'torch.compile vs eager: compile time, forward and training step', 100, 60),
+    Step('bench_compile', 'torch.compile vs eager: compile time, forward and training step', 150, 60),
 )
 STEP_NAMES = tuple(s.name for s in STEPS)
 
@@ -316,6 +318,8 @@ def goals(steps: dict) -> list[dict]:
                    _case(steps, 'bench_ours', case.replace('fp32', 'bf16'), 'median_ms')), 1.5, False)
     delta = steps.get('train_bf16', {}).get('result', {}).get('psnr_minus_fp32_db')
     add('short training run: |PSNR bf16 - fp32| (dB)', None if delta is None else abs(delta), 0.02, True)
+    ratio = steps.get('train_compile', {}).get('result', {}).get('epoch_time_compiled_over_eager')
+    add('short training run: --compile / eager seconds per epoch (after the first)', ratio, 1.0, True)
     for case, entry in steps.get('bench_compile', {}).get('result', {}).get('cases', {}).items():
         ratio = _ratio(entry.get('compiled_median_ms'), entry.get('eager_median_ms'))
         add(f'{case}: torch.compile / eager time', ratio, 1.0, True, entry.get('error'))
@@ -346,7 +350,8 @@ def render_markdown(s: dict) -> str:
         lines += ['', '| step | check | value | limit | ok |', '|---|---|---:|---:|---|']
         lines += [f'| {name} | {_fmt(c["name"])} | {_fmt(c.get("value"), 6)} | {_fmt(c.get("limit", ""))} | '
                   f'{"yes" if c["ok"] else "**no**"} |' for name, c in checks]
-    train = [(name, s['steps'].get(name, {}).get('result', {})) for name in ('train_fp32', 'train_bf16', 'torchrun')]
+    train = [(name, s['steps'].get(name, {}).get('result', {}))
+             for name in ('train_fp32', 'train_bf16', 'train_compile', 'torchrun')]
     if any(r.get('psnr') for _, r in train):
         lines += ['', '| run | epochs | steps | final PSNR (dB) | s per epoch (after the first) |',
                   '|---|---:|---:|---:|---:|']

@@ -604,6 +604,29 @@ def train_bf16(ctx: Context) -> None:
         ctx.record(epoch_time_bf16_over_fp32=run['epoch_s_after_first'] / fp32['epoch_s_after_first'])
 
 
+def train_compile(ctx: Context) -> None:
+    """The fp32 run with ``--compile``: seconds per epoch after the first (which pays for compiling) against
+    the eager run's, and the PSNR difference (the same seed; not bit-identical: other kernels)."""
+    backend = ctx.sizes['compile_backend']
+    ctx.needs_cuda()
+    epochs = ctx.sizes['epochs']
+    flags = run_flags(ctx, 'train_compile', epochs) + ['--compile', backend]
+    rc, _ = run_main(ctx, flags)
+    ctx.record(returncode=rc, flags=flags, backend=backend)
+    ctx.check('main.py --compile exit status', rc, '0', rc == 0)
+    run = read_run(run_folder(ctx, 'train_compile'))
+    ctx.record(**run)
+    ctx.check('epochs evaluated', len(run['psnr']), f'{epochs}', len(run['psnr']) == epochs)
+    try:
+        eager = read_run(run_folder(ctx, 'train_fp32'))
+    except OSError:
+        return
+    if eager['final_psnr'] is not None and run['final_psnr'] is not None:
+        ctx.record(psnr_minus_eager_db=run['final_psnr'] - eager['final_psnr'])
+    if eager['epoch_s_after_first'] and run['epoch_s_after_first']:
+        ctx.record(epoch_time_compiled_over_eager=run['epoch_s_after_first'] / eager['epoch_s_after_first'])
+
+
 def resume(ctx: Context) -> None:
     """A run stopped after half its epochs and resumed with --load --resume -1 against the same run straight
     through, both with --deterministic: the same numbers to the last bit (CUDA's default kernels are not
@@ -833,7 +856,7 @@ def pytest_fast(ctx: Context) -> None:
 
 
 STEP_FUNCTIONS = {f.__name__: f for f in (environment, pytest_cuda, attention, cpu_vs_device, chop_self_ensemble,
-                                          train_fp32, train_bf16, resume, upscale, torchrun, bench_ours,
+                                          train_fp32, train_bf16, train_compile, resume, upscale, torchrun, bench_ours,
                                           bench_official, bench_compile, pytest_fast)}
 
 

@@ -21,7 +21,7 @@ class Model(nn.Module):
 
     Args:
         args: parsed options (``option.parse_args``): ``model, device, scale, precision, chop,
-            chop_size, chop_overlap, chop_batch, self_ensemble, pre_train``.
+            chop_size, chop_overlap, chop_batch, self_ensemble, pre_train, compile``.
         ckp: the run's checkpoint object; only ``ckp.write_log(msg)`` is used.
     """
 
@@ -43,6 +43,12 @@ class Model(nn.Module):
         self.ckp.write_log(f'Made {args.model} with {n_params:,} parameters on {self.device}.')
         if args.pre_train:
             self.load_pretrained(args.pre_train)
+        if args.compile:
+            # In place (nn.Module.compile): the network keeps its class and its state_dict keys, so
+            # checkpoints of a compiled run are the plain ones.
+            self.model.compile(backend=args.compile)
+            self.ckp.write_log(f'torch.compile (backend {args.compile}): the first batches of every input '
+                               'shape are slow while it compiles.')
         if distributed.is_initialized():
             # The k-means centroids are kept equal on every rank by the model itself, from statistics
             # all-reduced over the ranks; DDP's buffer broadcast from rank 0 would overwrite them with

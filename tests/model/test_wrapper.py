@@ -443,3 +443,33 @@ def test_lcoan_checkpoint_for_other_n_clusters_is_refused(tmp_path):
     torch.save(model.Model(tiny_lcoan_args('--n_clusters', '8'), Log()).state_dict(), path)
     with pytest.raises(UserError, match=r'kmeans\.means checkpoint \(1, 8, 4\) vs model \(1, 4, 4\)'):
         model.Model(tiny_lcoan_args('--pre_train', str(path)), Log())
+
+
+def test_compiled_lcoan_gives_the_eager_numbers_and_plain_checkpoint_keys():
+    """``--compile`` goes through TorchDynamo (the ``eager`` backend here: tracing, no code generation, so
+    seconds on a CPU); the training step, the evaluation and the saved keys are those of the plain network."""
+    results = {}
+    for backend in (None, 'eager'):
+        torch.manual_seed(3)
+        log = Log()
+        net = model.Model(tiny_lcoan_args(*(['--compile', backend] if backend else [])), log)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+        lr, hr = photo(16, 16), photo(32, 32)
+        for _ in range(2):  # the first step initialises the centroids, the second uses them
+            optimizer.zero_grad()
+            loss = nn.functional.l1_loss(net(lr), hr)
+            loss.backward()
+            optimizer.step()
+        results[backend] = loss.detach(), net.eval()(photo(12, 20)), net.state_dict(), log.text
+    (loss, out, state, _), (c_loss, c_out, c_state, c_log) = results[None], results['eager']
+    assert 'torch.compile (backend eager)' in c_log
+    assert list(c_state) == list(state)
+    torch.testing.assert_close(c_loss, loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c_out, out, rtol=1e-4, atol=1e-5)
+    for key in state:
+        torch.testing.assert_close(c_state[key], state[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_unknown_compile_backend_is_named():
+    with pytest.raises(UserError, match=r"--compile.*'nope'.*torch\.compile backends: .*inductor"):
+        tiny_lcoan_args('--compile', 'nope')
