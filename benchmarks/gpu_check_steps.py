@@ -615,7 +615,7 @@ def train_compile(ctx: Context) -> None:
     ctx.record(returncode=rc, flags=flags, backend=backend)
     ctx.check('main.py --compile exit status', rc, '0', rc == 0)
     run = read_run(run_folder(ctx, 'train_compile'))
-    ctx.record(**run)
+    ctx.record(**run, epochs=epochs, steps=epochs * int(flags[flags.index('--test_every') + 1]))
     ctx.check('epochs evaluated', len(run['psnr']), f'{epochs}', len(run['psnr']) == epochs)
     try:
         eager = read_run(run_folder(ctx, 'train_fp32'))
