@@ -53,7 +53,7 @@ RESERVE_S = 12.0
 KILL_GRACE_S = 8.0
 LOG_TAIL_LINES = 40
 # --smoke takes about two minutes; the rest is room for a machine that is busy with other work.
-DEFAULT_BUDGET_S = {'full': 300.0, 'smoke': 300.0}
+DEFAULT_BUDGET_S = {'full': 560.0, 'smoke': 300.0}
 
 
 @dataclass(frozen=True)
