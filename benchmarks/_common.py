@@ -127,6 +127,18 @@ def machine_info(threads: int | None = None) -> dict:
     }
 
 
+def child_result(cmd: list[str], marker: str, what: str, *, threads: int, timeout_s: float | None = None):
+    """Run ``cmd`` (a fresh Python process on ``threads`` threads) and return the JSON it printed after
+    ``marker`` on its last such line of stdout; ``RuntimeError`` naming ``what`` with the child's stderr if it
+    fails or prints none."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s, check=False)
+    results = [line for line in proc.stdout.splitlines() if line.startswith(marker)]
+    if proc.returncode != 0 or not results:
+        raise RuntimeError(f'{what} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}')
+    return json.loads(results[-1][len(marker):])
+
+
 def run_in_subprocess(fn_name: str, kwargs: dict, *, threads: int = 2, repeats: int = 5, warmup: int = 1,
                       timeout_s: float | None = None) -> dict:
     """Time the callable returned by setup function ``fn_name(**kwargs)`` in a fresh process.
@@ -137,12 +149,7 @@ def run_in_subprocess(fn_name: str, kwargs: dict, *, threads: int = 2, repeats: 
     """
     cmd = [sys.executable, str(Path(__file__).resolve()), '--child', fn_name, '--kwargs', json.dumps(kwargs),
            '--threads', str(threads), '--repeats', str(repeats), '--warmup', str(warmup)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s, check=False)
-    results = [line for line in proc.stdout.splitlines() if line.startswith(_RESULT_PREFIX)]
-    if proc.returncode != 0 or not results:
-        raise RuntimeError(f'benchmark {fn_name}({kwargs}) failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}')
-    return json.loads(results[-1][len(_RESULT_PREFIX):])
+    return child_result(cmd, _RESULT_PREFIX, f'benchmark {fn_name}({kwargs})', threads=threads, timeout_s=timeout_s)
 
 
 def interleaved(jobs: dict[str, tuple[str, dict]], *, rounds: int, threads: int, repeats: int,

@@ -33,17 +33,16 @@ import collections
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SRC_DIR, add_src_to_path, machine_info  # noqa: E402
+from _common import SRC_DIR, add_src_to_path, child_result, machine_info  # noqa: E402
 from _official import official_lcoan  # noqa: E402
+from profile_train_step import _PREFIX  # noqa: E402
 
 _RESULT = 'COUNT_RESULT '
-_PREFIX = 'part::'
 # Innermost operators that launch no kernel: views, allocations, and conversions that return their input.
 NO_KERNEL = frozenset(f'aten::{name}' for name in (
     'view', '_unsafe_view', 'as_strided', 'slice', 'select', 'unsqueeze', 'squeeze', 'transpose', 't', 'permute',
@@ -99,27 +98,12 @@ def _part_of_event(event, part_of_node: dict[int, str]) -> tuple[str, str]:
 def _child(side: str, src: str | None, batch: int, size: int) -> dict:
     add_src_to_path()
     import torch
-    from profile_train_step import _innermost_part, _label_modules
-    from torch import nn
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from profile_train_step import _label_modules, node_parts, training_step
+    from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(0)
     net = _network(side, src).train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
-    lr = torch.rand(batch, 3, size, size)
-    hr = torch.rand(batch, 3, 2 * size, 2 * size)
-
-    def step():
-        with record_function(_PREFIX + 'zero_grad'):
-            optimizer.zero_grad(set_to_none=True)
-        sr = net(lr)
-        with record_function(_PREFIX + 'loss'):
-            loss = nn.functional.l1_loss(sr, hr)
-        with record_function('backward'):
-            loss.backward()
-        with record_function(_PREFIX + 'optimizer'):
-            optimizer.step()
-
+    step = training_step(net, batch, size)
     step()  # warm-up: first-call allocations, lazy initialisations
     handles, _ = _label_modules(net)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -127,12 +111,7 @@ def _child(side: str, src: str | None, batch: int, size: int) -> dict:
     for handle in handles:
         handle.remove()
     events = prof.events()
-    part_of_node: dict[int, str] = {}
-    for event in sorted(events, key=lambda e: e.time_range.start):
-        if event.sequence_nr >= 0 and not event.name.startswith('autograd::'):
-            part = _innermost_part(event)
-            if part is not None:
-                part_of_node[event.sequence_nr] = part
+    part_of_node = node_parts(events)
     counts: dict[str, collections.Counter] = {key: collections.Counter() for key in ('aten', 'kernels', 'syncs')}
     kernel_ops: collections.Counter = collections.Counter()
     works: dict[int, bool] = {}
@@ -250,7 +229,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from bench_train_step import before_source, extract_src
 
     results = []
-    env = dict(os.environ, OMP_NUM_THREADS=str(opts.threads), MKL_NUM_THREADS=str(opts.threads))
     with tempfile.TemporaryDirectory(prefix='count_step_ops_') as scratch:
         try:
             sides = {'ours': None}
@@ -265,11 +243,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f'counting {side} ...', file=sys.stderr, flush=True)
             cmd = [sys.executable, str(Path(__file__).resolve()), '--child', side, '--batch', str(opts.batch),
                    '--size', str(opts.size), '--threads', str(opts.threads)] + (['--src', src] if src else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-            found = [line for line in proc.stdout.splitlines() if line.startswith(_RESULT)]
-            if proc.returncode or not found:
-                raise RuntimeError(f'counting {side} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}')
-            results.append(json.loads(found[-1][len(_RESULT):]))
+            results.append(child_result(cmd, _RESULT, f'counting {side}', threads=opts.threads))
     info = machine_info(opts.threads)
     print(f"torch {info['torch']}, {info['date']}; one step: x2, batch {opts.batch} x {opts.size}x{opts.size}, "
           'paper configuration, fp32, Adam, L1' + (f'; before = {opts.before_rev}' if opts.before_rev else ''))

@@ -26,14 +26,12 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_src_to_path, machine_info  # noqa: E402
+from _common import add_src_to_path, child_result, machine_info  # noqa: E402
 from _official import official_lcoan  # noqa: E402
 
 _RESULT = 'PROFILE_RESULT '
@@ -153,18 +151,16 @@ def _descendants(event):
         yield from _descendants(child)
 
 
-def _child(side: str, batch: int, size: int, steps: int, warmup: int, official_src: str | None) -> dict:
-    add_src_to_path()
+def training_step(net, batch: int, size: int):
+    """One step of ``net`` (Adam, L1, x2, ``batch`` random ``size`` x ``size`` LR patches), its parts outside
+    the network labelled for the profiler."""
     import torch
     from torch import nn
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.profiler import record_function
 
-    torch.manual_seed(0)
-    net = _network(side, official_src).train()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     lr = torch.rand(batch, 3, size, size)
     hr = torch.rand(batch, 3, 2 * size, 2 * size)
-    handles, conv_flops = _label_modules(net)
 
     def step():
         with record_function(_PREFIX + 'zero_grad'):
@@ -176,7 +172,29 @@ def _child(side: str, batch: int, size: int, steps: int, warmup: int, official_s
             loss.backward()
         with record_function(_PREFIX + 'optimizer'):
             optimizer.step()
+    return step
 
+
+def node_parts(events) -> dict[int, str]:
+    """Which part made each autograd node: the forward operation with its sequence number."""
+    part_of_node: dict[int, str] = {}
+    for event in sorted(events, key=lambda e: e.time_range.start):
+        if event.sequence_nr >= 0 and not event.name.startswith('autograd::'):
+            part = _innermost_part(event)
+            if part is not None:
+                part_of_node[event.sequence_nr] = part
+    return part_of_node
+
+
+def _child(side: str, batch: int, size: int, steps: int, warmup: int, official_src: str | None) -> dict:
+    add_src_to_path()
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    net = _network(side, official_src).train()
+    step = training_step(net, batch, size)
+    handles, conv_flops = _label_modules(net)
     for _ in range(warmup):
         step()
     conv_flops.clear()
@@ -189,13 +207,7 @@ def _child(side: str, batch: int, size: int, steps: int, warmup: int, official_s
     for handle in handles:
         handle.remove()
     events = prof.events()
-    # Which part made each autograd node: the forward operation with its sequence number.
-    part_of_node: dict[int, str] = {}
-    for event in sorted(events, key=lambda e: e.time_range.start):
-        if event.sequence_nr >= 0 and not event.name.startswith('autograd::'):
-            part = _innermost_part(event)
-            if part is not None:
-                part_of_node[event.sequence_nr] = part
+    part_of_node = node_parts(events)
     times = collections.defaultdict(float)  # (part, 'forward'/'backward') -> s
     ops = collections.defaultdict(float)  # (part, direction, operator) -> self s
 
@@ -301,7 +313,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     except FileNotFoundError as error:
         parser.error(str(error))
     results = []
-    env = dict(os.environ, OMP_NUM_THREADS=str(opts.threads), MKL_NUM_THREADS=str(opts.threads))
     for side in ('ours', 'official') if official else ('ours',):
         print(f'profiling {side} ...', file=sys.stderr, flush=True)
         cmd = [sys.executable, str(Path(__file__).resolve()), '--child', side, '--batch', str(opts.batch),
@@ -309,11 +320,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                '--threads', str(opts.threads)]
         if official:
             cmd += ['--official_src', official]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith(_RESULT)]
-        if proc.returncode or not lines:
-            raise RuntimeError(f'profiling {side} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}')
-        results.append(json.loads(lines[-1][len(_RESULT):]))
+        results.append(child_result(cmd, _RESULT, f'profiling {side}', threads=opts.threads))
     info = machine_info(opts.threads)
     print(f"machine: {info['cpu']} ({info['logical_cpus']} logical CPUs), torch {info['torch']}, "
           f"{opts.threads} threads, {info['date']}")

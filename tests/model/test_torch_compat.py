@@ -38,12 +38,15 @@ def test_torch_2_13_gets_forward_sync_buffers(monkeypatch):
     assert model.ddp_without_buffer_sync() == {'forward_sync_buffers': False}
 
 
+def _small_lcoan_args():
+    return option.parse_args(['--n_resgroups', '2', '--n_resblocks', '1', '--n_feats', '16', '--reduction', '2',
+                              '--n_clusters', '8', '--window_size', '32', '--rgb_range', '1', '--scale', '2', '--cpu'])
+
+
 @pytest.mark.slow
 def test_a_compiled_training_step_matches_eager():
-    args = option.parse_args(['--n_resgroups', '2', '--n_resblocks', '1', '--n_feats', '16', '--reduction', '2',
-                              '--n_clusters', '8', '--window_size', '32', '--rgb_range', '1', '--scale', '2', '--cpu'])
     torch.manual_seed(0)
-    net = lcoan.make_model(args).train()
+    net = lcoan.make_model(_small_lcoan_args()).train()
     lr, hr = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 32, 32)
     net(lr)  # initialises the centroids from this batch, outside the compiled graph
     twin = copy.deepcopy(net)
@@ -83,10 +86,8 @@ def test_initialised_kmeans_compiles_without_a_graph_break(training):
 def test_the_network_forward_compiles_to_one_graph():
     # The k-means flag is not read from the tensor, and the attention's autograd functions (forward and
     # backward, which dynamo traces with the forward) take no strided out= and no duplicated input.
-    args = option.parse_args(['--n_resgroups', '2', '--n_resblocks', '1', '--n_feats', '16', '--reduction', '2',
-                              '--n_clusters', '8', '--window_size', '32', '--rgb_range', '1', '--scale', '2', '--cpu'])
     torch.manual_seed(0)
-    net = lcoan.make_model(args).train()
+    net = lcoan.make_model(_small_lcoan_args()).train()
     lr = torch.rand(2, 3, 16, 16)
     net(lr)
     assert _graph_breaks(net, lr) == []
