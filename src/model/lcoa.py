@@ -39,8 +39,15 @@ def attention_module(attention_impl: str) -> SparseAttention:
 
 def _all_reduce_sum(*tensors: Tensor) -> None:
     if distributed.is_initialized():
-        for t in tensors:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        _all_reduce_sum_eagerly(*tensors)
+
+
+@torch.compiler.disable
+def _all_reduce_sum_eagerly(*tensors: Tensor) -> None:
+    # Outside any compiled graph (--compile): traced, an in-place all_reduce becomes an asynchronous
+    # functional collective.
+    for t in tensors:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
 def _gather_rows(rows: Tensor, across_ranks: bool) -> Tensor:
@@ -178,6 +185,9 @@ class KMeansCentroids(nn.Module):
         self.member_counts.zero_()
         self.start_means.copy_(self.means)
 
+    # Run once, eagerly also under --compile: its collectives (gathers of a data-dependent size, a
+    # broadcast) would be traced into asynchronous functional collectives.
+    @torch.compiler.disable
     @torch.no_grad()
     def initialise(self, embed: Tensor, *, across_ranks: bool = True) -> None:
         """Initialise the centroids from ``embed`` (N, L, D), gathered over all ranks when distributed.
@@ -216,7 +226,7 @@ class KMeansCentroids(nn.Module):
             return flag
         seen, version, value = getattr(self, '_initted_seen', (None, -1, False))
         if torch.compiler.is_compiling():
-            return value or bool(flag)
+            return value or _read_flag(flag)
         if seen is not flag or version != flag._version:
             value = bool(flag)
             self._initted_seen = (flag, flag._version, value)
@@ -249,6 +259,12 @@ class KMeansCentroids(nn.Module):
                     self.means.copy_(F.normalize(self.ema_decay * means + (1 - self.ema_decay) * new, dim=-1))
                 self.member_counts.add_(counts)
         return codes
+
+
+@torch.compiler.disable
+def _read_flag(flag: Tensor) -> bool:
+    """``bool(flag)`` outside the compiled graph: a graph break that dynamo takes without a warning."""
+    return bool(flag)
 
 
 def _reread_initted(module: KMeansCentroids, _incompatible_keys) -> None:

@@ -80,6 +80,7 @@ class LCoAMonitor:
             yield
             return
 
+        @torch.compiler.disable  # under --compile: a statistic read once, not part of the graph
         def hook(_module, _inputs, output):
             if math.isnan(self._self_weight):
                 self._self_weight = float(lcoa_stats.self_weights(output[1]).mean())

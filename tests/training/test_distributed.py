@@ -95,6 +95,24 @@ def test_two_process_run_resumes_exactly(tmp_path):
     assert all(torch.equal(got['model'][k], ref['model'][k]) for k in ref['model'])
 
 
+@pytest.mark.slow
+def test_a_compiled_two_process_run_trains_like_the_eager_one(tmp_path):
+    # --compile eager: dynamo traces the network (no code generation). The centroids' collectives stay
+    # outside the graph (traced, they become asynchronous collectives that torch reports as never waited
+    # for), and so does the evaluation's self-weight statistic: nothing of dynamo reaches the output.
+    runs = {}
+    for name, extra in (('eager', []), ('compiled', ['--compile', 'eager'])):
+        done = run_main(tmp_path, '--save', name, '--epochs', '1', *extra)
+        assert done.returncode == 0, done.stdout + done.stderr
+        output = done.stdout + done.stderr
+        assert 'unwaited' not in output and '_dynamo' not in output and 'Graph break' not in output, output
+        runs[name] = load_state(tmp_path / 'exp' / name / 'training_state.pt')
+    eager, compiled = runs['eager'], runs['compiled']
+    assert torch.allclose(compiled['loss_log'], eager['loss_log'], rtol=1e-4, atol=1e-6)
+    for key, value in eager['model'].items():
+        assert torch.allclose(compiled['model'][key].float(), value.float(), rtol=1e-3, atol=1e-5), key
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for stat in Path('/proc').glob('[0-9]*/stat'):
