@@ -318,7 +318,7 @@ def goals(steps: dict) -> list[dict]:
                    _case(steps, 'bench_ours', case.replace('fp32', 'bf16'), 'median_ms')), 1.5, False)
     delta = steps.get('train_bf16', {}).get('result', {}).get('psnr_minus_fp32_db')
     add('short training run: |PSNR bf16 - fp32| (dB)', None if delta is None else abs(delta), 0.02, True)
-    ratio = steps.get('train_compile', {}).get('result', {}).get('epoch_time_compiled_over_eager')
+    ratio = steps.get('train_compile', {}).get('result', {}).get('epoch_time_over_fp32')
     add('short training run: --compile / eager seconds per epoch (after the first)', ratio, 1.0, True)
     for case, entry in steps.get('bench_compile', {}).get('result', {}).get('cases', {}).items():
         ratio = _ratio(entry.get('compiled_median_ms'), entry.get('eager_median_ms'))

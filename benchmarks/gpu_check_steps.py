@@ -571,60 +571,48 @@ def chop_self_ensemble(ctx: Context) -> None:
                       bool(torch.isfinite(bf16).all()))
 
 
-def _train(ctx: Context, name: str, precision: str) -> dict:
+def _train(ctx: Context, name: str, *extra: str) -> dict:
+    """A short main.py run ``name`` with the flags ``extra``; compared with the plain fp32 run (train_fp32) when
+    that one exists: the final PSNR difference and the seconds per epoch after the first as a ratio."""
     ctx.needs_cuda()
     epochs = ctx.sizes['epochs']
-    flags = run_flags(ctx, name, epochs) + ['--precision', precision]
+    flags = run_flags(ctx, name, epochs) + list(extra)
     rc, _ = run_main(ctx, flags)
     ctx.record(returncode=rc, flags=flags)
     ctx.check('main.py exit status', rc, '0', rc == 0)
     run = read_run(run_folder(ctx, name))
     steps = epochs * int(flags[flags.index('--test_every') + 1])
-    ctx.record(**run, epochs=epochs, steps=steps, precision=precision)
+    ctx.record(**run, epochs=epochs, steps=steps)
     final = run['final_psnr']
     ctx.check('epochs evaluated', len(run['psnr']), f'{epochs}', len(run['psnr']) == epochs)
     ctx.check('final PSNR (dB) finite', final, 'finite', final is not None and math.isfinite(final))
     ctx.check('network on', run.get('device'), ctx.device, str(run.get('device', '')).startswith(ctx.device))
+    if name == 'train_fp32':
+        return run
+    try:
+        fp32 = read_run(run_folder(ctx, 'train_fp32'))
+    except OSError:
+        return run
+    if fp32['final_psnr'] is not None and final is not None:
+        ctx.record(fp32_final_psnr=fp32['final_psnr'], psnr_minus_fp32_db=final - fp32['final_psnr'])
+    if fp32['epoch_s_after_first'] and run['epoch_s_after_first']:
+        ctx.record(epoch_time_over_fp32=run['epoch_s_after_first'] / fp32['epoch_s_after_first'])
     return run
 
 
 def train_fp32(ctx: Context) -> None:
-    _train(ctx, 'train_fp32', 'single')
+    _train(ctx, 'train_fp32', '--precision', 'single')
 
 
 def train_bf16(ctx: Context) -> None:
-    run = _train(ctx, 'train_bf16', 'bf16')
-    try:
-        fp32 = read_run(run_folder(ctx, 'train_fp32'))
-    except OSError:
-        return
-    if fp32['final_psnr'] is not None and run['final_psnr'] is not None:
-        ctx.record(fp32_final_psnr=fp32['final_psnr'], psnr_minus_fp32_db=run['final_psnr'] - fp32['final_psnr'])
-    if fp32['epoch_s_after_first'] and run['epoch_s_after_first']:
-        ctx.record(epoch_time_bf16_over_fp32=run['epoch_s_after_first'] / fp32['epoch_s_after_first'])
+    _train(ctx, 'train_bf16', '--precision', 'bf16')
 
 
 def train_compile(ctx: Context) -> None:
-    """The fp32 run with ``--compile``: seconds per epoch after the first (which pays for compiling) against
-    the eager run's, and the PSNR difference (the same seed; not bit-identical: other kernels)."""
-    backend = ctx.sizes['compile_backend']
-    ctx.needs_cuda()
-    epochs = ctx.sizes['epochs']
-    flags = run_flags(ctx, 'train_compile', epochs) + ['--compile', backend]
-    rc, _ = run_main(ctx, flags)
-    ctx.record(returncode=rc, flags=flags, backend=backend)
-    ctx.check('main.py --compile exit status', rc, '0', rc == 0)
-    run = read_run(run_folder(ctx, 'train_compile'))
-    ctx.record(**run, epochs=epochs, steps=epochs * int(flags[flags.index('--test_every') + 1]))
-    ctx.check('epochs evaluated', len(run['psnr']), f'{epochs}', len(run['psnr']) == epochs)
-    try:
-        eager = read_run(run_folder(ctx, 'train_fp32'))
-    except OSError:
-        return
-    if eager['final_psnr'] is not None and run['final_psnr'] is not None:
-        ctx.record(psnr_minus_eager_db=run['final_psnr'] - eager['final_psnr'])
-    if eager['epoch_s_after_first'] and run['epoch_s_after_first']:
-        ctx.record(epoch_time_compiled_over_eager=run['epoch_s_after_first'] / eager['epoch_s_after_first'])
+    """The fp32 run with ``--compile``: its first epoch pays for compiling, the later ones are compared (the same
+    seed; not bit-identical: other kernels)."""
+    ctx.record(backend=ctx.sizes['compile_backend'])
+    _train(ctx, 'train_compile', '--precision', 'single', '--compile', ctx.sizes['compile_backend'])
 
 
 def resume(ctx: Context) -> None:

@@ -209,9 +209,7 @@ class KMeansCentroids(nn.Module):
         self.means.copy_(means)
         self.start_means.copy_(means)
         self.initted.fill_(True)
-        # (Compiled code cannot keep the version counter: the next eager read re-reads the flag once.)
-        self._initted_seen = ((None, -1, True) if torch.compiler.is_compiling()
-                              else (self.initted, self.initted._version, True))
+        self._initted_seen = (self.initted, self.initted._version, True)
 
     def _initialised(self) -> bool:
         """The ``initted`` flag, read from the device only when the buffer has been replaced or written since

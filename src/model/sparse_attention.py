@@ -285,10 +285,6 @@ class _Plan:
             torch.sum(pixels, dim=1, dtype=target.dtype, out=target.view(-1, length, target.shape[1]))
 
 
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
 class _BuildWeights(torch.autograd.Function):
     """Embeddings (N, L, C) -> attention weights (slots, nW, w, 3w) and sorted log-sum-exp (slots, P)."""
 
@@ -304,7 +300,7 @@ class _BuildWeights(torch.autograd.Function):
             queries_src = _rows(embed, compute_dtype)
             keys_src = _rows(F.normalize(embed.to(float_dtype), p=2, dim=-1, eps=KEY_NORM_EPS), compute_dtype)
             low = compute_dtype != float_dtype
-            cd_size = _itemsize(compute_dtype)
+            cd_size = compute_dtype.itemsize
             per_slot = 4 * padded * channels * cd_size + (weights[0].numel() * cd_size if low else 0)
             chunks = plan.chunks(per_slot)
             most = chunks[0][1] - chunks[0][0]
@@ -352,7 +348,7 @@ class _BuildWeights(torch.autograd.Function):
         d_queries_px = embed.new_empty((embed.shape[0] * plan.length, channels), dtype=float_dtype)
         d_keys_px = torch.empty_like(d_queries_px)
         low = cd != float_dtype
-        cd_size, float_size = _itemsize(cd), _itemsize(float_dtype)
+        cd_size, float_size = cd.itemsize, float_dtype.itemsize
         per_slot = (weights[0].numel() * (float_size + (cd_size if low else 0)) + 5 * padded * channels * cd_size
                     + (2 * plan.length * channels * cd_size if plan.n_rounds > 1 else 0))
         chunks = plan.chunks(per_slot)
@@ -438,7 +434,7 @@ class _ApplyWeights(torch.autograd.Function):
         d_weights = torch.empty_like(weights) if want_weights else None
         # Every pixel's gradient is written once (its rounds summed): no zero fill.
         d_values = values.new_empty((plan.batch * length, cv), dtype=cd) if want_values else None
-        cd_size = _itemsize(cd)
+        cd_size = cd.itemsize
         per_slot = (4 * padded * cv * cd_size + (weights[0].numel() * cd_size if low else 0)
                     + (length * cv * cd_size if plan.n_rounds > 1 else 0))
         chunks = plan.chunks(per_slot)
@@ -523,7 +519,7 @@ def apply_pattern(pattern: SparsePattern, values: Tensor) -> Tensor:
         raise ValueError(f'values must be ({plan.batch}, {plan.length}, Cv), got shape {tuple(values.shape)}')
     compute_dtype = _compute_dtype(values, pattern.weights.dtype)
     cv, padded = values.shape[-1], plan.padded
-    chunks = plan.chunks(4 * padded * cv * _itemsize(compute_dtype))
+    chunks = plan.chunks(4 * padded * cv * compute_dtype.itemsize)
     most = chunks[0][1] - chunks[0][0]
     gathered = _scratch(pattern.scratch, 'values', plan.triples_rows(most), cv, compute_dtype, values.device)
     mixed = _scratch(pattern.scratch, 'mixed', most * padded, cv, compute_dtype, values.device)

@@ -74,7 +74,7 @@ def test_smoke_runs_every_step_and_a_failing_step_does_not_stop_the_others(tmp_p
         assert len(results[name]['psnr']) == 2 and results[name]['device'] == 'cpu'
     assert isinstance(results['train_bf16']['psnr_minus_fp32_db'], float)
     assert len(results['train_compile']['psnr']) == 2 and results['train_compile']['backend'] == 'eager'
-    assert isinstance(results['train_compile']['psnr_minus_eager_db'], float)
+    assert isinstance(results['train_compile']['psnr_minus_fp32_db'], float)
     assert results['resume']['resumed_psnr'] == results['resume']['straight_psnr']  # exact on the CPU
     assert results['torchrun']['backend'] == 'gloo' and len(results['torchrun']['psnr']) == 1
     forward = ['forward x2 LR 16 fp32', 'forward x2 LR 16 bf16', 'forward x4 LR 16 fp32', 'forward x4 LR 16 bf16']
