@@ -24,7 +24,7 @@ import sys
 
 import template
 from core.errors import UserError
-from data import TEST_SETS, TRAIN_SETS
+from data import TEST_SETS, TRAIN_SETS, trainsets
 from model import registry
 from model.inference import PRECISIONS
 from model.spec import bad_flag
@@ -79,9 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
       help='seconds a process waits for the others in a collective before the run fails')
 
     g = parser.add_argument_group('data').add_argument
-    g('--dir_data', type=str, default='../dataset', help='folder holding DIV2K/ and benchmark/')
+    g('--dir_data', type=str, default='../dataset',
+      help='folder holding DIV2K/, benchmark/ and the training sets (<set>/HR or train/<set>/HR)')
     g('--dir_demo', type=str, default='../test', help='folder of images for --data_test Demo')
     g('--data_train', type=str, default='DIV2K', help=f'training set(s), "+"-separated: {"|".join(TRAIN_SETS)}')
+    g('--dir_train', type=str, default=None, help='folder of HR images for --data_train Folder')
     g('--data_test', type=str, default='DIV2K', help=f'test set(s), "+"-separated: {"|".join(TEST_SETS)}')
     g('--data_range', type=str, default='1-800/801-810',
       help='DIV2K train/validation image index ranges; one range a-b serves both')
@@ -180,12 +182,13 @@ def _parse_range(value: str):
     return int(m.group(1)), int(m.group(2))
 
 
-def _names(flag: str, value: str, allowed):
+def _names(flag: str, value: str, allowed, layouts: str = ''):
     lookup = {a.lower(): a for a in allowed}
     out = []
     for name in value.split('+'):
         if name.lower() not in lookup:
-            _fail(flag, value, f'unknown name {name!r}; allowed: {", ".join(allowed)} ("+"-separated)')
+            _fail(flag, value, f'unknown name {name!r}; allowed: {", ".join(allowed)} ("+"-separated)'
+                  + (f'; layouts: {layouts}' if layouts else ''))
         out.append(lookup[name.lower()])
     return out
 
@@ -238,7 +241,11 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     if len(args.scale) != 1:
         _fail('scale', '+'.join(map(str, args.scale)), f'{model} has one upsampler: give a single scale')
 
-    args.data_train = _names('data_train', args.data_train, TRAIN_SETS)
+    args.data_train = _names('data_train', args.data_train, TRAIN_SETS, trainsets.LAYOUTS)
+    if ('Folder' in args.data_train) != (args.dir_train is not None):
+        if args.dir_train is None:
+            _fail('data_train', '+'.join(args.data_train), 'Folder needs --dir_train PATH, a folder of HR images')
+        _fail('dir_train', args.dir_train, 'is for --data_train Folder (add Folder to --data_train)')
     args.data_test = _names('data_test', args.data_test, TEST_SETS)
 
     parts = args.data_range.split('/')

@@ -50,6 +50,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def make_folder_for_data(folder: str | Path) -> None:
+    """Make ``folder`` (and its parents) for files derived from a data set; PermissionError when the
+    nearest existing folder on the way has no write bit. The kernel lets root write into a folder
+    made read-only with ``chmod a-w``, but whoever did that meant the data to stay untouched, so the
+    caller goes to its per-user cache instead."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if existing.is_dir() and not existing.stat().st_mode & 0o222:
+        raise PermissionError(errno.EACCES, 'read-only folder (no write permission bit)', str(existing))
+    folder.mkdir(parents=True, exist_ok=True)
+
+
 def atomic_write(path: str | Path, write: Callable, mode: str = 'wb') -> None:
     """Write ``path`` through ``write(file)`` into a temporary file, then rename it over ``path``.
 

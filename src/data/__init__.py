@@ -8,8 +8,9 @@
 - ``loader_test``: one DataLoader per ``--data_test`` set, batch 1, whole images ``(lr, hr, [name])``;
   ``loader.dataset`` has ``name`` and ``benchmark``. Demo batches have an empty ``hr``.
 
-Data sets (``--dir_data``): DIV2K (data.div2k), Set5/Set14/B100/Urban100/Manga109 (data.benchmark),
-Sample (data.sample, written at first use), Demo (``--dir_demo``, data.demo). Every image is checked
+Data sets (``--dir_data``): training sets by name (data.trainsets: DIV2K, Flickr2K, DF2K, T91, BSD200,
+General100, SR291, any folder, Sample), Set5/Set14/B100/Urban100/Manga109 (data.benchmark), Sample
+(data.sample, written at first use), Demo (``--dir_demo``, data.demo). Every image is checked
 when the loaders are built; bad data raises data.common.DataError (a UserError) naming the file.
 ``--ext sep`` caches decoded images as ``.npy`` (data.storage).
 
@@ -28,13 +29,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from core import distributed
 from core.errors import UserError
 from core.rng import derive_seed
-from data import benchmark, div2k, sample
+from data import benchmark, div2k, sample, trainsets
 from data.demo import demo_set
 from data.srdata import TestImages, TrainPatches, say, scan_pairs
 from data.storage import ImageStore
 
 # The names --data_train and --data_test accept.
-TRAIN_SETS = ('DIV2K', 'Sample')
+TRAIN_SETS = trainsets.TRAIN_SETS
 TEST_SETS = ('DIV2K', 'Sample', 'Demo') + benchmark.BENCHMARK_SETS
 
 # A DataLoader worker that delivers nothing for this long counts as hung and fails the run. A batch
@@ -88,18 +89,13 @@ class Data:
         args = self.args
         scale = args.scale[0]
         pairs = []
-        for name in args.data_train:
-            if name == 'DIV2K':
-                root = div2k.root_of(dir_data)
-                entries = div2k.div2k_entries(dir_data, args.train_range, scale)
-            elif name == 'Sample':
-                sample.ensure_sample(dir_data, say=say)
-                root = sample.train_root(dir_data)
-                entries = benchmark.folder_entries('Sample', root, scale)
-            else:
-                raise UserError(f'--data_train {name}: not a training set')
+        for name in trainsets.expand(args.data_train):
+            root, entries = trainsets.entries_of(name, dir_data=dir_data, dir_train=args.dir_train and Path(args.dir_train),
+                                                 data_range=args.train_range, scale=scale, say=say)
             pairs += scan_pairs(name=name, root=root, entries=entries, scale=scale, store=self.store,
                                 training=True, patch_size=args.patch_size)
+        if len(args.data_train) > 1 or args.data_train != trainsets.expand(args.data_train):
+            say(f'training on {len(pairs)} images of {"+".join(args.data_train)}')
         return TrainPatches(name='+'.join(args.data_train), pairs=pairs, store=self.store, scale=scale,
                             patch_size=args.patch_size, n_colors=args.n_colors, rgb_range=args.rgb_range,
                             augment=not args.no_augment, length=args.batch_size * args.test_every,

@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import Dataset
 
 from core import distributed
-from data.common import DataError, augment, describe_conversion, output_names, random_patch, set_channel, to_tensor
+from data.common import (DataError, augment, describe_conversion, output_names, random_patch, read_info, set_channel,
+                         to_tensor)
 from data.storage import ImageStore, available_cores, existing_lr, made_from_other_hr, make_lr_images
 
 
@@ -62,7 +63,11 @@ def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, Path]], scale
         patch_size: HR patch size (training only).
 
     Missing LR images are made with the available cores (storage.make_lr_images), with a progress bar.
+    For training, HR images smaller than a patch are left out (counted in the log line of the set).
     """
+    skipped = 0
+    if training:
+        entries, skipped = _holding_a_patch(name, entries, scale, patch_size)
     lr_paths: list[Path | None] = []
     todo: list[int] = []  # indices of the pairs whose LR image is made now
     stale = 0
@@ -119,7 +124,24 @@ def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, Path]], scale
              f'{cropped[0]}{more}')
     if built:
         say(f'{name}: {built} image(s) cached')
+    left_out = f' ({skipped} smaller than the {patch_size}x{patch_size} patch left out)' if skipped else ''
+    say(f'{name}: {len(pairs)} {"training" if training else "test"} image(s) in {root}{left_out}')
     return pairs
+
+
+def _holding_a_patch(name: str, entries: list[tuple[Path, Path]], scale: int,
+                     patch_size: int) -> tuple[list[tuple[Path, Path]], int]:
+    """The entries whose HR image, cropped to a multiple of ``scale``, holds an HR patch, and how many
+    did not; DataError if none does."""
+    kept = []
+    for hr, lr in entries:
+        info = read_info(hr)
+        if min(info.height - info.height % scale, info.width - info.width % scale) >= patch_size:
+            kept.append((hr, lr))
+    if not kept:
+        raise DataError(f'{name}: all {len(entries)} HR image(s) are smaller than the {patch_size}x{patch_size} '
+                        f'training patch (--patch_size {patch_size}), e.g. {entries[0][0]}')
+    return kept, len(entries) - len(kept)
 
 
 def _check_sizes(name: str, hr: Path, hr_size: tuple[int, int], lr: Path, lr_size: tuple[int, int], scale: int,

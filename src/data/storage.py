@@ -29,7 +29,7 @@ import torch
 from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
-from core.io_utils import atomic_write
+from core.io_utils import atomic_write, make_folder_for_data
 from data.common import DataError, ImageInfo, check_image, find_image, read_image, read_info
 from data.imresize import bicubic_downscale, crop_to_scale
 
@@ -63,7 +63,7 @@ def save_png(path: Path, img: np.ndarray, text: dict[str, str] | None = None) ->
         info = PngImagePlugin.PngInfo()
         for key, value in text.items():
             info.add_text(key, value)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder_for_data(path.parent)
     atomic_write(path, lambda f: Image.fromarray(img).save(f, format='PNG', compress_level=3, pnginfo=info))
 
 
@@ -263,7 +263,7 @@ class ImageStore:
             raise DataError(f'{path}: decoded size {img.shape[1]}x{img.shape[0]} differs from its header')
         for npy in locations:
             try:
-                npy.parent.mkdir(parents=True, exist_ok=True)
+                make_folder_for_data(npy.parent)
                 atomic_write(npy, lambda f: np.save(f, img))
                 atomic_write(self.stamp_path(npy), lambda f: f.write(stamp.encode()))
             except OSError:
