@@ -1,7 +1,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo test lint bench figs clean
+.PHONY: demo test lint bench reproduce figs clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv .venv
@@ -23,6 +23,12 @@ test: lint
 # OFFICIAL_SRC=/path/to/LCoAN/src and NLSN_SRC=/path/to/NLSN/src add the official code as same-run baselines.
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(if $(OFFICIAL_SRC),--official_src $(OFFICIAL_SRC)) $(if $(NLSN_SRC),--nlsn_src $(NLSN_SRC))
+
+# Small LCoAN, EDSR and NLSN trained x2 on T91 + General100 at the same budget (about an hour on 2 cores);
+# RARGS="--device cuda --steps 100000" for a GPU. Reads ../shared/data (or RARGS="--dir_data DIR").
+RARGS ?=
+reproduce: $(STAMP)
+	$(PY) benchmarks/reproduce.py $(RARGS)
 
 figs: $(STAMP)
 	$(PY) Figs/draw_architecture.py

@@ -90,7 +90,7 @@ class Data:
         scale = args.scale[0]
         pairs = []
         for name in trainsets.expand(args.data_train):
-            root, entries = trainsets.entries_of(name, dir_data=dir_data, dir_train=args.dir_train and Path(args.dir_train),
+            root, entries = trainsets.entries_of(name, dir_data=dir_data, dir_train=Path(args.dir_train or '.'),
                                                  data_range=args.train_range, scale=scale, say=say)
             pairs += scan_pairs(name=name, root=root, entries=entries, scale=scale, store=self.store,
                                 training=True, patch_size=args.patch_size)

@@ -17,8 +17,16 @@ import torch
 from torch.utils.data import Dataset
 
 from core import distributed
-from data.common import (DataError, augment, describe_conversion, output_names, random_patch, read_info, set_channel,
-                         to_tensor)
+from data.common import (
+    DataError,
+    augment,
+    describe_conversion,
+    output_names,
+    random_patch,
+    read_info,
+    set_channel,
+    to_tensor,
+)
 from data.storage import ImageStore, available_cores, existing_lr, made_from_other_hr, make_lr_images
 
 
@@ -124,8 +132,9 @@ def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, Path]], scale
              f'{cropped[0]}{more}')
     if built:
         say(f'{name}: {built} image(s) cached')
-    left_out = f' ({skipped} smaller than the {patch_size}x{patch_size} patch left out)' if skipped else ''
-    say(f'{name}: {len(pairs)} {"training" if training else "test"} image(s) in {root}{left_out}')
+    if training:
+        left_out = f' ({skipped} smaller than the {patch_size}x{patch_size} patch left out)' if skipped else ''
+        say(f'{name}: {len(pairs)} training image(s) in {root}{left_out}')
     return pairs
 
 

@@ -78,7 +78,7 @@ def folder_entries(dir_train: Path, scale: int) -> tuple[Path, list[tuple[Path, 
                        for hr, stem in zip(images, output_names(images), strict=True)]
 
 
-def entries_of(name: str, *, dir_data: Path, dir_train: Path | None, data_range: tuple[int, int],
+def entries_of(name: str, *, dir_data: Path, dir_train: Path, data_range: tuple[int, int],
                scale: int, say=print) -> tuple[Path, list[tuple[Path, Path]]]:
     """``(set folder, [(HR path, expected LR path)])`` of the single training set ``name``; DataError
     naming the expected folder if it is missing or empty."""

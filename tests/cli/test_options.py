@@ -100,7 +100,8 @@ def test_ema_decay_one_is_accepted():
 @pytest.mark.parametrize('argv, message', [
     (['--model', 'EDSRX'], "--model 'EDSRX': allowed: LCoAN"),
     (['--data_test', 'Set5+Foo'], "unknown name 'Foo'"),
-    (['--data_train', 'Set5'], "unknown name 'Set5'; allowed: DIV2K, Sample"),
+    (['--data_train', 'Set5'], "unknown name 'Set5'; allowed: DIV2K, Flickr2K, DF2K, T91, BSD200, General100, SR291, "
+                               "Folder, Sample"),
     (['--scale', '8'], "--scale '8': LCoAN upsamples by 2, 3, 4"),
     (['--scale', '2+3'], 'LCoAN has one upsampler'),
     (['--scale', 'x2'], "--scale 'x2'"),
