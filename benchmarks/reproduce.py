@@ -103,6 +103,13 @@ def train_command(args, name: str) -> list[str]:
     return cmd + (['--cpu'] if args.device == 'cpu' else [])
 
 
+def same_settings(a: list[str], b: list[str]) -> bool:
+    """Whether two training commands train the same way: the folder of the runs may have moved."""
+    def settings(cmd):
+        return [x for i, x in enumerate(cmd) if i == 0 or cmd[i - 1] != '--save_dir']
+    return settings(a) == settings(b)
+
+
 def run_main(cmd: list[str], log: Path) -> str:
     """``main.py cmd`` from ``src/``, its output shown and kept; SystemExit with its last line on failure."""
     print('$ python main.py ' + ' '.join(cmd), flush=True)
@@ -137,12 +144,12 @@ def train(args, name: str) -> dict:
     done_file = run / 'reproduce.json'
     if done_file.is_file():
         done = json.loads(done_file.read_text())
-        if done['command'] == cmd:
+        if same_settings(done['command'], cmd):
             print(f'{name}: done before ({done_file}), not run again', flush=True)
             return done
     # The settings of the run are kept beside its folder: --reset empties the folder itself.
     settings = run.parent / f'{name}_x2.command.json'
-    same = settings.is_file() and json.loads(settings.read_text()) == cmd
+    same = settings.is_file() and same_settings(json.loads(settings.read_text()), cmd)
     epochs = args.steps // args.eval_every
     if same and (run / 'training_state.pt').is_file():
         if len(curve(run, args.eval_every)) < epochs:
