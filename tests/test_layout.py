@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-import conftest
+import helpers
 from model import registry
 
-SRC = conftest.SRC
+SRC = helpers.SRC
 # Files that may name models: each architecture's own file, the registry (its default) and the presets.
 MAY_NAME_MODELS = {SRC / 'template.py', SRC / 'model' / 'registry.py'} | {
     SRC / 'model' / f'{name.lower()}.py' for name in registry.names()}
@@ -38,9 +38,9 @@ def test_no_code_outside_an_architectures_file_names_a_model():
 
 
 def test_readme_is_short_and_the_docs_exist():
-    assert (conftest.ROOT / 'README.md').stat().st_size <= 20_000
+    assert (helpers.ROOT / 'README.md').stat().st_size <= 20_000
     for name in DOCS:
-        assert (conftest.ROOT / 'docs' / f'{name}.md').read_text().startswith('# ')
+        assert (helpers.ROOT / 'docs' / f'{name}.md').read_text().startswith('# ')
 
 
 def _imports(path) -> set[str]:
@@ -87,3 +87,11 @@ def test_architecture_files_import_no_program_code(path):
     # An architecture file is read by the registry, the options and detection: it must not import them back.
     imported = _imports(path)
     assert not {m for m in imported if re.fullmatch(r'option|template|api|trainer|model\.(registry|detect)', m)}
+
+
+def test_tests_mirror_src_and_share_code_through_helpers():
+    packages = {p.name for p in SRC.iterdir() if (p / '__init__.py').is_file()}
+    assert packages and all((helpers.TESTS / name).is_dir() for name in packages)
+    for path in helpers.TESTS.rglob('*.py'):
+        if path.name != 'conftest.py':
+            assert not {m for m in _imports(path) if m.split('.')[0] == 'conftest'}, path

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import conftest
+import helpers
 
-BENCH = conftest.ROOT / 'benchmarks'
+BENCH = helpers.ROOT / 'benchmarks'
 SRC = BENCH.parent / 'src'
 sys.path.insert(0, str(BENCH))
 

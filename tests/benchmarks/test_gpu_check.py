@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-import conftest
+import helpers
 
-BENCH = conftest.ROOT / 'benchmarks'
+BENCH = helpers.ROOT / 'benchmarks'
 sys.path.insert(0, str(BENCH))
 import gpu_check  # noqa: E402
 import gpu_check_steps  # noqa: E402

@@ -9,9 +9,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
-import conftest
+import helpers
 
-sys.path.insert(0, str(conftest.ROOT / 'benchmarks'))
+sys.path.insert(0, str(helpers.ROOT / 'benchmarks'))
 import reproduce  # noqa: E402
 
 pytestmark = pytest.mark.slow

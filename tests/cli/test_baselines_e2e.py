@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import conftest
+import helpers
 import utility
 from helpers.architectures import BASELINES, tiny_flags
 
@@ -17,7 +17,7 @@ COMMON = ['--template', 'demo', '--cpu', '--patch_size', '32', '--batch_size', '
 
 
 def run(base: Path, model: str, *flags):
-    done = conftest.run_main(base, *COMMON, *tiny_flags(model), *flags, timeout=600)
+    done = helpers.run_main(base, *COMMON, *tiny_flags(model), *flags, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import api
-import conftest
 import convert
+import helpers
 import option
 from model import detect, registry
 
-THIRDPARTY = conftest.FIXTURES / 'thirdparty'
+THIRDPARTY = helpers.FIXTURES / 'thirdparty'
 
 
 def checkpoint(path, name: str, scale: int = 2, **options):
@@ -115,6 +115,6 @@ def test_a_failed_check_keeps_the_old_file(tmp_path, monkeypatch, capsys):
 def test_command_line(tmp_path):
     checkpoint(tmp_path / 'nlsn.pt', 'NLSN')
     done = subprocess.run([sys.executable, 'convert.py', str(tmp_path / 'nlsn.pt'), str(tmp_path / 'n.safetensors')],
-                          cwd=conftest.SRC, env=conftest.MAIN_ENV, capture_output=True, text=True, timeout=300)
+                          cwd=helpers.SRC, env=helpers.MAIN_ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].startswith(f'{tmp_path / "nlsn.pt"}: NLSN x2 (')

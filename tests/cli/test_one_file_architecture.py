@@ -16,7 +16,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from conftest import MAIN_ENV, SRC
+from helpers import MAIN_ENV, SRC
 
 # Everything docs/adding_a_model.md asks a model file to define, for a network of four convolutions.
 TINYNET = '''

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 import option
-from conftest import MAIN_ENV, SRC
 from core.errors import UserError
+from helpers import MAIN_ENV, SRC
 
 PAPER_X2 = (
     '--epochs 1500 --model LCoAN --save LCoAN_x2 --data_test Set5 --save_dir ../output/ '

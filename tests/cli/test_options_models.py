@@ -7,8 +7,8 @@ import sys
 import pytest
 
 import option
-from conftest import SRC
 from core.errors import UserError
+from helpers import SRC
 from model import registry
 
 # From the baselines' own documentation (EDSR-PyTorch, RCAN, RDN, NLSN), run from src/ as written;

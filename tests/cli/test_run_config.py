@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import api
-import conftest
+import helpers
 import option
 import upscale
 import visualize
@@ -154,7 +154,7 @@ def test_pre_train_and_visualize_read_the_run_config(tmp_path, capsys):
 
 def _save_results_run(base: Path, name: str) -> Path:
     """A one-epoch --save_results run of ``name``'s tiny configuration on the Sample data; returns the run."""
-    proc = conftest.run_main(base, '--template', 'demo', '--cpu', *tiny_flags(name), '--patch_size', '32',
+    proc = helpers.run_main(base, '--template', 'demo', '--cpu', *tiny_flags(name), '--patch_size', '32',
                              '--batch_size', '2', '--test_every', '2', '--epochs', '1', '--n_threads', '0',
                              '--save', 'run', '--seed', '7', timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

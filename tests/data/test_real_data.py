@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-import conftest
+import helpers
 import upscale
 import utility
-from conftest import MAIN_ENV, SRC, run_main
+from helpers import MAIN_ENV, SRC, run_main
 
-BENCHMARK = conftest.SHARED / 'data' / 'benchmark'
+BENCHMARK = helpers.SHARED / 'data' / 'benchmark'
 SETS = ('Set5', 'Set14')
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (BENCHMARK / 'Set5').is_dir(), reason='../shared/data/benchmark is absent')]

@@ -13,8 +13,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-import conftest
 import data
+import helpers
 import option
 from core.errors import UserError
 from data import storage
@@ -171,7 +171,7 @@ def test_training_set_flags(flags, message):
     assert message in str(err.value) and '\n' not in str(err.value)
 
 
-TRAIN = conftest.SHARED / 'data' / 'train'
+TRAIN = helpers.SHARED / 'data' / 'train'
 
 
 @pytest.mark.slow

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-import conftest
+import helpers
 import option
-from conftest import MAIN_ENV, SRC, main_command
+from helpers import MAIN_ENV, SRC, main_command
 from loss import Loss
 from metrics import quantize
 from trainer import Trainer
@@ -123,7 +123,7 @@ def main_cmd(base: Path, *flags) -> list[str]:
 
 
 def run_main(base: Path, *flags) -> subprocess.CompletedProcess:
-    return conftest.run_main(base, *TINY, *flags, timeout=300)
+    return helpers.run_main(base, *TINY, *flags, timeout=300)
 
 
 def start_held(base: Path, batch: int, *flags) -> tuple[subprocess.Popen, list[str]]:

@@ -16,10 +16,10 @@ import math
 import pytest
 import torch
 
-import conftest
+import helpers
 from model import edsr, nlsn, rcan, rdn
 
-FIXTURES = conftest.FIXTURES / 'official'
+FIXTURES = helpers.FIXTURES / 'official'
 NETWORKS = {'edsr': edsr.EDSR, 'rcan': rcan.RCAN, 'rdn': rdn.RDN, 'nlsn': nlsn.NLSN}
 
 

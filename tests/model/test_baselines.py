@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import conftest
+import helpers
 from helpers.architectures import BASELINES, tiny_network
 from model import checkpoint_io, edsr, nlsa, nlsn, rcan, rdn
 
 # Copies of ../shared/reference/ (the official checkpoints' key lists), kept in the repo so this always runs.
-REFERENCE = conftest.FIXTURES / 'reference'
+REFERENCE = helpers.FIXTURES / 'reference'
 
 # The published configurations and their parameter counts at x2/x3/x4 (../shared/reference/README.md).
 PUBLISHED = {

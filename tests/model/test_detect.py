@@ -12,14 +12,14 @@ import pytest
 import torch
 
 import api
-import conftest
+import helpers
 import model
 import option
 from core.errors import UserError
 from model import checkpoint_io, common, detect, registry
 from model.lcoan import LCoAN
 
-REFERENCE = conftest.SHARED / 'reference'
+REFERENCE = helpers.SHARED / 'reference'
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason='../shared/reference is absent')
 
 # The configurations ../shared/reference/README.md states for each listing.

@@ -4,14 +4,14 @@
 import pytest
 import torch
 
-import conftest
+import helpers
 import option
 from model import common, lcoa, lcoan
 from model import sparse_attention as fast
 from model import sparse_attention_reference as ref
 
 # Copies of ../shared/reference/ (the official checkpoints' key lists), kept in the repo so this always runs.
-REFERENCE = conftest.FIXTURES / 'reference'
+REFERENCE = helpers.FIXTURES / 'reference'
 
 PAPER_PARAMETERS = {2: 15_668_508, 3: 16_406_428, 4: 16_258_844}
 

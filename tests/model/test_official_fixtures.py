@@ -10,11 +10,11 @@ centroids included), one LR input in [0, 255] and the official output. No offici
 import pytest
 import torch
 
-import conftest
+import helpers
 from model import lcoan
 from model import sparse_attention as fast
 
-FIXTURES = conftest.FIXTURES / 'official'
+FIXTURES = helpers.FIXTURES / 'official'
 
 
 # Relative deviation from the official output caused only by the tie order of positions within a

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import api
-import conftest
 import convert
+import helpers
 import option
 from core.io_utils import save_weights
 from model import registry, spandrel_support
@@ -79,6 +79,6 @@ def test_our_rcan_needs_the_spandrel_layout_for_spandrel_s_own_rcan(tmp_path, ca
 
 
 def test_basicsr_files_load_through_the_registration(loader):
-    io = torch.load(conftest.FIXTURES / 'thirdparty' / 'basicsr_rcan_x4.io.pt', weights_only=True)
-    model = loader.load_from_file(conftest.FIXTURES / 'thirdparty' / 'basicsr_rcan_x4.pth')
+    io = torch.load(helpers.FIXTURES / 'thirdparty' / 'basicsr_rcan_x4.io.pt', weights_only=True)
+    model = loader.load_from_file(helpers.FIXTURES / 'thirdparty' / 'basicsr_rcan_x4.pth')
     assert (theirs(model, io['input']) - io['output'].clamp(0, 1)).abs().max() < 1e-5

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 import api
-import conftest
+import helpers
 import model
 from model import detect
 
-FIXTURES = conftest.FIXTURES / 'thirdparty'
+FIXTURES = helpers.FIXTURES / 'thirdparty'
 # name -> options the weights cannot tell (BasicSR's x3 fixture was built with res_scale 0.1), read layout.
 CASES = {
     'basicsr_edsr_x2': ({}, None), 'basicsr_edsr_x3': ({'res_scale': 0.1}, None), 'basicsr_rcan_x4': ({}, None),
@@ -75,7 +75,7 @@ def test_super_image_weights_without_the_layout_load_but_compute_another_functio
 
 
 def test_rcan_without_its_placeholder_loads_everywhere(tmp_path):
-    official = torch.load(conftest.FIXTURES / 'official' / 'rcan_x4.pt', weights_only=True)
+    official = torch.load(helpers.FIXTURES / 'official' / 'rcan_x4.pt', weights_only=True)
     state = {k: v for k, v in official['state_dict'].items() if k != 'a'}
     path = tmp_path / 'RCAN_BIX4.pt'
     torch.save(state, path)
@@ -118,7 +118,7 @@ def test_upscale_py_writes_the_png_spandrel_writes(tmp_path):
     image = tmp_path / 'in.png'
     iio.imwrite(image, to_uint8(io['input']))
     run = subprocess.run([sys.executable, 'upscale.py', '--weights', str(FIXTURES / 'spandrel_rcan_x2.pth'), str(image),
-                          '-o', str(tmp_path / 'out'), '--cpu'], cwd=conftest.SRC, env=conftest.MAIN_ENV,
+                          '-o', str(tmp_path / 'out'), '--cpu'], cwd=helpers.SRC, env=helpers.MAIN_ENV,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     written = iio.imread(tmp_path / 'out' / 'in_x2.png').astype(int)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import conftest
+import helpers
 import option
 from core.errors import UserError
 from core.io_utils import atomic_save, load_state
@@ -507,10 +507,10 @@ def test_e2e_test_only_on_a_run_reads_its_architecture_and_a_failure_leaves_no_f
     # evaluation left a test-<date> folder.
     a = e2e / 'exp' / 'a'
     earlier = set(a.glob('test-*'))
-    failed = conftest.run_main(e2e, '--load', 'a', '--test_only', '--cpu', '--data_test', 'Set14')
+    failed = helpers.run_main(e2e, '--load', 'a', '--test_only', '--cpu', '--data_test', 'Set14')
     assert failed.returncode == 2 and failed.stderr.startswith('error: Set14 not found'), failed.stderr
     assert set(a.glob('test-*')) == earlier
-    done = conftest.run_main(e2e, '--load', 'a', '--test_only', '--cpu', '--data_test', 'Sample')
+    done = helpers.run_main(e2e, '--load', 'a', '--test_only', '--cpu', '--data_test', 'Sample')
     assert done.returncode == 0, done.stdout + done.stderr
     assert f'--load a --test_only: {a}/model/model_latest.pt: LCoAN x2 checkpoint; options read from the weights: ' \
            'model=LCoAN, scale=2, n_colors=3, n_feats=8, n_resgroups=1, n_resblocks=1, ' in done.stdout

@@ -16,16 +16,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import conftest
-from conftest import MAIN_ENV, SRC, main_command
+import helpers
 from core import distributed
 from core.errors import UserError
 from core.io_utils import load_state
 from data import sample
+from helpers import MAIN_ENV, SRC, main_command
 from helpers.architectures import BASELINES, tiny_flags
 from training import interrupts
 
-WORKER = conftest.TESTS / 'helpers' / 'ddp_worker.py'
+WORKER = helpers.TESTS / 'helpers' / 'ddp_worker.py'
 TINY = ['--scale', '2', '--n_resgroups', '3', '--n_resblocks', '1', '--n_feats', '16', '--reduction', '2',
         '--n_clusters', '8', '--window_size', '32', '--ema_decay', '0.9', '--batch_size', '4', '--patch_size', '24',
         '--res_scale', '0.5', '--n_hashes', '2']
@@ -73,7 +73,7 @@ def main_cmd(base: Path, *flags) -> list[str]:
 
 
 def run_main(base: Path, *flags) -> subprocess.CompletedProcess:
-    return conftest.run_main(base, *MAIN_TINY, *flags)
+    return helpers.run_main(base, *MAIN_TINY, *flags)
 
 
 @pytest.mark.slow
@@ -301,7 +301,7 @@ def test_baselines_train_on_two_processes(tmp_path, name):
     flags = ['--template', 'demo', '--cpu', '--n_GPUs', '2', '--n_threads', '0', *tiny_flags(name),
              '--patch_size', '32', '--batch_size', '4', '--test_every', '2',
              '--print_every', '1', '--dist_timeout', '300']
-    done = conftest.run_main(tmp_path, *flags, '--save', 'r', '--epochs', '2')
+    done = helpers.run_main(tmp_path, *flags, '--save', 'r', '--epochs', '2')
     assert done.returncode == 0, done.stdout + done.stderr
     log = (tmp_path / 'exp' / 'r' / 'log.txt').read_text()
     assert log.count('[Epoch 2]\tLearning rate') == 1 and log.count('[Sample x2]\tPSNR') == 2

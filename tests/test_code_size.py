@@ -3,7 +3,7 @@ no function in src/ runs over 80 lines (the argument parser, a list of flags, ex
 
 import ast
 
-from conftest import SRC
+from helpers import SRC
 
 MAX_TRAINER_LINES = 220
 MAX_FUNCTION_LINES = 80
