@@ -193,6 +193,25 @@ def _names(flag: str, value: str, allowed, layouts: str = ''):
     return out
 
 
+def _finalize_data_flags(args: argparse.Namespace) -> None:
+    """The data sets as lists of names, --dir_train with Folder alone, --data_range as two ranges."""
+    args.data_train = _names('data_train', args.data_train, TRAIN_SETS, trainsets.LAYOUTS)
+    if ('Folder' in args.data_train) != (args.dir_train is not None):
+        if args.dir_train is None:
+            _fail('data_train', '+'.join(args.data_train), 'Folder needs --dir_train PATH, a folder of HR images')
+        _fail('dir_train', args.dir_train, 'is for --data_train Folder (add Folder to --data_train)')
+    args.data_test = _names('data_test', args.data_test, TEST_SETS)
+
+    parts = args.data_range.split('/')
+    ranges = [_parse_range(p) for p in parts]
+    if len(parts) not in (1, 2) or None in ranges:
+        _fail('data_range', args.data_range, 'expected "a-b/c-d" (training/validation) or "a-b" (both) with '
+              '1 <= a <= b and 1 <= c <= d, e.g. 1-800/801-810')
+    if len(ranges) == 1:  # EDSR-PyTorch's single range: the images to train on, or to test with --test_only
+        ranges *= 2
+    args.train_range, args.test_range = ranges
+
+
 def fill_model_defaults(args: argparse.Namespace) -> None:
     """Give every model flag of ``args.model`` that is still ``None`` the model's published default;
     refuse a given model flag that the model does not use."""
@@ -241,21 +260,7 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     if len(args.scale) != 1:
         _fail('scale', '+'.join(map(str, args.scale)), f'{model} has one upsampler: give a single scale')
 
-    args.data_train = _names('data_train', args.data_train, TRAIN_SETS, trainsets.LAYOUTS)
-    if ('Folder' in args.data_train) != (args.dir_train is not None):
-        if args.dir_train is None:
-            _fail('data_train', '+'.join(args.data_train), 'Folder needs --dir_train PATH, a folder of HR images')
-        _fail('dir_train', args.dir_train, 'is for --data_train Folder (add Folder to --data_train)')
-    args.data_test = _names('data_test', args.data_test, TEST_SETS)
-
-    parts = args.data_range.split('/')
-    ranges = [_parse_range(p) for p in parts]
-    if len(parts) not in (1, 2) or None in ranges:
-        _fail('data_range', args.data_range, 'expected "a-b/c-d" (training/validation) or "a-b" (both) with '
-              '1 <= a <= b and 1 <= c <= d, e.g. 1-800/801-810')
-    if len(ranges) == 1:  # EDSR-PyTorch's single range: the images to train on, or to test with --test_only
-        ranges *= 2
-    args.train_range, args.test_range = ranges
+    _finalize_data_flags(args)
 
     decay = args.decay.split('-')
     if not all(d.strip().isdigit() and int(d) > 0 for d in decay):

@@ -123,6 +123,13 @@ def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, Path]], scale
         _check_sizes(name, hr, hr_size, lr, lr_size, scale, training, patch_size, cropped)
         pairs.append(ImagePair(name=pair_name, hr=hr, lr=lr, hr_size=hr_size, lr_size=lr_size))
 
+    _report(name, root, conversions, cropped, built, (len(pairs), skipped) if training else None, patch_size)
+    return pairs
+
+
+def _report(name: str, root: Path, conversions: list, cropped: list[str], built: int,
+            training_size: tuple[int, int] | None, patch_size: int) -> None:
+    """The scan's warnings and log lines: converted and cropped images, cached ones, and a training set's size."""
     message = describe_conversion(name, conversions)
     if message:
         warn(message)
@@ -132,10 +139,10 @@ def scan_pairs(*, name: str, root: Path, entries: list[tuple[Path, Path]], scale
              f'{cropped[0]}{more}')
     if built:
         say(f'{name}: {built} image(s) cached')
-    if training:
+    if training_size is not None:
+        kept, skipped = training_size
         left_out = f' ({skipped} smaller than the {patch_size}x{patch_size} patch left out)' if skipped else ''
-        say(f'{name}: {len(pairs)} training image(s) in {root}{left_out}')
-    return pairs
+        say(f'{name}: {kept} training image(s) in {root}{left_out}')
 
 
 def _holding_a_patch(name: str, entries: list[tuple[Path, Path]], scale: int,
