@@ -507,7 +507,8 @@ class SwinIR(nn.Module):
         dim = embed_dim
         self.conv_first = nn.Conv2d(n_colors, dim, 3, padding=1)
         self.patch_embed = PatchNorm(dim)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)  # (plain Python: the network is also built on the meta device)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         self.layers = nn.ModuleList()
         for i, (depth, h) in enumerate(zip(depths, heads, strict=True)):
             start = sum(depths[:i])
