@@ -136,11 +136,14 @@ def _read_options(state: spec.StateDict) -> dict:
     embed_dim, n_colors = spec.shape(state, 'conv_first.weight')[:2]
     depths = [spec.count(state, f'layers.{i}.residual_group.blocks.{{i}}.norm1.weight')
               for i in range(spec.count(state, 'layers.{i}.residual_group.blocks.0.norm1.weight'))]
+    if not depths or not all(depths):
+        raise spec.mismatch('SwinIR-like keys, but no residual group of Swin blocks from layers.0.residual_group'
+                            '.blocks.0 on')
     table = [spec.shape(state, _BLOCK.format(i=i, j=0) + 'attn.relative_position_bias_table') for i in
              range(len(depths))]
-    side = math.isqrt(table[0][0]) if table else 0
+    side = math.isqrt(table[0][0])
     window_size = (side + 1) // 2 if side * side == table[0][0] and side % 2 else 0
-    hidden = spec.shape(state, _BLOCK.format(i=0, j=0) + 'mlp.fc1.weight')[0] if depths else 0
+    hidden = spec.shape(state, _BLOCK.format(i=0, j=0) + 'mlp.fc1.weight')[0]
     options = dict(scale=0, n_colors=n_colors, embed_dim=embed_dim, depths='+'.join(map(str, depths)),
                    num_heads='+'.join(str(t[1]) for t in table), window_size=window_size,
                    mlp_ratio=hidden / embed_dim, upsampler='pixelshuffle' if 'conv_last.weight' in state
