@@ -46,6 +46,20 @@ TEMPLATES = {
     'RDN': dict(model='RDN', models={'RDN': dict(G0=64, RDNkSize=3, RDNconfig='B')}),
     'NLSN': dict(model='NLSN', models={'NLSN': dict(n_resblocks=32, n_feats=256, res_scale=0.1, chunk_size=144,
                                                     n_hashes=4)}),
+    # SwinIR's classical SR model (SwinIR-M, DIV2K, 001_classicalSR_DIV2K_s48w8_SwinIR-M_x2.pth) and its training
+    # (KAIR's train_swinir_sr_classical.json: batch 32, 96x96 HR patches at x2, lr 2e-4 halved at 250k, 400k, 450k
+    # and 475k of 500k iterations; here 1000 iterations an epoch). At x3/x4 give --scale and --patch_size 48*scale.
+    'SwinIR_paper': dict(
+        model='SwinIR', rgb_range=1, scale='2', patch_size=96, batch_size=32, lr=2e-4, decay='250-400-450-475',
+        epochs=500, test_every=1000,
+        models={'SwinIR': dict(embed_dim=180, depths='6+6+6+6+6+6', num_heads='6+6+6+6+6+6', window_size=8,
+                               mlp_ratio=2.0, img_size=48, upsampler='pixelshuffle', resi_connection='1conv')}),
+    # Its lightweight SR model (SwinIR-S, 002_lightweightSR_DIV2K_s64w8_SwinIR-S_x2.pth): batch 64, 64x64 LR patches.
+    'SwinIR_light': dict(
+        model='SwinIR', rgb_range=1, scale='2', patch_size=128, batch_size=64, lr=2e-4, decay='250-400-450-475',
+        epochs=500, test_every=1000,
+        models={'SwinIR': dict(embed_dim=60, depths='6+6+6+6', num_heads='6+6+6+6', window_size=8, mlp_ratio=2.0,
+                               img_size=64, upsampler='pixelshuffledirect', resi_connection='1conv')}),
 }
 
 

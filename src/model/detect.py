@@ -149,8 +149,8 @@ def _verified(arch: Architecture, state: dict[str, torch.Tensor], layout: Layout
     rgb_range = rgb_range_of(state)
     if layout is not None and layout.mean_outside:
         assumed['rgb_range'] = layout_range
-    elif rgb_range is None:
-        assumed['rgb_range'] = DEFAULT_RGB_RANGE
+    elif rgb_range is None:  # an architecture's ``assume`` may say what its published weights run on
+        assumed.setdefault('rgb_range', DEFAULT_RGB_RANGE)
     else:
         options['rgb_range'] = rgb_range
     return Detected(model=arch.name, options=options, assumed=assumed, layout=layout.source if layout else '')

@@ -117,7 +117,8 @@ class Architecture:
             plus its flags); detection accepts a state_dict only when this rebuilds it exactly.
         assume: published values that depend on the options read from the weights (EDSR's residual
             scaling differs between its two published sizes); every other flag the weights do not
-            record is assumed to have its default.
+            record is assumed to have its default. It may give ``rgb_range``, the range that weights
+            without a mean shift run on (SwinIR's: 1; otherwise EDSR-PyTorch's 255 is assumed).
         layouts: other code bases' key names for this network (:class:`Layout`), read and written
             through renaming (BasicSR's EDSR and RCAN).
     """
