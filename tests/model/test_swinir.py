@@ -8,14 +8,14 @@ import torch
 from PIL import Image
 
 import api
-import conftest
+import helpers
 import option
 import upscale
 from helpers.architectures import tiny_network
 from model import checkpoint_io, detect, swinir
 from model.spec import UnknownCheckpoint
 
-FIXTURES = conftest.FIXTURES / 'swinir'
+FIXTURES = helpers.FIXTURES / 'swinir'
 # name -> the options detection must read from the weights (the official constructor's arguments).
 CASES = {
     'classical_x2': dict(scale=2, n_colors=3, embed_dim=12, depths='2+1', num_heads='2+3', window_size=4,
@@ -113,7 +113,7 @@ RELEASES = {
 
 
 def listing(name: str) -> list[tuple[str, tuple, str]]:
-    text = (conftest.FIXTURES / 'reference' / f'{name}_state_dict.txt').read_text()
+    text = (helpers.FIXTURES / 'reference' / f'{name}_state_dict.txt').read_text()
     rows = [line.split('\t') for line in text.splitlines()]
     return [(key, tuple(int(n) for n in shape.strip('()').split(',') if n.strip()), dtype)
             for key, shape, dtype in rows]
