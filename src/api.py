@@ -260,8 +260,20 @@ def load_pretrained(path: str | Path, *, device: str | torch.device | None = Non
         TypeError: an override that is no option.
     """
     path = Path(path)
-    state, detected = detect.read_checkpoint(path, what='weights', rgb_range=overrides.get('rgb_range'), layout=layout)
+    state, detected = read_checkpoint(path, what='weights', layout=layout, rgb_range=overrides.get('rgb_range'))
     return build(state, detected, weights=path, device=device, **overrides)
+
+
+def read_checkpoint(path: str | Path, *, what: str, layout: str | None = None,
+                    rgb_range: float | None = None) -> tuple[dict[str, Tensor], detect.Detected]:
+    """:func:`detect.read_checkpoint`; a layout that keeps the mean shift out of its weights (BasicSR's) gets
+    ``rgb_range`` (a flag), else the run's config.txt's, else the default."""
+    state, detected = detect.read_checkpoint(path, what=what, rgb_range=rgb_range, layout=layout)
+    if rgb_range is None and detected.layout and 'rgb_range' in detected.assumed:
+        run_range = resolve(path, detected).from_config.get('rgb_range')
+        if run_range is not None and run_range != detected.assumed['rgb_range']:
+            state, detected = detect.read_checkpoint(path, what=what, rgb_range=run_range, layout=layout)
+    return state, detected
 
 
 def build(state: dict[str, Tensor], detected: detect.Detected, *, weights: str | Path, what: str = 'weights',
