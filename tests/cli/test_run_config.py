@@ -171,3 +171,35 @@ def test_export_takes_the_model_flags(tmp_path, capsys):
     assert export.main(['--weights', str(weights), '--onnx', str(tmp_path / 'w.onnx'), '--no_check',
                         '--res_scale', '0.3']) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith('; as given: res_scale=0.3.')
+
+
+@pytest.mark.parametrize('line', ['res_scale: 0', 'res_scale: abc', 'res_scale: -1'])
+def test_a_value_in_config_txt_that_is_none_of_the_option_is_named(tmp_path, line):
+    weights = make_run(tmp_path, *EDSR)
+    config = tmp_path / 'run' / 'config.txt'
+    config.write_text(config.read_text().replace('res_scale: 0.1', line))
+    net = api.load_pretrained(weights, device='cpu')
+    assert net.sr_args.res_scale == 1.0
+    assert (f'; {config}: not used: {line} (not a value of the option); assumed (not stored in the weights): '
+            'res_scale=1.0.') in net.sr_options
+
+
+def test_a_config_txt_cut_short_is_named(tmp_path):
+    weights = make_run(tmp_path, *EDSR)
+    config = tmp_path / 'run' / 'config.txt'
+    text = config.read_text()
+    config.write_text(text + text[:text.index('model: ')])
+    net = api.load_pretrained(weights, device='cpu')
+    assert net.sr_args.res_scale == 1.0
+    assert f'; {config} not used: the options of its last run are missing (the file was cut short?); ' in net.sr_options
+
+
+def test_the_official_codes_config_txt_is_read(tmp_path):
+    """EDSR-PyTorch writes a time, a blank line and ``key: value`` lines per run, without a command line."""
+    weights = make_run(tmp_path, *EDSR)
+    config = tmp_path / 'run' / 'config.txt'
+    official = ['2019-03-01-10:00:00', '', 'debug: False', 'template: .', 'model: EDSR', 'scale: [2]',
+                'res_scale: 0.5', 'rgb_range: 1', '']
+    config.write_text('\n'.join(official + official[:6] + ['res_scale: 0.2', 'rgb_range: 1', '']))
+    net = api.load_pretrained(weights, device='cpu')
+    assert net.sr_args.res_scale == 0.2 and f'from {config}: res_scale=0.2' in net.sr_options
