@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description='Single-image super-resolution: ' + ', '.join(registry.names()),
         epilog='Model flags that are not given take the published default of the chosen --model (listed with '
-               'each flag); a flag given on the command line always wins. config.txt records the values in force.',
+               'each flag); a flag given on the command line always wins. config.txt records the values in force.'
+               + (' ' + registry.broken_note() if registry.broken() else ''),
         formatter_class=_HelpFormatter,
     )
     add = parser.add_argument
