@@ -767,6 +767,8 @@ def bench_compile(ctx: Context) -> None:
     included) and the median after it; forward first, then the training step, fp32 before bf16."""
     import torch
 
+    from model import compiling
+
     ctx.needs_cuda()
     s = ctx.sizes
     device = ctx.device
@@ -783,6 +785,7 @@ def bench_compile(ctx: Context) -> None:
         entry = cases[name] = {}
         try:
             torch._dynamo.reset()
+            compiling.fence()
             _graph_breaks(clear=True)
             if kind == 'forward':
                 net = ours(ctx, fscale).to(device).eval()

@@ -93,19 +93,29 @@ def run_config_path(weights: str | Path) -> Path | None:
 
 
 def read_run_config(path: str | Path) -> dict[str, Any]:
-    """The options of the last run recorded in a config.txt (``training.run_folder`` appends one block per run),
-    as Python values where they read as one (``[2]``, ``0.1``, ``None``), else as text; empty for no run."""
+    """The options of the last run recorded in a config.txt, as Python values where they read as one (``[2]``,
+    ``0.1``, ``None``), else as text; empty for no run. ``training.run_folder`` appends one block per run (a
+    time, ``command: ...``, ``key: value`` lines); the official EDSR code writes blocks of a time and the
+    ``key: value`` lines, which are read the same way. ``'_truncated'`` is set when the last block of ours
+    lacks its options (a file cut short)."""
+    lines = Path(path).read_text(errors='replace').splitlines()
+    ours = any(line.startswith('command: ') for line in lines)
     blocks: list[dict[str, Any]] = []
-    for line in Path(path).read_text(errors='replace').splitlines():
-        if line.startswith('command: '):
-            blocks.append({})
-        elif blocks and ': ' in line:
+    for line in lines:
+        if line.startswith('command: ') or (not ours and line.strip() and ': ' not in line):
+            blocks.append({})  # ours: the command line starts a block; the official code's: its time
+        elif ': ' in line and (blocks or not ours):
+            if not blocks:
+                blocks.append({})
             key, text = line.split(': ', 1)
             try:
                 blocks[-1][key] = ast.literal_eval(text)
             except (ValueError, SyntaxError, MemoryError, RecursionError):
                 blocks[-1][key] = text
-    return blocks[-1] if blocks else {}
+    last = blocks[-1] if blocks else {}
+    if ours and 'model' not in last:
+        last['_truncated'] = True
+    return last
 
 
 def _same(theirs: Any, ours: Any) -> bool:
@@ -132,11 +142,13 @@ def _as_type_of(value: Any, like: Any) -> Any:
 
 def _from_run_config(config: Path, detected: detect.Detected) -> tuple[dict[str, Any], str]:
     """The options ``config`` gives that the weights do not record, if it describes the network of ``detected``;
-    else ``({}, why not)``."""
+    else ``({}, why not)``. A value that is no value of its option is left out, and the note says so."""
     try:
         run = read_run_config(config)
     except OSError as e:
         return {}, f'{config} not read ({e.strerror or e})'
+    if run.get('_truncated'):
+        return {}, f'{config} not used: the options of its last run are missing (the file was cut short?)'
     model = run.get('model')
     if not run or not isinstance(model, str):
         return {}, ''  # not a run's config.txt
@@ -145,16 +157,21 @@ def _from_run_config(config: Path, detected: detect.Detected) -> tuple[dict[str,
     for key, value in detected.options.items():
         if run.get(key) is not None and not _same(run[key], value):
             return {}, f'{config} not used: its {key} is {run[key]}, the weights\' {value}'
-    values = {}
+    values, bad = {}, []
+    positive = {f.name for f in registry.get(detected.model).flags if f.must_be_positive} | {'rgb_range'}
     for key, published in detected.assumed.items():
         if run.get(key) is not None:
             try:
                 values[key] = _as_type_of(run[key], published)
+                if key in positive and not values[key] > 0:
+                    raise ValueError(run[key])
             except ValueError:
-                pass  # not a value this program wrote: the published one stays
+                values.pop(key, None)
+                bad.append(f'{key}: {run[key]}')
     if isinstance(run.get('seed'), int) and not isinstance(run['seed'], bool):
         values['seed'] = run['seed']
-    return values, ''
+    note = f'{config}: not used: ' + ', '.join(bad) + ' (not a value of the option)' if bad else ''
+    return values, note
 
 
 def resolve(weights: str | Path, detected: detect.Detected, given: Iterable[str] = ()) -> Resolved:
@@ -192,7 +209,7 @@ def model_overrides(args) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
-def _apply_weights(args, flag: str, path: str | Path | None = None) -> str:
+def _apply_weights(args, flag: str, path: str | Path | None = None, *, recorded_range: bool = False) -> str:
     """``--pre_train X.pt`` with architecture flags left out: fill them from the checkpoint (and its run's
     config.txt). Flags in ``args.given`` (command line or ``--template``) win; a contradiction then surfaces as
     the loader's mismatch error, except a given ``--model`` other than the checkpoint's, which is named as
@@ -210,6 +227,11 @@ def _apply_weights(args, flag: str, path: str | Path | None = None) -> str:
             f'{flag} {path}: a checkpoint of {detected.model} x{detected.scale}, but the model is {args.model}{by}; '
             f'give --model {detected.model}, or leave out --model and --template to take the architecture from '
             'the weights')
+    if recorded_range and given_range is not None and not _same(given_range, detected.options.get('rgb_range',
+                                                                                                 given_range)):
+        raise UserError(f'{flag} rgb_range {given_range}, but {path} records rgb_range='
+                        f'{detected.options["rgb_range"]} (in its mean shift); give --rgb_range '
+                        f'{detected.options["rgb_range"]}')
     resolved = resolve(path, detected, args.given)
     filled, _ = detect.fill_options(args, dataclasses.replace(detected, assumed={}), args.given)
     for key, value in {**resolved.from_config, **resolved.assumed}.items():
@@ -228,14 +250,59 @@ def parse_args(argv=None, *, weights_flag: str = '--pre_train'):
     or there is none; ``args.device_note`` says when CUDA was missing). ``weights_flag`` names the checkpoint in
     messages (``visualize.py``: ``--weights``)."""
     args = option.parse(argv)
+    config, taken = _take_run_options(args)
+    resumed = run_flags.resumed_run(args)
     weights = run_flags.evaluated_weights(args)  # --load <run> --test_only: the run's network file
-    if weights:
-        args.pre_train_detected = _apply_weights(args, f'--load {args.load} --test_only:', weights)
+    if resumed is not None:
+        flag = f'--load {args.load} --resume {args.resume}:'
+        lines = [f'{flag} the options not given are the run\'s, from {config}'] if taken else []
+        lines.append(_apply_weights(args, flag, run_flags.run_weights(resumed, args.resume), recorded_range=True))
+        args.pre_train_detected = '\n'.join(line for line in lines if line)
+    elif weights:
+        args.pre_train_detected = _apply_weights(args, f'--load {args.load} --test_only:', weights,
+                                                 recorded_range=True)
     else:
         args.pre_train_detected = _apply_weights(args, weights_flag)
-    option.finalize(args)
+    try:
+        option.finalize(args)
+    except UserError as e:  # a value from config.txt is named there, not as a flag the user did not give
+        key = next((k for k in taken if str(e).startswith(f'--{k} ')), None)
+        if key is None:
+            raise
+        raise UserError(f'{config}: {key} {str(e)[len(key) + 3:]} (the run\'s value; correct it there or give '
+                        f'--{key})') from None
     args.device_note = distributed.select_device(args)
     return args
+
+
+def _take_run_options(args) -> tuple[Path | None, set[str]]:
+    """``--load RUN --resume N``: every option not given now (but those of :data:`option.NOT_RESUMED`) takes
+    the value the run's config.txt records for its last start, as if given. Returns the config.txt and the
+    options taken (none for other flags, or a run without a config.txt, which the run folder reports)."""
+    run = run_flags.resumed_run(args)
+    config = None if run is None else run / RUN_CONFIG
+    if config is None or not config.is_file():
+        return None, set()
+    try:
+        recorded = read_run_config(config)
+    except OSError as e:
+        raise UserError(f'{config}: cannot read it ({e.strerror or e})') from None
+    if recorded.pop('_truncated', False):
+        raise UserError(f'{config}: the options of the run\'s last start are missing (the file was cut short?); '
+                        'delete that incomplete last block to resume with the ones before it')
+    dests = {a.dest for a in option.build_parser()._actions}
+    taken = set()
+    for key, value in recorded.items():
+        if key not in dests or key in option.NOT_RESUMED or key in args.given or value is None:
+            continue
+        try:
+            setattr(args, key, option.as_flag_value(key, value))
+        except ValueError as e:
+            raise UserError(f'{config}: {key}: {value!r} is not {e} (the run\'s value; correct it there or give '
+                            f'--{key})') from None
+        taken.add(key)
+    args.given |= taken
+    return config, taken
 
 
 def load_pretrained(path: str | Path, *, device: str | torch.device | None = None, layout: str | None = None,
@@ -260,8 +327,20 @@ def load_pretrained(path: str | Path, *, device: str | torch.device | None = Non
         TypeError: an override that is no option.
     """
     path = Path(path)
-    state, detected = detect.read_checkpoint(path, what='weights', rgb_range=overrides.get('rgb_range'), layout=layout)
+    state, detected = read_checkpoint(path, what='weights', layout=layout, rgb_range=overrides.get('rgb_range'))
     return build(state, detected, weights=path, device=device, **overrides)
+
+
+def read_checkpoint(path: str | Path, *, what: str, layout: str | None = None,
+                    rgb_range: float | None = None) -> tuple[dict[str, Tensor], detect.Detected]:
+    """:func:`detect.read_checkpoint`; a layout that keeps the mean shift out of its weights (BasicSR's) gets
+    ``rgb_range`` (a flag), else the run's config.txt's, else the default."""
+    state, detected = detect.read_checkpoint(path, what=what, rgb_range=rgb_range, layout=layout)
+    if rgb_range is None and detected.layout and 'rgb_range' in detected.assumed:
+        run_range = resolve(path, detected).from_config.get('rgb_range')
+        if run_range is not None and run_range != detected.assumed['rgb_range']:
+            state, detected = detect.read_checkpoint(path, what=what, rgb_range=run_range, layout=layout)
+    return state, detected
 
 
 def build(state: dict[str, Tensor], detected: detect.Detected, *, weights: str | Path, what: str = 'weights',

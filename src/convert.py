@@ -48,11 +48,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="read IN as this layout, for one its weights do not reveal: 'super-image' (its EDSR and "
                         'RCAN run on [0, 1] images, the EDSR without its mean shift)')
     p.add_argument('--overwrite', action='store_true', help='replace OUT if it exists')
+    api.add_model_flags(p)
     return p.parse_args(argv)
 
 
 def out_state(state: dict, detected: detect.Detected, net: torch.nn.Module, layout: str) -> dict:
-    """``state`` (our layout, as read) in ``layout``; placeholders the network has are filled from it."""
+    """``state`` (our layout, as read) in ``layout``; placeholders the network has are filled from it; a layout
+    that stores options outside its weights gets the network's own (``net.sr_args``: flags, the run's config.txt)."""
     own = net.state_dict()
     ours = {k: state[k] if k in state else own[k] for k in own}
     if layout == 'ours':
@@ -65,7 +67,12 @@ def out_state(state: dict, detected: detect.Detected, net: torch.nn.Module, layo
     if rgb_range_of(ours) is None or ours['add_mean.bias'].numel() != 3:
         raise UserError(f'--layout {layout}: its network subtracts the DIV2K mean of 3 colours itself, but this '
                         'checkpoint holds another mean shift')
-    return found[0].from_ours(ours, {**detected.options, **detected.assumed})
+    return found[0].from_ours(ours, _options(detected, net))
+
+
+def _options(detected: detect.Detected, net: torch.nn.Module) -> dict:
+    """The network's options by name: those the weights record, the rest as resolved for ``net``."""
+    return {**detected.options, **{k: getattr(net.sr_args, k) for k in detected.assumed}}
 
 
 def _output(net: torch.nn.Module, lr: torch.Tensor) -> torch.Tensor:
@@ -100,8 +107,11 @@ def verify(path: Path, net: torch.nn.Module, detected: detect.Detected, layout: 
 
 def convert(args: argparse.Namespace) -> int:
     src, out = Path(args.input), Path(args.output)
+    overrides = api.model_overrides(args)
     if out.suffix not in (SAFETENSORS_SUFFIX, *TORCH_SUFFIXES):
         raise UserError(f'{out}: the extension says the format: {SAFETENSORS_SUFFIX} or {", ".join(TORCH_SUFFIXES)}')
+    if out.is_dir():
+        raise UserError(f'{out}: a folder; give the file to write (e.g. {out / src.with_suffix(out.suffix).name})')
     if out.exists() and not args.overwrite:
         raise UserError(f'{out} exists; give --overwrite to replace it')
     if not out.parent.is_dir():
@@ -109,11 +119,12 @@ def convert(args: argparse.Namespace) -> int:
     if args.source is not None and args.source not in checkpoint_io.layouts():
         raise UserError(f'--from {args.source!r}: allowed: {", ".join(checkpoint_io.layouts())}')
     try:
-        state, detected = detect.read_checkpoint(src, what='checkpoint', layout=args.source)
+        state, detected = api.read_checkpoint(src, what='checkpoint', layout=args.source,
+                                              rgb_range=overrides.get('rgb_range'))
     except UnknownCheckpoint as e:
         raise UserError(str(e)) from None
-    print(f'{src}: {detected.describe()}')
-    net = api.build(state, detected, weights=src, what='checkpoint', device='cpu')
+    net = api.build(state, detected, weights=src, what='checkpoint', device='cpu', **overrides)
+    print(net.sr_options)
     written = out_state(state, detected, net, args.layout)
     tmp = out.with_name(f'.{out.stem}.convert-{os.getpid()}{out.suffix}')
     try:
@@ -136,7 +147,7 @@ def _print_how_to_load(out: Path, detected: detect.Detected, net: torch.nn.Modul
     if layout == 'basicsr':
         lay = next(lay for lay in registry.get(detected.model).layouts if lay.name == layout)
         if lay.load_there is not None:
-            options = {**detected.options, **detected.assumed, 'rgb_range': net.sr_args.rgb_range}
+            options = {**_options(detected, net), 'rgb_range': net.sr_args.rgb_range}
             print(f'In BasicSR: {lay.load_there(options)} (img_range is not stored in the weights).')
     elif layout == 'spandrel':
         print(f'In spandrel: spandrel.ModelLoader().load_from_file({str(out)!r}); for an architecture spandrel '

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description='Single-image super-resolution: ' + ', '.join(registry.names()),
         epilog='Model flags that are not given take the published default of the chosen --model (listed with '
-               'each flag); a flag given on the command line always wins. config.txt records the values in force.',
+               'each flag); a flag given on the command line always wins. config.txt records the values in force.'
+               + (' ' + registry.broken_note() if registry.broken() else ''),
         formatter_class=_HelpFormatter,
     )
     add = parser.add_argument
@@ -348,6 +349,35 @@ def parse(argv=None) -> argparse.Namespace:
 def parse_args(argv=None) -> argparse.Namespace:
     """:func:`parse` then :func:`finalize`: the checked options of the command line ``argv``."""
     return finalize(parse(argv))
+
+
+# The list options finalize splits, and the separator their flag joins them with (config.txt records the lists).
+_JOINED = {'scale': '+', 'data_train': '+', 'data_test': '+', 'decay': '-', 'betas': '+'}
+# What --load RUN --resume takes from the run's config.txt only when given again: which run, what to do with it,
+# and this machine's hardware.
+NOT_RESUMED = frozenset({'load', 'resume', 'save', 'save_dir', 'reset', 'test_only', 'untrained', 'pre_train',
+                         'template', 'cpu', 'n_GPUs', 'n_threads', 'dist_timeout'})
+
+
+def as_flag_value(dest: str, value):
+    """A value of option ``dest`` as config.txt records it (after :func:`finalize`), as :func:`parse` gives it:
+    lists joined as on the command line, the flag's type. ValueError (its text: what the flag takes) if it is
+    not a value of the flag; KeyError for no such option."""
+    action = {a.dest: a for a in build_parser()._actions}[dest]
+    if value is None:
+        return None
+    if dest in _JOINED and isinstance(value, list | tuple):
+        value = _JOINED[dest].join(map(str, value))
+    if isinstance(action.const, bool) and action.nargs == 0:  # store_true
+        if not isinstance(value, bool):
+            raise ValueError('True or False')
+        return value
+    kind = action.type or str
+    if kind is str:
+        return str(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
+        raise ValueError('an integer' if kind is int else 'a number')
+    return kind(value)
 
 
 def for_model(model: str, **options) -> argparse.Namespace:

@@ -6,8 +6,6 @@ loading ``--pre_train``, and the test-time extras (``--precision`` autocast, ``-
 """
 
 import inspect
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -15,8 +13,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core import distributed
-from core.errors import UserError
-from model import checkpoint_io, inference, registry
+from model import checkpoint_io, compiling, inference, registry
 
 
 class Model(nn.Module):
@@ -47,10 +44,8 @@ class Model(nn.Module):
         if args.pre_train:
             self.load_pretrained(args.pre_train)
         if args.compile:
-            check_compiler(args.compile, self.device)
-            # In place (nn.Module.compile): the network keeps its class and its state_dict keys, so
-            # checkpoints of a compiled run are the plain ones.
-            self.model.compile(backend=args.compile)
+            # In place: checkpoints of a compiled run are the plain network's.
+            compiling.compile_network(self.model, args.compile, self.device)
             self.ckp.write_log(f'torch.compile (backend {args.compile}): the first batches of every input '
                                'shape are slow while it compiles.')
         if distributed.is_initialized():
@@ -101,17 +96,6 @@ class Model(nn.Module):
         return inference.tiled_forward(
             forward, lr, scale=self.scale, rows=inference.overlap_spans(h, self.chop_size, self.chop_overlap),
             cols=inference.overlap_spans(w, self.chop_size, self.chop_overlap), batch=self.chop_batch)
-
-
-def check_compiler(backend: str, device: torch.device) -> None:
-    """``--compile inductor`` on the CPU generates C++: without a compiler it would fail at the first batch,
-    deep inside torch, so it is refused here in one line."""
-    if backend != 'inductor' or device.type != 'cpu':
-        return
-    if os.environ.get('CXX') or any(shutil.which(cxx) for cxx in ('g++', 'clang++', 'c++')):
-        return
-    raise UserError('--compile inductor on the CPU needs a C++ compiler (g++, clang++ or $CXX) and none was '
-                    'found: install one, or give --compile eager, or leave out --compile')
 
 
 def ddp_without_buffer_sync() -> dict:

@@ -71,8 +71,29 @@ def read_state_dict(path: str | Path, *, what: str = 'checkpoint') -> dict[str, 
         hint = f" (it nests one under {nested[0]!r}; save that entry on its own)" if nested else ''
         raise UserError(f'{what} {path}: expected a state_dict (a dict of tensors), but entry {bad[0]!r} '
                         f'is a {type(obj[bad[0]]).__name__}{hint}')
+    check_dtypes(obj, f'{what} {path}')
     check_finite(obj, f'{what} {path}')
     return obj
+
+
+def check_dtypes(state: dict[str, torch.Tensor], source: str) -> None:
+    """UserError naming ``source`` and the first tensor of ``state`` in an 8-bit float format, which no network
+    here holds (and whose values torch cannot even test for NaN)."""
+    for key, value in state.items():
+        if value.is_floating_point() and value.dtype.itemsize == 1:
+            raise UserError(f'{source}: tensor {key} is {str(value.dtype).removeprefix("torch.")}: 8-bit float '
+                            'weights are not read; save them as float32, float16 or bfloat16')
+
+
+def _check_floating(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
+    """UserError naming the first tensor that the network holds as floating point but ``state`` does not
+    (integers, bool, complex): copied in, it would be rounded or cast without a word. Tensors the network
+    itself holds as integers (an index buffer) are compared by shape only."""
+    for key, value in state.items():
+        if key in own and own[key].is_floating_point() and not value.is_floating_point():
+            raise UserError(f'{source}: tensor {key} is {str(value.dtype).removeprefix("torch.")}, but the '
+                            f'network holds it as {str(own[key].dtype).removeprefix("torch.")}; refusing weights '
+                            'that are not floating point')
 
 
 def unwrap_state_dict(obj: dict) -> dict:
@@ -208,9 +229,11 @@ def load_into(network: nn.Module, state: dict[str, torch.Tensor], *, source: str
 
     Raises:
         UserError: keys or shapes differ outside the upsampler (or anywhere, without
-            ``allow_new_upsampler``); the message lists the first keys with both shapes.
+            ``allow_new_upsampler``); the message lists the first keys with both shapes. A tensor that is
+            floating point in the network but not in ``state``.
     """
     own = network.state_dict()
+    _check_floating(own, state, source)
     prefix = upsampler_prefix(network)
     absent = [k for k in PLACEHOLDER_KEYS if k in own and k not in state]
     if absent:

@@ -107,7 +107,7 @@ def recognise(state: dict[str, torch.Tensor], *, rgb_range: float | None = None,
     state = checkpoint_io.strip_prefixes(state, log=lambda _: None)
     state, found_layout = checkpoint_io.in_our_layout(state, rgb_range=rgb_range, layout=layout)
     archs = registry.architectures().values()
-    everyone = ', '.join(registry.names())
+    everyone = ', '.join(registry.names()) + (f' ({registry.broken_note()})' if registry.broken() else '')
     candidates = [a for a in archs if a.signature in state]
     foreign = [k for k in state if not any(a.knows_key(k) for a in archs)]
     if not candidates or foreign:

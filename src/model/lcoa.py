@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from core import distributed
 from model import common, sparse_attention, sparse_attention_reference
 from model.attention_interface import Pattern, SparseAttention
+from model.compiling import outside_compiled_graph
 
 IMPLEMENTATIONS: dict[str, SparseAttention] = {'fast': sparse_attention, 'reference': sparse_attention_reference}
 KMEANS_INIT_ITERS = 10
@@ -42,7 +43,7 @@ def _all_reduce_sum(*tensors: Tensor) -> None:
         _all_reduce_sum_eagerly(*tensors)
 
 
-@torch.compiler.disable
+@outside_compiled_graph
 def _all_reduce_sum_eagerly(*tensors: Tensor) -> None:
     # Outside any compiled graph (--compile): traced, an in-place all_reduce becomes an asynchronous
     # functional collective.
@@ -187,7 +188,7 @@ class KMeansCentroids(nn.Module):
 
     # Run once, eagerly also under --compile: its collectives (gathers of a data-dependent size, a
     # broadcast) would be traced into asynchronous functional collectives.
-    @torch.compiler.disable
+    @outside_compiled_graph
     @torch.no_grad()
     def initialise(self, embed: Tensor, *, across_ranks: bool = True) -> None:
         """Initialise the centroids from ``embed`` (N, L, D), gathered over all ranks when distributed.
@@ -259,7 +260,7 @@ class KMeansCentroids(nn.Module):
         return codes
 
 
-@torch.compiler.disable
+@outside_compiled_graph
 def _read_flag(flag: Tensor) -> bool:
     """``bool(flag)`` outside the compiled graph: a graph break that dynamo takes without a warning."""
     return bool(flag)

@@ -233,25 +233,35 @@ def ratio(whole: int, part: int) -> int:
 def upsampler_scale(state: StateDict, prefix: str = 'tail.0.') -> int | None:
     """The scale of the upsampler in ``state``: the product over its conv + PixelShuffle(r) stages.
 
-    The convolutions under ``prefix`` and the first one after them are taken in state_dict order;
-    each but the last feeds a PixelShuffle(r), so its output channels are ``r*r`` times the input
-    channels of the next one. ``None`` when the keys do not look like that.
+    The convolutions under ``prefix`` are taken in natural order (``2`` before ``10``); each feeds a
+    PixelShuffle(r), so its output channels are ``r*r`` times the input channels of the next one. The last
+    one feeds the first convolution after the upsampler, or is that convolution itself (RDN's output conv
+    sits inside its ``UPNet``). That convolution is the first after them in state_dict order; a file whose
+    keys are sorted as text (safetensors) may list it before them, so the last stage's own input width
+    (EDSR's ``Upsampler`` keeps the width it is given) stands in when no convolution after it fits.
+    ``None`` when the keys do not look like that.
     """
     keys = list(state)
-    convs = [i for i, k in enumerate(keys)
-             if k.startswith(prefix) and k.endswith('.weight') and state[k].dim() == 4]
-    if not convs:
+    in_prefix = [k for k in keys if k.startswith(prefix) and k.endswith('.weight') and state[k].dim() == 4]
+    if not in_prefix:
         return None
-    after = [i for i, k in enumerate(keys) if i > convs[-1] and k.endswith('.weight') and state[k].dim() == 4]
-    weights = [state[keys[i]] for i in convs + after[:1]]
+    chain = [state[k] for k in natural_order({k: state[k] for k in in_prefix})]
+    last = max(keys.index(k) for k in in_prefix)
+    after = [state[k] for k in keys[last + 1:] if k.endswith('.weight') and state[k].dim() == 4]
+
+    def root(out_ch: int, in_ch: int) -> int:
+        r = math.isqrt(out_ch // in_ch) if out_ch % in_ch == 0 else 0
+        return r if r >= 2 and r * r * in_ch == out_ch else 0
+
     scale = 1
-    for w, following in zip(weights, weights[1:], strict=False):
-        out_ch, in_ch = w.shape[0], following.shape[1]
-        root = math.isqrt(out_ch // in_ch) if out_ch % in_ch == 0 else 0
-        if root < 2 or root * root * in_ch != out_ch:
+    for w, following in zip(chain, chain[1:], strict=False):
+        r = root(w.shape[0], following.shape[1])
+        if not r:
             return None
-        scale *= root
-    return scale if len(weights) > 1 else None
+        scale *= r
+    r = next((r for r in (root(chain[-1].shape[0], w.shape[1]) for w in [*after[:1], chain[-1]]) if r), 0)
+    scale *= max(r, 1)
+    return scale if scale > 1 else None
 
 
 Rules = list[tuple[str, 'str | Callable[[re.Match], str] | None']]

@@ -24,7 +24,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 from torch import nn
 
-from model import lcoa_stats
+from model import compiling, lcoa_stats
 from model.lcoa import LearnableCollaborativeAttention
 
 NAMES = ('empty_clusters', 'perplexity', 'centroid_angle', 'self_weight')
@@ -80,13 +80,13 @@ class LCoAMonitor:
             yield
             return
 
-        @torch.compiler.disable  # under --compile: a statistic read once, not part of the graph
         def hook(_module, _inputs, output):
             if math.isnan(self._self_weight):
                 self._self_weight = float(lcoa_stats.self_weights(output[1]).mean())
             handle.remove()
 
-        handle = module.register_forward_hook(hook)
+        # Under --compile: a statistic read once, not part of the graph.
+        handle = module.register_forward_hook(compiling.eager_hook(hook))
         try:
             yield
         finally:

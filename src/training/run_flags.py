@@ -18,14 +18,26 @@ def run_weights(run_dir: Path, resume: int) -> Path:
     return run_dir / 'model' / ('model_latest.pt' if resume <= 0 else f'model_{resume}.pt')
 
 
+def _loaded_run(args: argparse.Namespace) -> Path | None:
+    name = args.load
+    if not name or name in ('.', '..') or '/' in name or '\\' in name:
+        return None  # no run, or no run name: the run folder reports it
+    return Path(args.save_dir) / name
+
+
 def evaluated_weights(args: argparse.Namespace) -> Path | None:
     """The network file ``--load <run> --test_only [--resume N]`` evaluates; None for other flags (or a
     ``--load`` that is no run name, which the run folder reports). ``api.parse_args`` reads the
     architecture from it, as from ``--pre_train``."""
-    name = args.load
-    if not (args.test_only and name) or name in ('.', '..') or '/' in name or '\\' in name:
-        return None
-    return run_weights(Path(args.save_dir) / name, int(args.resume))
+    run = _loaded_run(args)
+    return run_weights(run, int(args.resume)) if run is not None and args.test_only else None
+
+
+def resumed_run(args: argparse.Namespace) -> Path | None:
+    """The run folder ``--load <run> --resume N`` (N != 0, training) continues; None for other flags.
+    ``api.parse_args`` takes the options not given from its config.txt."""
+    run = _loaded_run(args)
+    return run if run is not None and not args.test_only and int(args.resume) != 0 else None
 
 
 def check_run_flags(args: argparse.Namespace) -> None:

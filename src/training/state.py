@@ -4,7 +4,8 @@ Files in the run folder (rank 0 writes them, each atomically):
 
 - ``model/model_latest.pt``, ``model/model_best.pt`` and, with --save_models, ``model/model_<epoch>.pt``:
   the bare network's state_dict, as the official checkpoints are; with --save_safetensors each also
-  as ``.safetensors`` beside it (contiguous tensors; for tools that read only safetensors);
+  as ``.safetensors`` beside it (contiguous tensors; for tools that read only safetensors), without it
+  none (an older one beside the new ``.pt`` is removed);
 - ``training_state.pt``: everything :class:`trainer.Trainer` needs to continue after the epoch, the
   network included; with --save_models also ``state/training_state_<epoch>.pt`` (without the network,
   which is ``model/model_<epoch>.pt``). All of it loads with ``weights_only=True``.
@@ -100,6 +101,8 @@ def save_epoch(ckp: checkpoint, net_state: dict, state: dict, *, epoch: int, is_
         atomic_save(net_state, model_dir / f'{name}.pt')
         if also_safetensors:
             save_weights(net_state, model_dir / f'{name}.safetensors')
+        else:  # one of an earlier start of the run would now hold older weights than the .pt beside it
+            (model_dir / f'{name}.safetensors').unlink(missing_ok=True)
     if save_models:
         ckp.get_path('state').mkdir(exist_ok=True)
         atomic_save(state, ckp.get_path('state', f'training_state_{epoch}.pt'))

@@ -11,6 +11,8 @@ import api
 import convert
 import helpers
 import option
+from helpers.architectures import tiny_flags
+from helpers.runs import make_run
 from model import detect, registry
 
 THIRDPARTY = helpers.FIXTURES / 'thirdparty'
@@ -88,6 +90,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys):
     torch.save({'fc.weight': torch.zeros(2, 2)}, tmp_path / 'other.pt')
     checkpoint(tmp_path / 'rdn.pt', 'RDN')
     (tmp_path / 'exists.pt').write_bytes(b'keep')
+    (tmp_path / 'folder.pt').mkdir()
     for argv, message in (
             (['missing.pt', 'o.pt'], 'checkpoint {d}/missing.pt: no such file'),
             (['text.pt', 'o.pt'], 'checkpoint {d}/text.pt: a text file, not a PyTorch checkpoint'),
@@ -95,11 +98,14 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys):
             (['rdn.pt', 'o.onnx'], '{d}/o.onnx: the extension says the format'),
             (['rdn.pt', 'o.pt', '--layout', 'basicsr'], '--layout basicsr: no basicsr layout of RDN is known'),
             (['rdn.pt', 'o.pt', '--from', 'nope'], "--from 'nope': allowed: basicsr, super-image"),
-            (['rdn.pt', 'exists.pt'], '{d}/exists.pt exists; give --overwrite to replace it')):
+            (['rdn.pt', 'exists.pt'], '{d}/exists.pt exists; give --overwrite to replace it'),
+            (['rdn.pt', 'folder.pt', '--overwrite'], '{d}/folder.pt: a folder; give the file to write (e.g. '
+                                                     '{d}/folder.pt/rdn.pt)')):
         assert run(*[tmp_path / a if a.endswith(('.pt', '.onnx')) else a for a in argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith('error: ' + message.format(d=tmp_path)) and err.count('\n') == 1, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['exists.pt', 'other.pt', 'rdn.pt', 'text.pt']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['exists.pt', 'folder.pt', 'other.pt', 'rdn.pt', 'text.pt']
+    assert not any((tmp_path / 'folder.pt').iterdir())
     assert (tmp_path / 'exists.pt').read_bytes() == b'keep'
 
 
@@ -117,4 +123,33 @@ def test_command_line(tmp_path):
     done = subprocess.run([sys.executable, 'convert.py', str(tmp_path / 'nlsn.pt'), str(tmp_path / 'n.safetensors')],
                           cwd=helpers.SRC, env=helpers.MAIN_ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0].startswith(f'{tmp_path / "nlsn.pt"}: NLSN x2 (')
+    assert done.stdout.splitlines()[0].startswith(f'{tmp_path / "nlsn.pt"}: NLSN x2 checkpoint; options read from ')
+
+
+EDSR_RUN = ['--model', 'EDSR', '--n_resblocks', '1', '--n_feats', '8', '--res_scale', '0.1', '--rgb_range', '1']
+
+
+def test_a_runs_options_survive_the_basicsr_layout_and_back(tmp_path, capsys):
+    """res_scale and rgb_range come from the run's config.txt; BasicSR's file does not hold them, so the way
+    back takes them as flags, and the result upscales as the run's own network."""
+    weights = make_run(tmp_path, *EDSR_RUN)
+    x = torch.rand(1, 3, 10, 12)
+    want = output(api.load_pretrained(weights, device='cpu'), x)
+    assert run(weights, tmp_path / 'b.pth', '--layout', 'basicsr') == 0
+    out = capsys.readouterr().out
+    assert f'from {weights.parent.parent / "config.txt"}: res_scale=0.1' in out.splitlines()[0]
+    assert 'num_block: 1, upscale: 2, res_scale: 0.1, img_range: 1}' in out
+    assert run(tmp_path / 'b.pth', tmp_path / 'back.pt', '--rgb_range', '1', '--res_scale', '0.1') == 0
+    assert 'as given: rgb_range=1, res_scale=0.1' in capsys.readouterr().out
+    back = api.load_pretrained(tmp_path / 'back.pt', device='cpu', rgb_range=1, res_scale=0.1)
+    assert torch.equal(output(back, x), want)
+
+
+def test_the_safetensors_of_a_run_take_its_config(tmp_path, capsys):
+    weights = make_run(tmp_path, *tiny_flags('RDN'), '--rgb_range', '1')
+    assert run(weights, weights.with_suffix('.safetensors')) == 0
+    assert run(weights.with_suffix('.safetensors'), tmp_path / 'out.pt') == 0
+    config = weights.parent.parent / 'config.txt'
+    read = [line for line in capsys.readouterr().out.splitlines() if ': RDN x2 checkpoint; ' in line]
+    assert [line.split(': RDN')[0] for line in read] == [str(weights), str(weights.with_suffix('.safetensors'))]
+    assert all(f'; from {config}: rgb_range=1.' in line for line in read)

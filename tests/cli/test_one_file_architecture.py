@@ -123,6 +123,11 @@ def test_a_new_architecture_is_one_file(tmp_path):
     assert untiled.shape == (120, 140, 3)
     assert np.abs(untiled.astype(int) - tiled.astype(int)).max() <= 1
 
+    # Its .safetensors (keys sorted as text: out before upsample) is detected as its .pt, the same pixels.
+    run(src, 'convert.py', weights, tmp_path / 'tiny.safetensors')
+    run(src, 'upscale.py', '--weights', tmp_path / 'tiny.safetensors', image, '-o', tmp_path / 'st', '--cpu')
+    assert np.array_equal(np.asarray(Image.open(tmp_path / 'st' / 'coffee_x2.png')), untiled)
+
     # Export to ONNX; export.py compares onnxruntime with PyTorch itself.
     exported = run(src, 'export.py', '--weights', weights, '--onnx', tmp_path / 'tiny.onnx').stdout
     assert (tmp_path / 'tiny.onnx').stat().st_size > 0

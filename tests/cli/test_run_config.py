@@ -8,33 +8,15 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import torch
 
 import api
 import helpers
-import option
 import upscale
 import visualize
 from core.errors import UserError
 from helpers.architectures import tiny_flags
+from helpers.runs import make_run
 from model import registry
-from training.run_folder import checkpoint
-
-
-def make_run(base: Path, *flags, save: str = 'run') -> Path:
-    """A run folder as main.py leaves it: config.txt (written by the run folder itself) and model/model_latest.pt
-    holding the weights of the network those flags build; returns the checkpoint."""
-    args = option.parse_args(['--cpu', '--save_dir', str(base), '--save', save, '--scale', '2', *map(str, flags)])
-    ckp = checkpoint(args)
-    ckp.done()
-    torch.manual_seed(0)
-    net = registry.get(args.model).make_model(args)
-    with torch.no_grad():
-        net.train()(torch.rand(1, args.n_colors, 16, 16))  # a training step's forward initialises LCoA's centroids
-    path = base / save / 'model' / 'model_latest.pt'
-    torch.save(net.state_dict(), path)
-    return path
-
 
 EDSR = ['--model', 'EDSR', '--n_resblocks', '1', '--n_feats', '8', '--res_scale', '0.1', '--rgb_range', '1']
 
@@ -189,3 +171,35 @@ def test_export_takes_the_model_flags(tmp_path, capsys):
     assert export.main(['--weights', str(weights), '--onnx', str(tmp_path / 'w.onnx'), '--no_check',
                         '--res_scale', '0.3']) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith('; as given: res_scale=0.3.')
+
+
+@pytest.mark.parametrize('line', ['res_scale: 0', 'res_scale: abc', 'res_scale: -1'])
+def test_a_value_in_config_txt_that_is_none_of_the_option_is_named(tmp_path, line):
+    weights = make_run(tmp_path, *EDSR)
+    config = tmp_path / 'run' / 'config.txt'
+    config.write_text(config.read_text().replace('res_scale: 0.1', line))
+    net = api.load_pretrained(weights, device='cpu')
+    assert net.sr_args.res_scale == 1.0
+    assert (f'; {config}: not used: {line} (not a value of the option); assumed (not stored in the weights): '
+            'res_scale=1.0.') in net.sr_options
+
+
+def test_a_config_txt_cut_short_is_named(tmp_path):
+    weights = make_run(tmp_path, *EDSR)
+    config = tmp_path / 'run' / 'config.txt'
+    text = config.read_text()
+    config.write_text(text + text[:text.index('model: ')])
+    net = api.load_pretrained(weights, device='cpu')
+    assert net.sr_args.res_scale == 1.0
+    assert f'; {config} not used: the options of its last run are missing (the file was cut short?); ' in net.sr_options
+
+
+def test_the_official_codes_config_txt_is_read(tmp_path):
+    """EDSR-PyTorch writes a time, a blank line and ``key: value`` lines per run, without a command line."""
+    weights = make_run(tmp_path, *EDSR)
+    config = tmp_path / 'run' / 'config.txt'
+    official = ['2019-03-01-10:00:00', '', 'debug: False', 'template: .', 'model: EDSR', 'scale: [2]',
+                'res_scale: 0.5', 'rgb_range: 1', '']
+    config.write_text('\n'.join(official + official[:6] + ['res_scale: 0.2', 'rgb_range: 1', '']))
+    net = api.load_pretrained(weights, device='cpu')
+    assert net.sr_args.res_scale == 0.2 and f'from {config}: res_scale=0.2' in net.sr_options

@@ -16,7 +16,7 @@ import helpers
 import model
 import option
 from core.errors import UserError
-from model import checkpoint_io, common, detect, registry
+from model import checkpoint_io, common, detect, registry, spec
 from model.lcoan import LCoAN
 
 REFERENCE = helpers.SHARED / 'reference'
@@ -297,3 +297,12 @@ def test_every_architecture_has_a_signature_key_of_its_own():
         state = arch.shapes(scale=2, n_colors=3, **arch.defaults)
         assert arch.signature in state
         assert all(arch.knows_key(k) for k in state)
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4])
+def test_the_upsampler_scale_does_not_depend_on_key_order(scale):
+    """A safetensors file lists keys sorted as text: an output conv named ``out`` comes before ``upsample.*``."""
+    shapes = {**spec.conv('stem.', 8, 3, 3), **spec.upsampler('upsample.', scale, 8), **spec.conv('out.', 3, 8, 3)}
+    state = {k: torch.zeros(v) for k, v in shapes.items()}
+    assert spec.upsampler_scale(state, 'upsample.') == scale
+    assert spec.upsampler_scale(dict(sorted(state.items())), 'upsample.') == scale

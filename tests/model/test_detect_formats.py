@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import api
+import convert
 import model
 import option
 from core.errors import UserError
@@ -86,3 +87,41 @@ def test_a_checkpoint_of_another_model_than_the_template_s_is_named(tmp_path):
         api.parse_args(['--model', 'EDSR', '--pre_train', str(path), '--cpu'])
     args = api.parse_args(['--model', 'NLSN', '--pre_train', str(path), '--cpu'])
     model.Model(args, type('Ckp', (), {'write_log': lambda self, m: None})())
+
+
+@pytest.mark.parametrize(('dtype', 'why'), [
+    (torch.int64, 'tensor body.0.body.0.weight is int64, but the network holds it as float32; refusing weights '
+                  'that are not floating point'),
+    (torch.bool, 'tensor body.0.body.0.weight is bool, but the network holds it as float32'),
+    (torch.complex64, 'tensor body.0.body.0.weight is complex64, but the network holds it as float32'),
+    (torch.float8_e4m3fn, 'tensor body.0.body.0.weight is float8_e4m3fn: 8-bit float weights are not read; save '
+                          'them as float32, float16 or bfloat16'),
+])
+def test_weights_that_are_not_floating_point_are_refused(tmp_path, capsys, dtype, why):
+    state = network('EDSR').state_dict()
+    state['body.0.body.0.weight'] = state['body.0.body.0.weight'].to(dtype)
+    path = tmp_path / 'w.pt'
+    torch.save(state, path)
+    with pytest.raises(UserError) as e:
+        api.load_pretrained(path, device='cpu')
+    assert str(e.value).startswith(f'weights {path}: ') and why in str(e.value)
+    with pytest.raises(UserError, match=why.split(';')[0].replace('(', r'\(')):  # --pre_train's loader
+        checkpoint_io.load_checkpoint(network('EDSR'), path, log=lambda _: None, what='--pre_train')
+    assert convert.main([str(path), str(tmp_path / 'out.pt')]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: checkpoint {path}: ') and why in err and err.count('\n') == 1
+    assert not (tmp_path / 'out.pt').exists()
+
+
+def test_a_network_s_own_integer_buffers_load(tmp_path):
+    """An index buffer (SwinIR's relative_position_index) is integer in the network and in its weights."""
+    class WithIndex(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 1)
+            self.register_buffer('index', torch.zeros(4, dtype=torch.int64))
+
+    net, saved = WithIndex(), WithIndex()
+    saved.index += 3
+    checkpoint_io.load_into(net, saved.state_dict(), source='weights w.pt', log=lambda _: None)
+    assert net.index.tolist() == [3, 3, 3, 3] and net.index.dtype == torch.int64

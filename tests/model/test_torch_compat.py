@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import model
 import option
-from model import lcoa, lcoan
+from model import compiling, lcoa, lcoan
 
 
 def test_the_ddp_keyword_is_one_this_torch_has():
@@ -57,6 +57,7 @@ def test_a_compiled_training_step_matches_eager():
         return loss.detach(), [p.grad for p in params if p.requires_grad]
 
     torch._dynamo.reset()
+    compiling.fence()
     # backend='eager': dynamo's tracing of forward and backward (where the custom kernels' autograd
     # functions are traced), without generating code.
     compiled_loss, compiled_grads = train_step(torch.compile(twin, backend='eager'), twin.parameters())
@@ -69,6 +70,7 @@ def test_a_compiled_training_step_matches_eager():
 
 def _graph_breaks(fn, *args) -> list[str]:
     torch._dynamo.reset()
+    compiling.fence()
     explained = torch._dynamo.explain(fn)(*args)
     return [reason.reason for reason in explained.break_reasons]
 

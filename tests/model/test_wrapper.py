@@ -473,12 +473,3 @@ def test_compiled_lcoan_gives_the_eager_numbers_and_plain_checkpoint_keys():
 def test_unknown_compile_backend_is_named():
     with pytest.raises(UserError, match=r"--compile.*'nope'.*torch\.compile backends: .*inductor"):
         tiny_lcoan_args('--compile', 'nope')
-
-
-def test_compile_inductor_on_the_cpu_without_a_cxx_compiler_is_one_line(monkeypatch):
-    monkeypatch.delenv('CXX', raising=False)
-    monkeypatch.setattr(model.shutil, 'which', lambda name: None)
-    with pytest.raises(UserError, match=r'--compile inductor on the CPU needs a C\+\+ compiler .* --compile eager'):
-        model.Model(tiny_lcoan_args('--compile'), Log())
-    model.check_compiler('eager', torch.device('cpu'))  # no code generation: no compiler needed
-    model.check_compiler('inductor', torch.device('cuda'))  # Triton kernels, not C++

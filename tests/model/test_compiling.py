@@ -1,0 +1,118 @@
+"""--compile: the C++ compiler check agrees with inductor's own search, and TorchDynamo is imported only when
+something is compiled."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.errors import UserError
+from helpers import SRC
+from model import compiling
+
+_CHECK = ("import sys, torch; sys.path.insert(0, {src!r}); from core.errors import UserError; "
+          "from model import compiling\n"
+          "try:\n    compiling.check_compiler('inductor', torch.device('cpu')); print('accepted')\n"
+          "except UserError as e:\n    print(e)")
+
+
+def _fake_compiler(folder: Path, name: str) -> Path:
+    path = folder / name
+    path.write_text('#!/bin/sh\necho fake 1.0\n')
+    path.chmod(0o755)
+    return path
+
+
+def _check_with(path: Path, cxx: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != 'CXX'}
+    env.update(PATH=str(path), OMP_NUM_THREADS='1')
+    env.pop('TORCH_INDUCTOR_INSTALL_GXX', None)
+    if cxx is not None:
+        env['CXX'] = cxx
+    out = subprocess.run([sys.executable, '-c', _CHECK.format(src=str(SRC))], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_the_compiler_check_is_inductors_search(tmp_path):
+    """inductor runs $CXX, else g++: c++ and clang++ on the PATH do not count, a g++ or a $CXX does."""
+    others = tmp_path / 'others'
+    others.mkdir()
+    _fake_compiler(others, 'c++')
+    _fake_compiler(others, 'clang++')
+    refused = _check_with(others, None)
+    assert refused.startswith('--compile inductor on the CPU needs the C++ compiler inductor runs (g++; ')
+    assert refused.endswith('or give --compile eager, or leave out --compile')
+    gxx = tmp_path / 'gxx'
+    gxx.mkdir()
+    _fake_compiler(gxx, 'g++')
+    assert _check_with(gxx, None) == 'accepted'
+    assert _check_with(others, str(_fake_compiler(tmp_path, 'my-cxx'))) == 'accepted'
+    missing = _check_with(gxx, str(tmp_path / 'no-such-cxx'))  # $CXX replaces g++ in inductor's search
+    assert f'({tmp_path / "no-such-cxx"}; ' in missing
+
+
+def test_no_compiler_is_needed_without_inductor_on_the_cpu():
+    compiling.check_compiler('eager', torch.device('cpu'))  # no code generation
+    compiling.check_compiler('inductor', torch.device('cuda'))  # Triton kernels, not C++
+
+
+def test_a_user_error_type_is_raised(monkeypatch):
+    from torch._inductor import cpp_builder, exc
+
+    def missing():
+        raise exc.InvalidCxxCompiler
+
+    monkeypatch.setattr(cpp_builder, 'get_cpp_compiler', missing)
+    with pytest.raises(UserError, match=r'--compile inductor on the CPU needs the C\+\+ compiler'):
+        compiling.check_compiler('inductor', torch.device('cpu'))
+
+
+_IMPORTS = """
+import sys
+sys.path.insert(0, {src!r})
+{body}
+print('torch._dynamo' in sys.modules)
+"""
+
+
+def _dynamo_imported(body: str, cwd: Path) -> str:
+    out = subprocess.run([sys.executable, '-c', _IMPORTS.format(src=str(SRC), body=body)], cwd=cwd,
+                         capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize('body', ['from model import lcoan', 'import main', 'import api', 'import upscale'])
+def test_importing_imports_no_dynamo(body, tmp_path):
+    assert _dynamo_imported(body, tmp_path) == 'False'
+
+
+def test_upscaling_imports_no_dynamo(tmp_path):
+    """An upscale.py run, start to end: TorchDynamo stays out of its start-up time and memory."""
+    body = """
+import imageio.v3 as iio, numpy as np, torch, warnings
+from model.lcoan import LCoAN
+import upscale
+net = LCoAN(scale=2, n_resgroups=1, n_resblocks=1, n_feats=8, reduction=2, n_clusters=4, window_size=16)
+with warnings.catch_warnings(), torch.no_grad():
+    warnings.simplefilter('ignore')
+    net.eval()(torch.rand(1, 3, 16, 16))
+torch.save(net.state_dict(), 'w.pt')
+iio.imwrite('in.png', np.zeros((12, 10, 3), np.uint8))
+assert upscale.main(['--weights', 'w.pt', 'in.png', '-o', 'out']) == 0, 'upscale failed'
+"""
+    assert _dynamo_imported(body, tmp_path) == 'False'
+
+
+def test_fence_wraps_the_marked_functions_where_they_are_defined():
+    from model import lcoa
+
+    compiling.fence()
+    assert getattr(lcoa._read_flag, '_torchdynamo_disable', False)
+    assert getattr(lcoa.KMeansCentroids.initialise, '_torchdynamo_disable', False)
+    assert lcoa._read_flag(torch.tensor(True)) is True
