@@ -52,13 +52,13 @@ def add_src_to_path() -> None:
 def missing_nlsn(*, network: bool) -> str | None:
     """Why our NLSN re-implementation cannot be benchmarked, or None when it can.
 
-    ``network=False`` asks for the attention module only (``model.nlsa.NonLocalSparseAttention``);
+    ``network=False`` asks for the attention module only (``model.blocks.nlsa.NonLocalSparseAttention``);
     ``network=True`` also for the network (``model.nlsn.make_model``) and our options parsing
     NLSN's documented flags (``NLSN_FLAGS``).
     """
     add_src_to_path()
     try:
-        from model.nlsa import NonLocalSparseAttention  # noqa: F401
+        from model.blocks.nlsa import NonLocalSparseAttention  # noqa: F401
         if network:
             from model.nlsn import make_model  # noqa: F401
     except ImportError as error:

@@ -4,8 +4,8 @@ Variants (each timed in a fresh process, so its peak RSS is its own):
 
 * ``lcoa_fast``: LCoAN's attention as the network runs it (collaborative attention: the first module
   embeds, clusters and builds the pattern; all ten apply it to their own values), fast kernels
-  (``model.sparse_attention``);
-* ``lcoa_reference``: the same with the plain reference kernels (``model.sparse_attention_reference``);
+  (``model.blocks.sparse_attention``);
+* ``lcoa_reference``: the same with the plain reference kernels (``model.blocks.sparse_attention_reference``);
 * ``nlsa``: an NLSA-style baseline after NLSN (Mei et al., CVPR 2021) with its defaults: 4 hash
   rounds of LSH by random rotations, chunks of 144 that also attend to the adjacent chunks, query/key
   reduction 4; every module hashes and attends on its own. Written plainly (reference kernels).
@@ -19,7 +19,7 @@ With ``--nlsn_src DIR`` (a checkout of the official NLSN's ``src/``), the run al
 NLSA modules (``NonLocalSparseAttention`` of its ``model/attention.py``, NLSN's settings: 4 hashes,
 chunks of 144, reduction 4, residual scale 0.1) in chains ``--nlsa_configs`` (default 5x128,
 10x128, 5x256: NLSN's 5 modules and LCoAN's count of 10 on LCoAN's 128-channel map, and NLSN's 5
-on its own 256 channels), and the same chains of our re-implementation (``model.nlsa``) when it
+on its own 256 channels), and the same chains of our re-implementation (``model.blocks.nlsa``) when it
 exists; the ratios ``lcoa_fast / nlsa_official 5x128`` etc. are the "less non-local time" figures.
 
 Extra variants for ``--variants``: ``lcoa_fast_no_coa`` / ``lcoa_reference_no_coa`` (every module
@@ -81,7 +81,7 @@ def _features(size: int, channels: int) -> torch.Tensor:
 def lcoa_chain(*, size: int, impl: str, share_pattern: bool, modules: int = 10):
     """Setup: ``modules`` LCoA modules (paper configuration) run one after the other, on channels-last
     features as in the LCoAN network."""
-    from model.lcoa import LearnableCollaborativeAttention
+    from model.blocks.lcoa import LearnableCollaborativeAttention
 
     blocks = [LearnableCollaborativeAttention(attention_impl=impl, **PAPER).eval().to(memory_format=torch.channels_last)
               for _ in range(modules)]
@@ -123,7 +123,7 @@ class NonLocalSparseAttention(nn.Module):
     def __init__(self, *, n_feats: int, reduction: int, n_hashes: int, chunk_size: int, res_scale: float,
                  impl: str) -> None:
         super().__init__()
-        from model.lcoa import attention_module
+        from model.blocks.lcoa import attention_module
 
         self.attention = attention_module(impl)
         self.n_hashes = n_hashes
@@ -195,8 +195,8 @@ def nlsn_official_chain(*, src: str, size: int, channels: int, modules: int):
 
 
 def nlsn_ours_chain(*, size: int, channels: int, modules: int):
-    """Setup: the same with our NLSA re-implementation (``model.nlsa``)."""
-    from model.nlsa import NonLocalSparseAttention
+    """Setup: the same with our NLSA re-implementation (``model.blocks.nlsa``)."""
+    from model.blocks.nlsa import NonLocalSparseAttention
 
     blocks = [NonLocalSparseAttention(channels=channels, res_scale=NLSN_RES_SCALE, **NLSN_ATTENTION).eval()
               for _ in range(modules)]
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument('--nlsn_src', help="a checkout of the official NLSN's src/ folder: adds its NLSA modules "
                         '(model/attention.py) as a same-run baseline')
     parser.add_argument('--nlsa_configs', nargs='*', default=list(NLSA_CONFIGS), metavar='MODULESxCHANNELS',
-                        help='NLSA chains to run, official (with --nlsn_src) and ours (when src/model/nlsa.py '
+                        help='NLSA chains to run, official (with --nlsn_src) and ours (when src/model/blocks/nlsa.py '
                         f'exists); default {" ".join(NLSA_CONFIGS)}')
     args = parser.parse_args(argv)
     nlsa_configs = [_nlsa_config(parser, text) for text in args.nlsa_configs]

@@ -3,7 +3,7 @@
 Every measurement runs in a fresh process (``_common.run_in_subprocess``), so its peak RSS is its
 own. The network is LCoAN in the paper configuration (10 groups x 4 blocks, 128 features, 128
 clusters, window 384), fp32, on the CPU; ``fast`` and ``reference`` select the sparse-attention
-kernels (``model.sparse_attention`` vs the plain ``model.sparse_attention_reference``).
+kernels (``model.blocks.sparse_attention`` vs the plain ``model.blocks.sparse_attention_reference``).
 
 Questions answered (``--only`` picks some):
 

@@ -128,7 +128,7 @@ def lcoa_modules(*, size: int, modules: int = 10):
 
 
 def nlsa_modules(*, size: int, channels: int, modules: int):
-    from model.nlsa import NonLocalSparseAttention
+    from model.blocks.nlsa import NonLocalSparseAttention
 
     torch.manual_seed(0)
     attentions = [NonLocalSparseAttention(channels=channels, chunk_size=144, n_hashes=4, reduction=4,

@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'src'))
 
 import api  # noqa: E402
+import metrics  # noqa: E402
 import upscale  # noqa: E402
-import utility  # noqa: E402
 from core.errors import show_warnings_plainly  # noqa: E402
 from model import inference, registry  # noqa: E402
 
@@ -29,7 +29,7 @@ def psnr(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
     def tensor(a):
         a = np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a
         return torch.from_numpy(a.astype(np.float32)).permute(2, 0, 1)[None]
-    return utility.calc_psnr(tensor(sr), tensor(hr[:sr.shape[0], :sr.shape[1]]), scale, 255)
+    return metrics.calc_psnr(tensor(sr), tensor(hr[:sr.shape[0], :sr.shape[1]]), scale, 255)
 
 
 def main() -> None:

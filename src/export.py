@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 import api
 from core.errors import UserError, run_entry_point
-from model.lcoa import LearnableCollaborativeAttention
+from model.blocks.lcoa import LearnableCollaborativeAttention
 
 OPSET = 18
 EXAMPLE_SIZE = (32, 40)

@@ -22,7 +22,7 @@ def run(args) -> None:
     rng.set_deterministic(args.deterministic)
     # Every start-up check runs before the run folder is written, or deleted by --reset: the folder itself,
     # the data, the weights (--pre_train, --load), the loss, what --resume loads.
-    ckp = run_folder.checkpoint(args, open_now=False)
+    ckp = run_folder.RunFolder(args, open_now=False)
     if getattr(args, 'pre_train_detected', ''):
         ckp.write_log(args.pre_train_detected)
     try:

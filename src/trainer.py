@@ -33,7 +33,7 @@ from core.timing import timer
 from training import evaluation, failures, interrupts, resume, state, tables
 from training.lcoa_monitor import LCoAMonitor
 from training.optim import make_optimizer, make_scheduler
-from training.run_folder import checkpoint
+from training.run_folder import RunFolder
 from training.step import MAX_CONSECUTIVE_SKIPS, Diverged, TrainStep
 from training.tensorboard_log import TensorBoardLog
 
@@ -48,11 +48,11 @@ class Trainer:
         loader: ``data.Data``: ``loader_train`` (None with --test_only) and ``loader_test``.
         my_model: ``model.Model`` wrapper; ``get_model()`` gives the bare network (also under DDP).
         my_loss: ``loss.Loss``; None with --test_only.
-        ckp: ``run_folder.checkpoint`` of the run.
+        ckp: ``run_folder.RunFolder`` of the run.
     """
 
     def __init__(self, args: argparse.Namespace, loader, my_model: nn.Module, my_loss: nn.Module | None,
-                 ckp: checkpoint) -> None:
+                 ckp: RunFolder) -> None:
         self.args = args
         self.scale = args.scale[0]
         self.ckp = ckp

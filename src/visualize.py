@@ -45,9 +45,10 @@ if __package__ in (None, ''):  # run as a script: make src/ importable like main
 import api  # noqa: E402
 from core.errors import UserError, run_entry_point  # noqa: E402
 from data.common import read_image  # noqa: E402
-from model import checkpoint_io, lcoa_stats, registry  # noqa: E402
-from model import sparse_attention_reference as reference  # noqa: E402
-from model.lcoa import LearnableCollaborativeAttention  # noqa: E402
+from model import checkpoint_io, registry  # noqa: E402
+from model.blocks import lcoa_stats
+from model.blocks import sparse_attention_reference as reference  # noqa: E402
+from model.blocks.lcoa import LearnableCollaborativeAttention  # noqa: E402
 
 PATCH = 9  # side of the example patches, in LR pixels
 NLSN_MAX_BUCKETS = 128  # official NLSN: min(L // chunk_size rounded up to even, 128) buckets
@@ -123,7 +124,7 @@ def capture_nlsn(net: nn.Module, lr: Tensor) -> Capture:
     the module's own embedding, with each position's rank in that sort as its code, so its windows are
     exactly the module's chunks.
     """
-    from model.nlsa import NonLocalSparseAttention
+    from model.blocks.nlsa import NonLocalSparseAttention
     module = next((m for m in net.modules() if isinstance(m, NonLocalSparseAttention)), None)
     if module is None:
         raise UserError(f'{type(net).__name__} has no non-local sparse attention to show')
@@ -158,7 +159,7 @@ def capture_nlsn(net: nn.Module, lr: Tensor) -> Capture:
 
 def capture(net: nn.Module, lr: Tensor) -> Capture:
     """The first sparse-attention module's pattern: LCoA's k-means clusters or NLSA's LSH buckets."""
-    from model.nlsa import NonLocalSparseAttention
+    from model.blocks.nlsa import NonLocalSparseAttention
     if any(isinstance(m, NonLocalSparseAttention) for m in net.modules()):
         return capture_nlsn(net, lr)
     return capture_lcoa(net, lr)

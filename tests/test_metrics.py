@@ -169,19 +169,6 @@ def test_protocols_are_the_explicit_functions():
         metrics.psnr(sr_t, hr_t, 1, 3, True)  # keyword-only: no silent swap of rgb_range and crop_border
 
 
-def test_utility_keeps_the_edsr_names():
-    from core import timing
-    from training import run_folder
-    from utility import calc_psnr, calc_ssim, checkpoint, quantize, timer
-    assert (calc_psnr, calc_ssim, quantize) == (metrics.calc_psnr, metrics.calc_ssim, metrics.quantize)
-    assert checkpoint is run_folder.checkpoint and timer is timing.timer
-    hr = torch.full((1, 3, 20, 20), 100 / 255)
-    sr = hr.clone()
-    sr[:, 0] += 10 / 255
-    assert calc_psnr(sr, hr, 2, 1) == pytest.approx(10 * math.log10(255 ** 2 / (10 * 65.738 / 256) ** 2), abs=1e-9)
-    assert calc_ssim(hr, hr, 2, 1) == pytest.approx(1.0, abs=1e-12)
-
-
 def test_data_and_metrics_share_the_y_coefficients():
     from data.common import rgb_to_y
     rgb = skimage.data.astronaut()[:40, :40]

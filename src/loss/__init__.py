@@ -53,7 +53,7 @@ class Loss(nn.Module):
 
     Args:
         args: parsed options; uses ``loss`` (the spec) and ``rgb_range`` (Charbonnier's eps).
-        ckp: ``run_folder.checkpoint`` for the one-line description of the loss, or None.
+        ckp: ``run_folder.RunFolder`` for the one-line description of the loss, or None.
     """
 
     def __init__(self, args: argparse.Namespace, ckp) -> None:

@@ -14,9 +14,10 @@ import argparse
 import torch
 from torch import Tensor, nn
 
-from model import common, spec
-from model.attention_interface import Pattern
-from model.lcoa import IMPLEMENTATIONS, LearnableCollaborativeAttention
+from model import spec
+from model.blocks import common
+from model.blocks.attention_interface import Pattern
+from model.blocks.lcoa import IMPLEMENTATIONS, LearnableCollaborativeAttention
 
 # Inference computes the upsampler tail in strips of this many LR rows (see LCoAN._tail_in_strips).
 TAIL_STRIP_ROWS = 32
@@ -152,7 +153,7 @@ class LCoAN(nn.Module):
             network it is ``n_rounds``.
         ema_decay: moving-average decay of the centroids, in [0, 1]; 1 freezes them at their k-means
             initialisation, which is how the official code trained the published models (see
-            ``model.lcoa.KMeansCentroids``).
+            ``model.blocks.lcoa.KMeansCentroids``).
         n_colors: 3 (RGB) or 1 (Y). For 1 channel the mean shift uses the mean of the three DIV2K
             channel means (the official code has no 1-channel variant).
         rgb_range: pixel values lie in [0, rgb_range].

@@ -1,5 +1,5 @@
 """NLSN: Non-Local Sparse Network (Mei et al., "Image Super-Resolution with Non-Local Sparse
-Attention", CVPR 2021): EDSR with Non-Local Sparse Attention (``model.nlsa``) before the first
+Attention", CVPR 2021): EDSR with Non-Local Sparse Attention (``model.blocks.nlsa``) before the first
 residual block and after every eighth one, in the layout of the official code:
 
     sub_mean -> head -> body (NLSA, 8 x ResBlock, NLSA, ..., conv) -> (+ head output) -> tail -> add_mean
@@ -14,8 +14,9 @@ import re
 import torch
 from torch import Tensor, nn
 
-from model import common, spec
-from model.nlsa import NonLocalSparseAttention
+from model import spec
+from model.blocks import common
+from model.blocks.nlsa import NonLocalSparseAttention
 
 # One NLSA after every ATTENTION_EVERY residual blocks (and one before the first), as published.
 ATTENTION_EVERY = 8

@@ -12,7 +12,8 @@ import argparse
 import torch
 from torch import Tensor, nn
 
-from model import common, spec
+from model import spec
+from model.blocks import common
 
 
 def make_model(args: argparse.Namespace) -> 'RCAN':

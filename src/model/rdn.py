@@ -13,7 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from model import common, spec
+from model import spec
+from model.blocks import common
 
 # --RDNconfig: (RDBs D, convolutions per RDB C, growth rate G), as published.
 CONFIGS = {'A': (20, 6, 32), 'B': (16, 8, 64)}

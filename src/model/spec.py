@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from core.errors import UserError
-from model.common import DIV2K_RGB_MEAN
+from model.blocks.common import DIV2K_RGB_MEAN
 
 Shapes = dict[str, tuple[int, ...]]
 StateDict = Mapping[str, torch.Tensor]

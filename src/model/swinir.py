@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model import spec
-from model.common import DIV2K_RGB_MEAN
+from model.blocks.common import DIV2K_RGB_MEAN
 
 # The official networks' fixed width of the pixelshuffle reconstruction (``num_feat``).
 UPSAMPLE_FEATS = 64

@@ -1,6 +1,6 @@
 """Per-epoch LCoA statistics for the trainer: log lines, ``lcoa_stats.csv`` and ``lcoa_stats.png``.
 
-Each epoch records (see ``model.lcoa_stats``):
+Each epoch records (see ``model.blocks.lcoa_stats``):
 
 * ``empty_clusters``: k-means clusters that no training position joined during the epoch;
 * ``perplexity``: perplexity of the epoch's cluster sizes (the number of equally full clusters that
@@ -24,8 +24,9 @@ import torch
 from matplotlib.ticker import MaxNLocator
 from torch import nn
 
-from model import compiling, lcoa_stats
-from model.lcoa import LearnableCollaborativeAttention
+from model import compiling
+from model.blocks import lcoa_stats
+from model.blocks.lcoa import LearnableCollaborativeAttention
 
 NAMES = ('empty_clusters', 'perplexity', 'centroid_angle', 'self_weight')
 TITLES = {'empty_clusters': 'Empty k-means clusters', 'perplexity': 'Perplexity of the cluster sizes',

@@ -16,10 +16,10 @@ from torch import nn, optim
 from core.errors import UserError
 from model import checkpoint_io
 from training import state
-from training.run_folder import checkpoint
+from training.run_folder import RunFolder
 
 
-def load_for_test(net: nn.Module, ckp: checkpoint, args: argparse.Namespace) -> None:
+def load_for_test(net: nn.Module, ckp: RunFolder, args: argparse.Namespace) -> None:
     """--test_only --load <run>: its latest model (--resume N: epoch N's) into ``net``; the log says which file."""
     model_path, _ = state.resume_paths(ckp, args.resume if args.resume > 0 else -1)
     if args.resume <= 0 and not model_path.exists():
@@ -42,11 +42,11 @@ def resume_training(trainer) -> None:
     _log_schedule(ckp, args, trainer.optimizer, trainer.scheduler, trainer.epoch, path)
 
 
-def _load_network(net: nn.Module, net_state: dict, path: Path, ckp: checkpoint) -> None:
+def _load_network(net: nn.Module, net_state: dict, path: Path, ckp: RunFolder) -> None:
     checkpoint_io.load_into(net, net_state, source=f'--load {path}', log=ckp.write_log, allow_new_upsampler=False)
 
 
-def _load_resume_point(net: nn.Module, ckp: checkpoint, resume: int) -> tuple[dict, Path]:
+def _load_resume_point(net: nn.Module, ckp: RunFolder, resume: int) -> tuple[dict, Path]:
     """The training state of ``--resume`` (-1: the latest epoch; N: epoch N) and its path, with the network
     of the same epoch loaded into ``net``."""
     model_path, state_path = state.resume_paths(ckp, resume)
@@ -70,7 +70,7 @@ def _check_same_run(saved: dict, args: argparse.Namespace, run: Path, *, loss_na
                         f'{"+".join(saved["test_sets"])} x{saved["scale"]}; resume with the same sets and scale')
 
 
-def _log_schedule(ckp: checkpoint, args: argparse.Namespace, optimizer: optim.Optimizer,
+def _log_schedule(ckp: RunFolder, args: argparse.Namespace, optimizer: optim.Optimizer,
                   scheduler: optim.lr_scheduler.MultiStepLR, epoch: int, path: Path) -> None:
     """Log the resumed point and its learning rate, and say when flags given now do not change the schedule
     or the run has finished its ``--epochs`` already.

@@ -81,7 +81,7 @@ def _holds_only_logs(folder: Path) -> bool:
         return False
 
 
-class checkpoint:  # lower case: EDSR's name, used the same way
+class RunFolder:
     """The run folder ``<save_dir>/<save>/`` (or ``<save_dir>/<load>/`` with --load) and its files.
 
     Layout::

@@ -24,7 +24,7 @@ from core.errors import UserError
 from core.io_utils import atomic_save, load_state, save_weights
 from core.rng import get_rng_state, set_rng_state
 from training import run_flags
-from training.run_folder import TRAINING_STATE, checkpoint
+from training.run_folder import TRAINING_STATE, RunFolder
 
 STATE_FORMAT = 2
 _READABLE_FORMATS = (1, STATE_FORMAT)
@@ -80,7 +80,7 @@ def check_finite_state(state: dict, what: str) -> None:
             raise RuntimeError(f'refusing to save {what}: {key} holds NaN or inf values')
 
 
-def save_epoch(ckp: checkpoint, net_state: dict, state: dict, *, epoch: int, is_best: bool,
+def save_epoch(ckp: RunFolder, net_state: dict, state: dict, *, epoch: int, is_best: bool,
                save_models: bool) -> None:
     """Write the network and training state of finished epoch ``epoch`` (call on rank 0).
 
@@ -110,7 +110,7 @@ def save_epoch(ckp: checkpoint, net_state: dict, state: dict, *, epoch: int, is_
     atomic_save({**state, 'model': net_state}, ckp.get_path(TRAINING_STATE))
 
 
-def resume_paths(ckp: checkpoint, resume: int) -> tuple[Path, Path]:
+def resume_paths(ckp: RunFolder, resume: int) -> tuple[Path, Path]:
     """The network and training-state files of ``--resume`` (-1: the latest epoch; N: epoch N) in the run."""
     run = ckp.run_dir
     if resume == -1:

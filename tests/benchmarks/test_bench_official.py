@@ -170,10 +170,10 @@ def test_fake_tree_covers_every_shared_name(fake_src):
 def test_sealed_block_keeps_the_code_bases_apart(fake_src, monkeypatch):
     import model
     import option
-    import utility
+    import template
 
-    ours = {name: sys.modules[name] for name in ('model', 'option', 'utility')}
-    assert ours == {'model': model, 'option': option, 'utility': utility}
+    ours = {name: sys.modules[name] for name in ('model', 'option', 'template')}
+    assert ours == {'model': model, 'option': option, 'template': template}
     monkeypatch.setattr(sys, 'argv', ['bench_model.py', '--child', 'bench_model:official_infer'])
     path_before, argv_before = list(sys.path), list(sys.argv)
     args = option.parse_args(['--scale', '2', '--n_resgroups', '2', '--rgb_range', '1', '--cpu'])
@@ -194,7 +194,7 @@ def test_sealed_block_keeps_the_code_bases_apart(fake_src, monkeypatch):
     assert sys.modules[f'{lcoan.prefix}.model.lcoan'] is official
     assert sys.modules[f'{lcoan.prefix}.trainer'].OFFICIAL
     assert lcoan.prefix.startswith('_official_lcoan_')
-    assert not hasattr(model, 'OFFICIAL') and not hasattr(utility, 'OFFICIAL')
+    assert not hasattr(model, 'OFFICIAL') and not hasattr(template, 'OFFICIAL')
     assert hasattr(option, 'parse_args')
     # A module imported for the first time after the block is ours too.
     monkeypatch.delitem(sys.modules, 'template', raising=False)

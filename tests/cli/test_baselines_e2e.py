@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import helpers
-import utility
+from core.io_utils import load_state
 from helpers.architectures import BASELINES, tiny_flags
+from training.run_folder import RunFolder
 
 COMMON = ['--template', 'demo', '--cpu', '--patch_size', '32', '--batch_size', '2', '--test_every', '2',
           '--print_every', '1', '--n_threads', '0']
@@ -31,13 +32,13 @@ def test_train_resume_and_test_only(model, tmp_path):
     assert f'model: {model}' in config
     resumed = run(tmp_path, model, '--load', 'a', '--resume', '-1', '--epochs', '2')
     assert 'after epoch 1' in resumed.stdout
-    state = utility.load_state(a / 'training_state.pt')
+    state = load_state(a / 'training_state.pt')
     assert state['epoch'] == 2 and torch.isfinite(state['loss_log']).all()
     assert (state['psnr_log'] > 10).all()
 
     if model == 'NLSN':  # random LSH rotations: the resumed run equals one that went straight through
         run(tmp_path, model, '--save', 'b', '--epochs', '2')
-        straight = utility.load_state(tmp_path / 'exp' / 'b' / 'training_state.pt')
+        straight = load_state(tmp_path / 'exp' / 'b' / 'training_state.pt')
         assert torch.equal(straight['loss_log'], state['loss_log'])
         assert all(torch.equal(straight['model'][k], state['model'][k]) for k in state['model'])
 
@@ -57,7 +58,7 @@ def test_config_records_the_values_in_force(tmp_path):
     # Only the parse and the run folder: config.txt lists every model flag of NLSN with the value in force.
     import option
     args = option.parse_args(['--model', 'NLSN', '--n_hashes', '2', '--save_dir', str(tmp_path), '--save', 'cfg'])
-    ckp = utility.checkpoint(args)
+    ckp = RunFolder(args)
     ckp.done()
     config = (tmp_path / 'cfg' / 'config.txt').read_text()
     for line in ('model: NLSN', 'n_hashes: 2', 'n_resblocks: 32', 'n_feats: 256', 'res_scale: 0.1',

@@ -26,7 +26,8 @@ import argparse
 
 from torch import Tensor, nn
 
-from model import common, spec
+from model import spec
+from model.blocks import common
 
 
 def make_model(args: argparse.Namespace) -> 'TinyNet':

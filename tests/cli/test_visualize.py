@@ -11,7 +11,7 @@ from einops import rearrange
 import option
 import visualize
 from core.errors import UserError
-from model import lcoa_stats
+from model.blocks import lcoa_stats
 from model.lcoan import make_model
 
 TINY = ['--template', 'demo', '--n_resgroups', '2', '--n_resblocks', '1', '--n_feats', '8', '--n_clusters', '6',
@@ -111,7 +111,7 @@ def test_visualize_errors_name_the_flag(tmp_path, flags, message):
 
 def test_nlsn_buckets_reproduce_the_attention_output():
     """With NLSN in the checkout: the rebuilt pattern is the module's own (its output, from the dense rows)."""
-    nlsa = pytest.importorskip('model.nlsa')
+    nlsa = pytest.importorskip('model.blocks.nlsa')
     from model.nlsn import NLSN
     torch.manual_seed(0)
     net = NLSN(scale=2, n_resblocks=2, n_feats=8, chunk_size=16, n_hashes=2, rgb_range=1).eval()

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import helpers
+import metrics
 import upscale
-import utility
 from helpers import MAIN_ENV, SRC, run_main
 
 BENCHMARK = helpers.SHARED / 'data' / 'benchmark'
@@ -65,7 +65,7 @@ def test_upscale_and_test_only_agree_on_set5_and_set14(trained):
             sr = upscale.read_image(out / f'{hr_path.stem}x2_x2.png')
             # Exactly the HR size (the HR image cropped to a multiple of the scale, as its LR was made).
             assert sr.shape[:2] == (hr.shape[0] // 2 * 2, hr.shape[1] // 2 * 2), hr_path.name
-            ours = utility.calc_psnr(to_tensor(sr), to_tensor(hr[:sr.shape[0], :sr.shape[1]]), 2, 255)
+            ours = metrics.calc_psnr(to_tensor(sr), to_tensor(hr[:sr.shape[0], :sr.shape[1]]), 2, 255)
             key = next(k for k in reported if k.startswith(hr_path.stem))
             # Set14's bridge: gray HR, RGB LR; both programs compare the RGB output's Y with the gray HR.
             tolerance = 0.005

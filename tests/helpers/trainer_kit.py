@@ -18,7 +18,7 @@ from loss import Loss
 from metrics import quantize
 from trainer import Trainer
 from training import interrupts
-from training.run_folder import checkpoint
+from training.run_folder import RunFolder
 
 PHOTOS = (skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea())
 
@@ -91,7 +91,7 @@ def make_data(train_items=None, batch_size=2) -> SimpleNamespace:
 
 def make_trainer(args, data=None, seed=0):
     torch.manual_seed(seed)
-    ckp = checkpoint(args)
+    ckp = RunFolder(args)
     model = Wrapper()
     loss = Loss(args, ckp) if not args.test_only else None
     return Trainer(args, data or make_data(), model, loss, ckp), ckp, model

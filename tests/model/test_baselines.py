@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 import helpers
 from helpers.architectures import BASELINES, tiny_network
-from model import checkpoint_io, edsr, nlsa, nlsn, rcan, rdn
+from model import checkpoint_io, edsr, nlsn, rcan, rdn
+from model.blocks import nlsa
 
 # Copies of ../shared/reference/ (the official checkpoints' key lists), kept in the repo so this always runs.
 REFERENCE = helpers.FIXTURES / 'reference'

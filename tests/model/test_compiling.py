@@ -110,7 +110,7 @@ assert upscale.main(['--weights', 'w.pt', 'in.png', '-o', 'out']) == 0, 'upscale
 
 
 def test_fence_wraps_the_marked_functions_where_they_are_defined():
-    from model import lcoa
+    from model.blocks import lcoa
 
     compiling.fence()
     assert getattr(lcoa._read_flag, '_torchdynamo_disable', False)

@@ -16,7 +16,8 @@ import helpers
 import model
 import option
 from core.errors import UserError
-from model import checkpoint_io, common, detect, registry, spec
+from model import checkpoint_io, detect, registry, spec
+from model.blocks import common
 from model.lcoan import LCoAN
 
 REFERENCE = helpers.SHARED / 'reference'

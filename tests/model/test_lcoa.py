@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from model import lcoa
-from model import sparse_attention_reference as ref
+from model.blocks import lcoa
+from model.blocks import sparse_attention_reference as ref
 
 
 def dense_oracle(embed: torch.Tensor, codes: torch.Tensor, window: int, values: torch.Tensor):

@@ -6,9 +6,10 @@ import torch
 
 import helpers
 import option
-from model import common, lcoa, lcoan
-from model import sparse_attention as fast
-from model import sparse_attention_reference as ref
+from model import lcoan
+from model.blocks import common, lcoa
+from model.blocks import sparse_attention as fast
+from model.blocks import sparse_attention_reference as ref
 
 # Copies of ../shared/reference/ (the official checkpoints' key lists), kept in the repo so this always runs.
 REFERENCE = helpers.FIXTURES / 'reference'

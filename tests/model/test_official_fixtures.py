@@ -12,7 +12,7 @@ import torch
 
 import helpers
 from model import lcoan
-from model import sparse_attention as fast
+from model.blocks import sparse_attention as fast
 
 FIXTURES = helpers.FIXTURES / 'official'
 

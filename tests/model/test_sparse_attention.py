@@ -1,12 +1,13 @@
-"""The fast sparse attention (model.sparse_attention) equals the plain reference, forward and backward."""
+"""The fast sparse attention (model.blocks.sparse_attention) equals the plain reference, forward and backward."""
 
 import pytest
 import torch
 
-from model import lcoa, registry
-from model import sparse_attention as fast
-from model import sparse_attention_reference as ref
-from model.attention_interface import KEY_NORM_EPS, Pattern
+from model import registry
+from model.blocks import lcoa
+from model.blocks import sparse_attention as fast
+from model.blocks import sparse_attention_reference as ref
+from model.blocks.attention_interface import KEY_NORM_EPS, Pattern
 
 # (batch, rounds, length, embed channels, value channels, window)
 CASES = [

@@ -11,7 +11,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 import model
 import option
-from model import compiling, lcoa, lcoan
+from model import compiling, lcoan
+from model.blocks import lcoa
 
 
 def test_the_ddp_keyword_is_one_this_torch_has():

@@ -18,7 +18,7 @@ from model import checkpoint_io, inference, registry, spec
 
 
 class Log:
-    """The part of ``run_folder.checkpoint`` the wrapper uses."""
+    """The part of ``run_folder.RunFolder`` the wrapper uses."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []

@@ -153,7 +153,7 @@ def test_test_only_on_a_run_evaluates_its_latest_model_into_a_new_folder(tmp_pat
     assert f'--test_only: evaluating {run}/model/model_latest.pt (the latest epoch of run run;' in text
     assert f'--test_only: this evaluation writes to {tckp.dir}; the training run\'s own results' in text
     # A second evaluation gets a folder of its own.
-    again = run_folder.checkpoint(make_args(tmp_path, '--load', 'run', '--test_only'))
+    again = run_folder.RunFolder(make_args(tmp_path, '--load', 'run', '--test_only'))
     assert again.dir != tckp.dir and again.dir.parent == run
     again.done()
 
@@ -166,7 +166,7 @@ def test_test_only_needs_weights(tmp_path):
     with pytest.raises(UserError, match=f'^--load empty_run --test_only: {tmp_path / "empty_run"} has no finished '
                                         'epoch to evaluate'):
         make_trainer(args)
-    untrained = run_folder.checkpoint(make_args(tmp_path, '--test_only', '--untrained', '--save', 'u'))
+    untrained = run_folder.RunFolder(make_args(tmp_path, '--test_only', '--untrained', '--save', 'u'))
     assert untrained.dir == tmp_path / 'u'  # not a training run: results go into the folder itself
     untrained.done()
 
@@ -181,25 +181,25 @@ def test_reset_deletes_only_a_folder_this_program_made(tmp_path):
     (users / 'thesis.tex').write_text('years of work')
     with pytest.raises(UserError, match=f'^--reset: {users} holds files but no config.txt of a run of this program; '
                                         r'not deleting it \(choose another --save'):
-        run_folder.checkpoint(make_args(tmp_path, '--save', 'documents', '--reset'))
+        run_folder.RunFolder(make_args(tmp_path, '--save', 'documents', '--reset'))
     assert (users / 'thesis.tex').read_text() == 'years of work'
     (users / 'config.txt').write_text('my own config\n')  # a config.txt that is not ours
     with pytest.raises(UserError, match='^--reset: .* no config.txt of a run of this program'):
-        run_folder.checkpoint(make_args(tmp_path, '--save', 'documents', '--reset'))
+        run_folder.RunFolder(make_args(tmp_path, '--save', 'documents', '--reset'))
     (tmp_path / 'a_file').write_text('x')
     with pytest.raises(UserError, match=f'^--reset: {tmp_path / "a_file"} is not a run folder'):
-        run_folder.checkpoint(make_args(tmp_path, '--save', 'a_file', '--reset'))
+        run_folder.RunFolder(make_args(tmp_path, '--save', 'a_file', '--reset'))
     assert (tmp_path / 'a_file').read_text() == 'x'
 
     trainer, ckp, _ = make_trainer(make_args(tmp_path, '--epochs', '1'))
     run_epochs(trainer, 1)
     ckp.done()
     (ckp.dir / 'notes.txt').write_text('in a run folder: deleted with it')
-    fresh = run_folder.checkpoint(make_args(tmp_path, '--reset'))
+    fresh = run_folder.RunFolder(make_args(tmp_path, '--reset'))
     assert sorted(p.name for p in fresh.dir.iterdir()) == ['config.txt', 'log.txt', 'model']
     fresh.done()
     (tmp_path / 'killed_early' / 'model').mkdir(parents=True)  # what a run killed before its config.txt leaves
-    run_folder.checkpoint(make_args(tmp_path, '--save', 'killed_early', '--reset')).done()
+    run_folder.RunFolder(make_args(tmp_path, '--save', 'killed_early', '--reset')).done()
 
 
 def test_a_folder_this_program_did_not_make_is_never_adopted(tmp_path):
@@ -210,19 +210,19 @@ def test_a_folder_this_program_did_not_make_is_never_adopted(tmp_path):
     for flags, flag in [(['--save', 'u'], 'save'), (['--save', 'u', '--test_only', '--untrained'], 'save'),
                         (['--load', 'u', '--test_only'], 'load'), (['--load', 'u', '--resume', '-1'], 'load')]:
         with pytest.raises(UserError) as e:
-            run_folder.checkpoint(make_args(tmp_path, *flags))
+            run_folder.RunFolder(make_args(tmp_path, *flags))
         assert str(e.value) == (f"--{flag} 'u': {users} holds files but no run of this program (no config.txt "
                                 f'written by main.py); choose another --{flag}, or empty the folder'), flags
     with pytest.raises(UserError, match=f'^--reset: {users} holds files but no config.txt of a run of this program'):
-        run_folder.checkpoint(make_args(tmp_path, '--save', 'u', '--reset'))
+        run_folder.RunFolder(make_args(tmp_path, '--save', 'u', '--reset'))
     assert [p.name for p in users.iterdir()] == ['thesis.tex']
     assert (users / 'thesis.tex').read_text() == 'years of work'
     (tmp_path / 'notes.txt').write_text('x')
     with pytest.raises(UserError, match=f"^--save 'notes.txt': {tmp_path}/notes.txt is a file, not a run folder"):
-        run_folder.checkpoint(make_args(tmp_path, '--save', 'notes.txt'))
+        run_folder.RunFolder(make_args(tmp_path, '--save', 'notes.txt'))
     empty = tmp_path / 'empty'
     empty.mkdir()
-    run_folder.checkpoint(make_args(tmp_path, '--save', 'empty')).done()  # an empty folder is taken
+    run_folder.RunFolder(make_args(tmp_path, '--save', 'empty')).done()  # an empty folder is taken
     assert (empty / 'config.txt').is_file()
 
 
@@ -231,12 +231,12 @@ def test_the_run_folder_is_written_only_when_opened(tmp_path):
     run_epochs(trainer, 1)
     ckp.done()
     before = {p: p.read_bytes() for p in ckp.dir.rglob('*') if p.is_file()}
-    held = run_folder.checkpoint(make_args(tmp_path, '--reset'), open_now=False)
+    held = run_folder.RunFolder(make_args(tmp_path, '--reset'), open_now=False)
     held.write_log('Made a network.')
     assert {p: p.read_bytes() for p in ckp.dir.rglob('*') if p.is_file()} == before  # checked, nothing touched
     held.abort()  # a start-up check failed: still nothing touched
     assert {p: p.read_bytes() for p in ckp.dir.rglob('*') if p.is_file()} == before
-    held = run_folder.checkpoint(make_args(tmp_path, '--reset'), open_now=False)
+    held = run_folder.RunFolder(make_args(tmp_path, '--reset'), open_now=False)
     held.write_log('Made a network.')
     held.open()
     assert sorted(p.name for p in ckp.dir.iterdir()) == ['config.txt', 'log.txt', 'model']
@@ -520,7 +520,7 @@ def test_torch_save_on_a_full_disk_reports_the_disk(tmp_path, monkeypatch):
 def test_main_reports_an_unwritable_run_folder_in_one_line(tmp_path, monkeypatch, capsys):
     def refuse(self):
         raise OSError(errno.EROFS, 'Read-only file system', str(self.get_path('config.txt')))
-    monkeypatch.setattr(run_folder.checkpoint, '_write_config', refuse)
+    monkeypatch.setattr(run_folder.RunFolder, '_write_config', refuse)
     status = main_module.main(['--template', 'demo', '--cpu', '--save_dir', str(tmp_path), '--save', 'ro'])
     assert status == 2
     assert capsys.readouterr().err == f'error: cannot write {tmp_path}/ro/config.txt: read-only file system\n'

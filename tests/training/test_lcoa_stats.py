@@ -10,15 +10,15 @@ import torch.nn.functional as F
 
 import model as model_package
 import option
-import utility
 from helpers.trainer_kit import make_data
 from loss import Loss
-from model import lcoa, lcoa_stats
-from model import sparse_attention as fast
-from model import sparse_attention_reference as ref
+from model.blocks import lcoa, lcoa_stats
+from model.blocks import sparse_attention as fast
+from model.blocks import sparse_attention_reference as ref
 from model.lcoan import LCoAN
 from trainer import Trainer
 from training.lcoa_monitor import NAMES, LCoAMonitor
+from training.run_folder import RunFolder
 from training.tensorboard_log import TensorBoardLog
 
 
@@ -216,7 +216,7 @@ def lcoan_trainer(tmp_path, *extra):
                               '--n_resgroups', '2', '--n_resblocks', '1', '--n_feats', '8', '--n_clusters', '4',
                               '--window_size', '16', '--tensorboard', *extra])
     torch.manual_seed(0)
-    ckp = utility.checkpoint(args)
+    ckp = RunFolder(args)
     net = model_package.Model(args, ckp)
     return Trainer(args, make_data(), net, Loss(args, ckp), ckp), ckp
 

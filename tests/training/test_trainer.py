@@ -31,7 +31,7 @@ from helpers.trainer_kit import (
 )
 from training import tables
 from training.optim import make_optimizer
-from training.run_folder import checkpoint
+from training.run_folder import RunFolder
 
 # ----------------------------------------------------------------------------------------------
 # optimisation
@@ -227,21 +227,21 @@ def test_rng_state_loads_with_weights_only(tmp_path):
 
 def test_run_folder_checks(tmp_path):
     with pytest.raises(UserError, match="^--load 'nope': no run folder"):
-        checkpoint(make_args(tmp_path, '--load', 'nope'))
+        RunFolder(make_args(tmp_path, '--load', 'nope'))
     with pytest.raises(UserError, match="^--save '../x': a run name, not a path"):
-        checkpoint(make_args(tmp_path, '--save', '../x'))
+        RunFolder(make_args(tmp_path, '--save', '../x'))
     trainer, ckp, _ = make_trainer(make_args(tmp_path, '--epochs', '1'))
     run_epochs(trainer, 1)
     ckp.done()
     stale = ckp.get_path('model', '.model_latest.pt.tmp-999')  # left by a writer killed mid-write
     stale.write_bytes(b'PK')
-    checkpoint(make_args(tmp_path, '--load', 'run', '--test_only')).done()
+    RunFolder(make_args(tmp_path, '--load', 'run', '--test_only')).done()
     assert stale.exists()  # an evaluation may run beside the training writing it
-    checkpoint(make_args(tmp_path, '--load', 'run', '--resume', '-1')).done()
+    RunFolder(make_args(tmp_path, '--load', 'run', '--resume', '-1')).done()
     assert not stale.exists()
     with pytest.raises(UserError, match="^--save 'run': .* holds a run already; continue it with --load run"):
-        checkpoint(make_args(tmp_path))
-    fresh = checkpoint(make_args(tmp_path, '--reset'))
+        RunFolder(make_args(tmp_path))
+    fresh = RunFolder(make_args(tmp_path, '--reset'))
     assert not fresh.get_path('training_state.pt').exists()
     assert fresh.get_path('log.txt').read_text() == ''
     fresh.done()

@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from model.attention_interface import KEY_NORM_EPS
+from model.blocks.attention_interface import KEY_NORM_EPS
 
 # Upper bound on the scratch memory of one chunk of slots (see _Plan.chunks). Every stage of a training
 # step on the paper's patches (batch 16 of 48 x 48, window 384, 128 channels) fits in one chunk, so the

@@ -1,6 +1,6 @@
 """What the two sparse-attention implementations share: the pattern interface and the key epsilon.
 
-``model.sparse_attention`` (fast) and ``model.sparse_attention_reference`` (plain, the tests'
+``model.blocks.sparse_attention`` (fast) and ``model.blocks.sparse_attention_reference`` (plain, the tests'
 oracle) each provide ``build_pattern(embed, codes, window_size) -> pattern`` and
 ``apply_pattern(pattern, values) -> Tensor``. A pattern is opaque to its users: it goes back, unchanged,
 into ``apply_pattern`` of the implementation that built it, once per residual group (collaborative

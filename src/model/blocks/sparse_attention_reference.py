@@ -1,6 +1,6 @@
 """Learnable sparse attention, written plainly: the test oracle for the fast implementation.
 
-Functional API (``model.attention_interface.SparseAttention``; ``model.sparse_attention`` implements
+Functional API (``model.blocks.attention_interface.SparseAttention``; ``model.blocks.sparse_attention`` implements
 the same two functions):
 
 * ``build_pattern(embed, codes, window_size)`` sorts the positions by cluster, cuts the sorted
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.attention_interface import KEY_NORM_EPS
+from model.blocks.attention_interface import KEY_NORM_EPS
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model import common
+from model.blocks import common
 
 MAX_BUCKETS = 128
 # eps of the L2 normalisation of the keys (the official value).

@@ -5,9 +5,9 @@ Learnable Sparse Pattern (LSP) from the clusters, and hands the pattern to the l
 apply it to their own values (Collaborative Attention, CoA).
 
 Each attention module chooses its sparse-attention implementation when it is built (``attention_impl``,
-the ``--attention_impl`` flag): ``'fast'`` (``model.sparse_attention``, the default) or ``'reference'``
-(``model.sparse_attention_reference``, plain and obviously faithful; the tests' oracle). Both follow
-``model.attention_interface``, so models using either can live side by side in one process.
+the ``--attention_impl`` flag): ``'fast'`` (``model.blocks.sparse_attention``, the default) or ``'reference'``
+(``model.blocks.sparse_attention_reference``, plain and obviously faithful; the tests' oracle). Both follow
+``model.blocks.attention_interface``, so models using either can live side by side in one process.
 """
 
 import warnings
@@ -19,8 +19,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from core import distributed
-from model import common, sparse_attention, sparse_attention_reference
-from model.attention_interface import Pattern, SparseAttention
+from model.blocks import common, sparse_attention, sparse_attention_reference
+from model.blocks.attention_interface import Pattern, SparseAttention
 from model.compiling import outside_compiled_graph
 
 IMPLEMENTATIONS: dict[str, SparseAttention] = {'fast': sparse_attention, 'reference': sparse_attention_reference}
@@ -139,7 +139,7 @@ class KMeansCentroids(nn.Module):
 
     In training mode the module also counts the members of every cluster (``member_counts``, over all
     ranks) and keeps the centroids of the last :meth:`reset_statistics` (``start_means``), so that
-    ``model.lcoa_stats`` can report empty clusters, cluster-size perplexity and how far the centroids
+    ``model.blocks.lcoa_stats`` can report empty clusters, cluster-size perplexity and how far the centroids
     moved without any extra pass. Both are non-persistent buffers: not in the state_dict.
 
     Args:

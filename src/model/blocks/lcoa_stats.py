@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model import sparse_attention, sparse_attention_reference
-from model.lcoa import KMeansCentroids
+from model.blocks import sparse_attention, sparse_attention_reference
+from model.blocks.lcoa import KMeansCentroids
 
 # Largest number of (query, key) pairs compared at once by self_weights (bounds its scratch memory).
 _SELF_WEIGHT_CHUNK = 1 << 24
