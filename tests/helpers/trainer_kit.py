@@ -111,7 +111,7 @@ def log_text(ckp):
     return ckp.get_path('log.txt').read_text()
 
 
-# -- main.py in a subprocess on the built-in Sample data with a tiny LCoAN
+# -- main.py on the built-in Sample data with a tiny LCoAN
 
 TINY = ['--template', 'demo', '--cpu', '--n_resgroups', '1', '--n_resblocks', '1', '--n_feats', '8',
         '--n_clusters', '4', '--window_size', '32', '--patch_size', '32', '--batch_size', '2', '--test_every', '4',
@@ -123,7 +123,8 @@ def main_cmd(base: Path, *flags) -> list[str]:
 
 
 def run_main(base: Path, *flags) -> subprocess.CompletedProcess:
-    return helpers.run_main(base, *TINY, *flags, timeout=300)
+    """In this process (:func:`helpers.main_here`); :func:`start_held` runs it in another."""
+    return helpers.main_here(base, *TINY, *flags)
 
 
 def start_held(base: Path, batch: int, *flags) -> tuple[subprocess.Popen, list[str]]:

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import api
+import helpers
 import main as main_module
 import metrics
 import model
@@ -246,13 +247,10 @@ def test_the_run_folder_is_written_only_when_opened(tmp_path):
     assert held.get_path('log.txt').read_text() == 'Made a network.\nNext line.\n'
 
 
-@pytest.fixture(scope='module')
-def sample_data(tmp_path_factory):
-    """The built-in Sample data set (written once for the module: seconds)."""
-    from data import sample
-    folder = tmp_path_factory.mktemp('data')
-    sample.ensure_sample(folder, say=lambda _: None)
-    return folder
+@pytest.fixture
+def sample_data(tmp_path):
+    """A copy of the built-in Sample data set (written once a session), which runs may write their cache into."""
+    return helpers.sample_data(tmp_path / 'data')
 
 
 def _old_run(tmp_path) -> tuple[Path, dict]:

@@ -401,7 +401,7 @@ def test_test_only_prints_a_table(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------
-# end to end: main.py in a subprocess on the built-in Sample data with a tiny LCoAN
+# end to end: main.py on the built-in Sample data with a tiny LCoAN (killed: in a subprocess)
 
 @pytest.fixture(scope='module')
 def e2e(tmp_path_factory):
@@ -507,10 +507,10 @@ def test_e2e_test_only_on_a_run_reads_its_architecture_and_a_failure_leaves_no_f
     # evaluation left a test-<date> folder.
     a = e2e / 'exp' / 'a'
     earlier = set(a.glob('test-*'))
-    failed = helpers.run_main(e2e, '--load', 'a', '--test_only', '--cpu', '--data_test', 'Set14')
+    failed = helpers.main_here(e2e, '--load', 'a', '--test_only', '--cpu', '--data_test', 'Set14')
     assert failed.returncode == 2 and failed.stderr.startswith('error: Set14 not found'), failed.stderr
     assert set(a.glob('test-*')) == earlier
-    done = helpers.run_main(e2e, '--load', 'a', '--test_only', '--cpu', '--data_test', 'Sample')
+    done = helpers.main_here(e2e, '--load', 'a', '--test_only', '--cpu', '--data_test', 'Sample')
     assert done.returncode == 0, done.stdout + done.stderr
     assert f'--load a --test_only: {a}/model/model_latest.pt: LCoAN x2 checkpoint; options read from the weights: ' \
            'model=LCoAN, scale=2, n_colors=3, n_feats=8, n_resgroups=1, n_resblocks=1, ' in done.stdout
