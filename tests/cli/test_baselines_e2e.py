@@ -1,8 +1,9 @@
 """main.py end to end for every baseline: train, resume after a stop, test with --chop and --self_ensemble.
 
-Tiny configurations of ``--template demo --model X`` on the built-in Sample data, in subprocesses.
+Tiny configurations of ``--template demo --model X`` on the built-in Sample data (the ``tiny_run`` fixture).
 """
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,41 +11,39 @@ import torch
 
 import helpers
 from core.io_utils import load_state
-from helpers.architectures import BASELINES, tiny_flags
+from helpers.architectures import BASELINES
 from training.run_folder import RunFolder
 
-COMMON = ['--template', 'demo', '--cpu', '--patch_size', '32', '--batch_size', '2', '--test_every', '2',
-          '--print_every', '1', '--n_threads', '0']
 
-
-def run(base: Path, model: str, *flags):
-    done = helpers.run_main(base, *COMMON, *tiny_flags(model), *flags, timeout=600)
+def run(base: Path, *flags):
+    done = helpers.main_here(base, *flags)
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('model', BASELINES)
-def test_train_resume_and_test_only(model, tmp_path):
-    run(tmp_path, model, '--save', 'a', '--epochs', '1')
+def test_train_resume_and_test_only(model, tmp_path, tiny_run):
+    flags = tiny_run.flags(model)
     a = tmp_path / 'exp' / 'a'
+    shutil.copytree(tiny_run(model), a)  # one epoch, resumed here
     config = (a / 'config.txt').read_text()
     assert f'model: {model}' in config
-    resumed = run(tmp_path, model, '--load', 'a', '--resume', '-1', '--epochs', '2')
+    resumed = run(tmp_path, *flags, '--load', 'a', '--resume', '-1', '--epochs', '2')
     assert 'after epoch 1' in resumed.stdout
     state = load_state(a / 'training_state.pt')
     assert state['epoch'] == 2 and torch.isfinite(state['loss_log']).all()
     assert (state['psnr_log'] > 10).all()
 
     if model == 'NLSN':  # random LSH rotations: the resumed run equals one that went straight through
-        run(tmp_path, model, '--save', 'b', '--epochs', '2')
+        run(tmp_path, *flags, '--save', 'b', '--epochs', '2')
         straight = load_state(tmp_path / 'exp' / 'b' / 'training_state.pt')
         assert torch.equal(straight['loss_log'], state['loss_log'])
         assert all(torch.equal(straight['model'][k], state['model'][k]) for k in state['model'])
 
     latest = a / 'model' / 'model_latest.pt'
     # NLSN draws its rotations from --seed: the same numbers run after run. The others draw nothing: one run.
-    tested = [run(tmp_path, model, '--test_only', '--save', f't{i}', '--pre_train', latest, '--chop',
+    tested = [run(tmp_path, *flags, '--test_only', '--save', f't{i}', '--pre_train', latest, '--chop',
                   '--chop_size', '24', '--chop_overlap', '4', '--self_ensemble', '--seed', '5')
               for i in range(2 if model == 'NLSN' else 1)]
     scores = [[line for line in t.stdout.splitlines() if line.startswith(('[Sample x2]', 'average'))] for t in tested]

@@ -82,11 +82,11 @@ def test_a_run_without_safetensors_leaves_no_stale_one(tmp_path):
 @pytest.mark.slow
 def test_resuming_with_some_flags_continues_the_run_as_it_was(tmp_path):
     """The issue's two commands: the resumed run keeps rgb_range 1 and window_size 32 and its .safetensors."""
-    first = helpers.run_main(tmp_path, *RUN, '--epochs', '1', '--save', 'lc', '--cpu', '--n_threads', '0')
+    first = helpers.main_here(tmp_path, *RUN, '--epochs', '1', '--save', 'lc', '--cpu', '--n_threads', '0')
     assert first.returncode == 0, first.stderr
-    again = helpers.run_main(tmp_path, '--load', 'lc', '--resume', '-1', '--epochs', '2', *T, '--scale', '2',
-                              '--reduction', '2', '--ema_decay', '0.99', '--lr', '5e-4', '--decay', '8',
-                              '--data_train', 'Sample', '--data_test', 'Sample', '--cpu', '--n_threads', '0')
+    again = helpers.main_here(tmp_path, '--load', 'lc', '--resume', '-1', '--epochs', '2', *T, '--scale', '2',
+                               '--reduction', '2', '--ema_decay', '0.99', '--lr', '5e-4', '--decay', '8',
+                               '--data_train', 'Sample', '--data_test', 'Sample', '--cpu', '--n_threads', '0')
     assert again.returncode == 0, again.stderr
     run = tmp_path / 'exp' / 'lc'
     last = run.joinpath('config.txt').read_text().split('command: ')[-1].splitlines()

@@ -3,7 +3,6 @@ sizes) come from the flags, else from the config.txt of the run that saved them,
 line says which came from where (api.load_pretrained, upscale.py, export.py, main.py --pre_train, visualize.py)."""
 
 import shutil
-from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -134,22 +133,13 @@ def test_pre_train_and_visualize_read_the_run_config(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f'error: --weights {tmp_path / "text.pt"}: a text file')
 
 
-def _save_results_run(base: Path, name: str) -> Path:
-    """A one-epoch --save_results run of ``name``'s tiny configuration on the Sample data; returns the run."""
-    proc = helpers.run_main(base, '--template', 'demo', '--cpu', *tiny_flags(name), '--patch_size', '32',
-                             '--batch_size', '2', '--test_every', '2', '--epochs', '1', '--n_threads', '0',
-                             '--save', 'run', '--seed', '7', timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return base / 'exp' / 'run'
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('name', registry.names())
-def test_upscale_gives_the_pixels_of_the_runs_own_save_results(tmp_path, name):
+def test_upscale_gives_the_pixels_of_the_runs_own_save_results(tmp_path, name, tiny_run):
     """upscale.py on a run's model_latest.pt, with nothing but the weights given, writes the SR images that the
     run's evaluation saved, bit for bit (the demo template: rgb_range 1, the tiny model's own window/chunk sizes)."""
-    run = _save_results_run(tmp_path, name)
-    lr_folder = tmp_path / 'data' / 'benchmark' / 'Sample' / 'LR_bicubic' / 'X2'
+    run = tiny_run(name)
+    lr_folder = helpers.sample_data() / 'benchmark' / 'Sample' / 'LR_bicubic' / 'X2'
     out = tmp_path / 'out'
     assert upscale.main(['--weights', str(run / 'model' / 'model_latest.pt'), str(lr_folder), '-o', str(out),
                          '--cpu']) == 0
