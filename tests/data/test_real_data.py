@@ -1,14 +1,11 @@
 """upscale.py and ``--test_only`` with detected flags on the real Set5/Set14 (``../shared/data/benchmark``).
 
-A tiny LCoAN is trained for a few steps with ``main.py --template demo``; its checkpoint then goes
+A tiny LCoAN trained for an epoch with ``main.py --template demo`` (the ``tiny_run`` fixture) goes
 through upscale.py (outputs of HR size) and through ``main.py --test_only --pre_train`` with no
 architecture flag, whose per-image PSNR must equal the PSNR of upscale.py's outputs.
 """
 
 import csv
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +14,6 @@ import torch
 import helpers
 import metrics
 import upscale
-from helpers import MAIN_ENV, SRC, run_main
 
 BENCHMARK = helpers.SHARED / 'data' / 'benchmark'
 SETS = ('Set5', 'Set14')
@@ -25,38 +21,27 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (BENCHMARK / 'Set5').is_dir(), reason='../shared/data/benchmark is absent')]
 
 
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp('real')
-    done = run_main(base, '--template', 'demo', '--cpu', '--epochs', '1', '--test_every', '10', '--batch_size', '4',
-                    '--n_threads', '0', '--save', 'tiny')
-    assert done.returncode == 0, done.stdout + done.stderr
-    return base, base / 'exp' / 'tiny' / 'model' / 'model_latest.pt'
-
-
 def to_tensor(a: np.ndarray) -> torch.Tensor:
     a = np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a
     return torch.from_numpy(a.astype(np.float32)).permute(2, 0, 1)[None]
 
 
-def test_upscale_and_test_only_agree_on_set5_and_set14(trained):
-    base, weights = trained
-    out = base / 'sr'
+def test_upscale_and_test_only_agree_on_set5_and_set14(tmp_path, tiny_run):
+    weights = tiny_run('LCoAN') / 'model' / 'model_latest.pt'
+    out = tmp_path / 'sr'
     inputs = [BENCHMARK / name / 'LR_bicubic' / 'X2' for name in SETS]
     code = upscale.main(['--weights', str(weights), *map(str, inputs), '-o', str(out), '--cpu'])
     assert code == 0
 
-    done = subprocess.run(
-        [sys.executable, 'main.py', '--pre_train', str(weights), '--test_only', '--cpu', '--data_test', '+'.join(SETS),
-         '--dir_data', str(BENCHMARK.parent), '--ext', 'img', '--n_threads', '0', '--save_dir', str(base / 'exp'),
-         '--save', 'eval'],
-        cwd=SRC, env=MAIN_ENV, capture_output=True, text=True, timeout=900)
+    done = helpers.main_in_process(
+        '--pre_train', weights, '--test_only', '--cpu', '--data_test', '+'.join(SETS), '--dir_data', BENCHMARK.parent,
+        '--ext', 'img', '--n_threads', '0', '--save_dir', tmp_path / 'exp', '--save', 'eval')
     assert done.returncode == 0, done.stdout + done.stderr
     assert f'--pre_train {weights}: LCoAN x2 checkpoint; options read from the weights: model=LCoAN, scale=2' \
         in done.stdout
 
     for name in SETS:
-        with open(base / 'exp' / 'eval' / f'metrics_{name}_x2.csv') as f:
+        with open(tmp_path / 'exp' / 'eval' / f'metrics_{name}_x2.csv') as f:
             reported = {row['image']: float(row['psnr']) for row in csv.DictReader(f)}
         hr_files = sorted((BENCHMARK / name / 'HR').glob('*.png'))
         assert len(reported) == len(hr_files)

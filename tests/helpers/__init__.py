@@ -58,14 +58,19 @@ def run_main(base: Path, *flags, timeout: int = 600) -> subprocess.CompletedProc
 
 
 def main_here(base: Path, *flags) -> subprocess.CompletedProcess:
-    """What :func:`run_main` gives, from ``main.main`` in this process (without a new interpreter and torch
-    import): its status (1 and the traceback for an uncaught exception), stdout and stderr. One thread, as
-    in the subprocess, so that runs are bit-identical to those of :func:`run_main`; the settings a run
-    changes process-wide are restored."""
+    """What :func:`run_main` gives, from ``main.main`` in this process (:func:`main_in_process`)."""
+    return main_in_process(*main_command(base, *flags)[2:])
+
+
+def main_in_process(*argv) -> subprocess.CompletedProcess:
+    """``python main.py ARGV``'s status (1 and the traceback for an uncaught exception), stdout and stderr,
+    from ``main.main`` in this process: no new interpreter and torch import. One thread, as in
+    :data:`MAIN_ENV`, so that runs are bit-identical to those in a subprocess; the settings a run changes
+    process-wide are restored."""
     import torch
 
     import main
-    argv = main_command(base, *flags)[2:]
+    argv = [str(a) for a in argv]
     out, err = io.StringIO(), io.StringIO()
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     benchmark, environ = torch.backends.cudnn.benchmark, dict(os.environ)
