@@ -6,6 +6,7 @@ without touching any other file, it trains one epoch with ``main.py``, is evalua
 untiled, and is exported to ONNX.
 """
 
+import json
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
+import helpers
 from helpers import MAIN_ENV, SRC
 
 # Everything docs/adding_a_model.md asks a model file to define, for a network of four convolutions.
@@ -80,11 +82,19 @@ ARCH = spec.Architecture(
 '''
 
 
-def run(cwd, *argv) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, *map(str, argv)], cwd=cwd, env=MAIN_ENV, capture_output=True, text=True,
+def run_all(cwd, *commands) -> list[subprocess.CompletedProcess]:
+    """``python <program>.py ARGS`` for each ``(program, ARGS)`` in turn, run from ``cwd`` in one subprocess
+    (helpers/entry_points.py); each must succeed."""
+    script = helpers.TESTS / 'helpers' / 'entry_points.py'
+    todo = json.dumps([[program, [str(a) for a in argv]] for program, argv in commands])
+    done = subprocess.run([sys.executable, str(script), todo], cwd=cwd, env=MAIN_ENV, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    return done
+    results = [subprocess.CompletedProcess([program, *argv], r['status'], r['stdout'], r['stderr'])
+               for (program, argv), r in zip(commands, json.loads(done.stdout), strict=True)]
+    for result in results:
+        assert result.returncode == 0, (result.args, result.stdout + result.stderr)
+    return results
 
 
 @pytest.mark.slow
@@ -97,39 +107,45 @@ def test_a_new_architecture_is_one_file(tmp_path):
     assert sorted(set(after) - set(before)) == [src.joinpath('model', 'tinynet.py').relative_to(src)]
     data, exp = tmp_path / 'data', tmp_path / 'exp'
     common = ['--dir_data', data, '--save_dir', exp, '--cpu', '--n_threads', '0']
-
-    assert 'TinyNet (four convolutions' in ' '.join(run(src, 'main.py', '--help').stdout.split())
-    # Train one epoch (the demo template takes the architecture's own demo configuration).
-    run(src, 'main.py', '--template', 'demo', '--model', 'tinynet', '--epochs', '1', '--test_every', '3',
-        '--save', 'tiny', *common)
     weights = exp / 'tiny' / 'model' / 'model_latest.pt'
-    config = (exp / 'tiny' / 'config.txt').read_text()
-    assert 'model: TinyNet' in config and 'n_feats: 8' in config
-
-    # Evaluate the weights with every architecture flag read from the checkpoint.
-    out = run(src, 'main.py', '--test_only', '--pre_train', weights, '--data_test', 'Sample', '--save', 'tiny_eval',
-              *common).stdout
-    assert 'TinyNet x2 checkpoint' in out and 'n_feats=8' in out and 'rgb_range=1' in out
-    assert '[Sample x2]\tPSNR: ' in out
-
-    # Upscale an image from the weights alone, untiled and in tiles of 16 LR pixels: a local network tiles exactly.
     image = tmp_path / 'in' / 'coffee.png'
     image.parent.mkdir()
     Image.fromarray(skimage.data.coffee()[100:160, 200:270]).save(image)
-    whole = run(src, 'upscale.py', '--weights', weights, image, '-o', tmp_path / 'whole', '--cpu').stdout
-    assert 'TinyNet x2' in whole
-    run(src, 'upscale.py', '--weights', weights, image, '-o', tmp_path / 'tiled', '--cpu', '--tile', '16')
+    helpers.sample_data(data)
+
+    # In one process, in this order: --help; train one epoch (the demo template takes the architecture's own
+    # demo configuration); evaluate the weights with every architecture flag read from the checkpoint; upscale
+    # an image from the weights alone, untiled and in tiles of 16 LR pixels; convert to .safetensors and upscale
+    # from it; export to ONNX (export.py compares onnxruntime with PyTorch itself).
+    helped, _, evaluated, whole, _, _, _, exported = run_all(
+        src,
+        ('main', ['--help']),
+        ('main', ['--template', 'demo', '--model', 'tinynet', '--epochs', '1', '--test_every', '3', '--save', 'tiny',
+                  *common]),
+        ('main', ['--test_only', '--pre_train', weights, '--data_test', 'Sample', '--save', 'tiny_eval', *common]),
+        ('upscale', ['--weights', weights, image, '-o', tmp_path / 'whole', '--cpu']),
+        ('upscale', ['--weights', weights, image, '-o', tmp_path / 'tiled', '--cpu', '--tile', '16']),
+        ('convert', [weights, tmp_path / 'tiny.safetensors']),
+        ('upscale', ['--weights', tmp_path / 'tiny.safetensors', image, '-o', tmp_path / 'st', '--cpu']),
+        ('export', ['--weights', weights, '--onnx', tmp_path / 'tiny.onnx']))
+
+    assert 'TinyNet (four convolutions' in ' '.join(helped.stdout.split())
+    config = (exp / 'tiny' / 'config.txt').read_text()
+    assert 'model: TinyNet' in config and 'n_feats: 8' in config
+
+    out = evaluated.stdout
+    assert 'TinyNet x2 checkpoint' in out and 'n_feats=8' in out and 'rgb_range=1' in out
+    assert '[Sample x2]\tPSNR: ' in out
+
+    # A local network tiles exactly.
+    assert 'TinyNet x2' in whole.stdout
     untiled = np.asarray(Image.open(tmp_path / 'whole' / 'coffee_x2.png'))
     tiled = np.asarray(Image.open(tmp_path / 'tiled' / 'coffee_x2.png'))
     assert untiled.shape == (120, 140, 3)
     assert np.abs(untiled.astype(int) - tiled.astype(int)).max() <= 1
 
     # Its .safetensors (keys sorted as text: out before upsample) is detected as its .pt, the same pixels.
-    run(src, 'convert.py', weights, tmp_path / 'tiny.safetensors')
-    run(src, 'upscale.py', '--weights', tmp_path / 'tiny.safetensors', image, '-o', tmp_path / 'st', '--cpu')
     assert np.array_equal(np.asarray(Image.open(tmp_path / 'st' / 'coffee_x2.png')), untiled)
 
-    # Export to ONNX; export.py compares onnxruntime with PyTorch itself.
-    exported = run(src, 'export.py', '--weights', weights, '--onnx', tmp_path / 'tiny.onnx').stdout
     assert (tmp_path / 'tiny.onnx').stat().st_size > 0
-    assert 'max abs difference' in exported
+    assert 'max abs difference' in exported.stdout
