@@ -7,6 +7,7 @@ The tests marked slow start two or more processes.
 import errno
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,38 +77,49 @@ def run_main(base: Path, *flags) -> subprocess.CompletedProcess:
     return helpers.run_main(base, *MAIN_TINY, *flags)
 
 
-@pytest.mark.slow
-def test_two_process_run_resumes_exactly(tmp_path):
-    straight = run_main(tmp_path, '--save', 'straight', '--epochs', '3')
-    assert straight.returncode == 0, straight.stdout + straight.stderr
-    first = run_main(tmp_path, '--save', 'resumed', '--epochs', '2')
-    assert first.returncode == 0, first.stdout + first.stderr
-    resumed = run_main(tmp_path, '--load', 'resumed', '--resume', '-1', '--epochs', '3')
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+@pytest.fixture(scope='module')
+def two_process_runs(tmp_path_factory):
+    """Runs of main.py --n_GPUs 2: 'straight' (2 epochs), 'eager' (1 epoch), 'resumed' ('eager' copied, then
+    resumed to 2 epochs) and 'compiled' (1 epoch, --compile eager); returns ``{name: completed process}``
+    and the base folder."""
+    base = tmp_path_factory.mktemp('ddp')
+    done = {'straight': run_main(base, '--save', 'straight', '--epochs', '2'),
+            'eager': run_main(base, '--save', 'eager', '--epochs', '1')}
+    assert done['eager'].returncode == 0, done['eager'].stdout + done['eager'].stderr
+    shutil.copytree(base / 'exp' / 'eager', base / 'exp' / 'resumed')
+    done['resumed'] = run_main(base, '--load', 'resumed', '--resume', '-1', '--epochs', '2')
+    done['compiled'] = run_main(base, '--save', 'compiled', '--epochs', '1', '--compile', 'eager')
+    for name, proc in done.items():
+        assert proc.returncode == 0, (name, proc.stdout + proc.stderr)
+    return done, base
 
+
+@pytest.mark.slow
+def test_two_process_run_resumes_exactly(two_process_runs):
+    _, base = two_process_runs
     # Rank 0 alone writes: one log line per batch, not two.
-    log = (tmp_path / 'exp' / 'straight' / 'log.txt').read_text()
-    assert log.count('[Epoch 3]\tLearning rate') == 1 and log.count('[Sample x2]\tPSNR') == 3
-    ref = load_state(tmp_path / 'exp' / 'straight' / 'training_state.pt')
-    got = load_state(tmp_path / 'exp' / 'resumed' / 'training_state.pt')
-    assert got['epoch'] == ref['epoch'] == 3
+    log = (base / 'exp' / 'straight' / 'log.txt').read_text()
+    assert log.count('[Epoch 2]\tLearning rate') == 1 and log.count('[Sample x2]\tPSNR') == 2
+    ref = load_state(base / 'exp' / 'straight' / 'training_state.pt')
+    got = load_state(base / 'exp' / 'resumed' / 'training_state.pt')
+    assert got['epoch'] == ref['epoch'] == 2
     assert torch.equal(got['loss_log'], ref['loss_log'])
     assert all(torch.equal(got['model'][k], ref['model'][k]) for k in ref['model'])
 
 
 @pytest.mark.slow
-def test_a_compiled_two_process_run_trains_like_the_eager_one(tmp_path):
+def test_a_compiled_two_process_run_trains_like_the_eager_one(two_process_runs):
     # --compile eager: dynamo traces the network (no code generation). The centroids' collectives stay
     # outside the graph (traced, they become asynchronous collectives that torch reports as never waited
     # for), and so does the evaluation's self-weight statistic: nothing of dynamo reaches the output.
+    done, base = two_process_runs
     runs = {}
-    for name, extra in (('eager', []), ('compiled', ['--compile', 'eager'])):
-        done = run_main(tmp_path, '--save', name, '--epochs', '1', *extra)
-        assert done.returncode == 0, done.stdout + done.stderr
-        output = done.stdout + done.stderr
+    for name in ('eager', 'compiled'):
+        output = done[name].stdout + done[name].stderr
         assert 'unwaited' not in output and '_dynamo' not in output and 'Graph break' not in output, output
-        runs[name] = load_state(tmp_path / 'exp' / name / 'training_state.pt')
+        runs[name] = load_state(base / 'exp' / name / 'training_state.pt')
     eager, compiled = runs['eager'], runs['compiled']
+    assert eager['epoch'] == compiled['epoch'] == 1
     assert torch.allclose(compiled['loss_log'], eager['loss_log'], rtol=1e-4, atol=1e-6)
     for key, value in eager['model'].items():
         assert torch.allclose(compiled['model'][key].float(), value.float(), rtol=1e-3, atol=1e-5), key
