@@ -294,6 +294,7 @@ def test_training_step_benchmark_pairs_ours_with_the_official_and_an_earlier_che
     assert '| 1 | ours / official |' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_training_step_profile_attributes_the_step_to_parts(fake_src, capsys):
     ours, official = profile_train_step.main(['--official_src', str(fake_src), '--batch', '1', '--size', '8',
                                               '--steps', '1', '--warmup', '1', '--threads', '1'])
@@ -309,6 +310,7 @@ def test_training_step_profile_attributes_the_step_to_parts(fake_src, capsys):
     assert '### official: one step' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_operator_count_separates_sides_and_finds_no_sync_in_our_network(fake_src, capsys):
     results = count_step_ops.main(['--official_src', str(fake_src), '--batch', '2', '--size', '8', '--threads', '1'])
     ours, official = results

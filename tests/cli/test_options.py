@@ -1,13 +1,10 @@
 """Flags: the paper's command lines parse to the intended values; bad values give one-line errors."""
 
-import subprocess
-import sys
-
 import pytest
 
+import helpers
 import option
 from core.errors import UserError
-from helpers import MAIN_ENV, SRC
 
 PAPER_X2 = (
     '--epochs 1500 --model LCoAN --save LCoAN_x2 --data_test Set5 --save_dir ../output/ '
@@ -129,8 +126,7 @@ def test_bad_values_name_the_flag(argv, message):
 
 
 def test_main_prints_one_line_without_traceback():
-    proc = subprocess.run([sys.executable, 'main.py', '--scale', '5'], cwd=SRC, capture_output=True, text=True,
-                          timeout=120)
+    proc = helpers.main_in_process('--scale', '5')
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --scale '5': LCoAN upsamples by 2, 3, 4"
     assert 'Traceback' not in proc.stdout + proc.stderr
@@ -182,11 +178,10 @@ def test_warnings_print_one_line_without_source(tmp_path):
     demo = tmp_path / 'demo'
     demo.mkdir()
     Image.new('L', (24, 20), 128).save(demo / 'gray.png')  # a grayscale image: one conversion warning
-    proc = subprocess.run([sys.executable, 'main.py', '--template', 'demo', '--cpu', '--test_only', '--untrained',
-                           '--data_test', 'Demo', '--dir_demo', str(demo), '--dir_data', str(tmp_path / 'data'),
-                           '--save_dir', str(tmp_path / 'exp'), '--n_threads', '0', '--n_resgroups', '1',
-                           '--n_resblocks', '1', '--n_feats', '8', '--n_clusters', '4', '--window_size', '32'],
-                          cwd=SRC, env=MAIN_ENV, capture_output=True, text=True, timeout=300)
+    proc = helpers.main_in_process('--template', 'demo', '--cpu', '--test_only', '--untrained', '--data_test', 'Demo',
+                                   '--dir_demo', demo, '--dir_data', tmp_path / 'data', '--save_dir', tmp_path / 'exp',
+                                   '--n_threads', '0', '--n_resgroups', '1', '--n_resblocks', '1', '--n_feats', '8',
+                                   '--n_clusters', '4', '--window_size', '32')
     lines = (proc.stdout + proc.stderr).splitlines()
     ours = [line for line in lines if 'converted to 8-bit RGB' in line]
     assert ours == ['warning: Demo: converted to 8-bit RGB on reading: 1 grayscale (gray.png)'], lines

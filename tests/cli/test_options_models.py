@@ -1,14 +1,12 @@
 """Model flags: per-model published defaults, explicit flags win, templates, the baselines' documented
 command lines."""
 
-import subprocess
-import sys
 
 import pytest
 
+import helpers
 import option
 from core.errors import UserError
-from helpers import SRC
 from model import registry
 
 # From the baselines' own documentation (EDSR-PyTorch, RCAN, RDN, NLSN), run from src/ as written;
@@ -133,8 +131,7 @@ def test_scale_8_for_models_whose_official_upsampler_has_it():
 
 
 def test_help_explains_per_model_defaults():
-    out = subprocess.run([sys.executable, 'main.py', '--help'], cwd=SRC, capture_output=True, text=True,
-                         timeout=120).stdout
+    out = helpers.main_in_process('--help').stdout
     flat = ' '.join(out.split())
     assert 'LCoAN: k-means rounds; NLSN: LSH rounds (default per model: LCoAN 1, NLSN 4)' in flat
     assert '(default per model: LCoAN 4, EDSR 16, NLSN 32, RCAN 20)' in flat

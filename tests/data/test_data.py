@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import DistributedSampler
 
 import data
+import helpers
 import option
 from core.errors import UserError
 from data import sample, storage
@@ -86,9 +87,7 @@ def _private_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope='session')
 def sample_dir(tmp_path_factory):
-    dir_data = tmp_path_factory.mktemp('sample-data')
-    sample.ensure_sample(dir_data)
-    return dir_data
+    return helpers.sample_data(tmp_path_factory.mktemp('sample-data') / 'data')
 
 
 # ----------------------------------------------------------------------------------------------

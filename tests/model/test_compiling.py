@@ -38,6 +38,7 @@ def _check_with(path: Path, cxx: str | None) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.slow
 def test_the_compiler_check_is_inductors_search(tmp_path):
     """inductor runs $CXX, else g++: c++ and clang++ on the PATH do not count, a g++ or a $CXX does."""
     others = tmp_path / 'others'

@@ -445,6 +445,7 @@ def test_lcoan_checkpoint_for_other_n_clusters_is_refused(tmp_path):
         model.Model(tiny_lcoan_args('--pre_train', str(path)), Log())
 
 
+@pytest.mark.slow
 def test_compiled_lcoan_gives_the_eager_numbers_and_plain_checkpoint_keys():
     """``--compile`` goes through TorchDynamo (the ``eager`` backend here: tracing, no code generation, so
     seconds on a CPU); the training step, the evaluation and the saved keys are those of the plain network."""
