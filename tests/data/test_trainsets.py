@@ -63,9 +63,7 @@ def _private_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope='module')
 def sample_data(tmp_path_factory) -> Path:
     """A data folder holding the built-in Sample test set (``--data_test Sample``)."""
-    dir_data = tmp_path_factory.mktemp('sets')
-    data.sample.ensure_sample(dir_data)
-    return dir_data
+    return helpers.sample_data(tmp_path_factory.mktemp('sets') / 'data')
 
 
 def test_sr291_is_t91_and_bsd200_with_sizes_logged_and_small_images_left_out(sample_data, tmp_path, capsys):
