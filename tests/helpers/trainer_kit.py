@@ -132,9 +132,18 @@ def start_held(base: Path, batch: int, *flags) -> tuple[subprocess.Popen, list[s
     returns once the run waits before training its ``batch``-th batch (counted over all epochs), with the
     lines it printed so far. The run is exactly there, however loaded the machine: signal or kill it.
     """
+    return wait_held(launch_held(base, batch, *flags), batch)
+
+
+def launch_held(base: Path, batch: int, *flags) -> subprocess.Popen:
+    """:func:`start_held` without the wait (:func:`wait_held`): runs under different ``base`` folders start
+    side by side."""
     env = {**MAIN_ENV, interrupts.HOLD_ENV: str(batch)}
-    proc = subprocess.Popen(main_cmd(base, *flags), cwd=SRC, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen(main_cmd(base, *flags), cwd=SRC, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+def wait_held(proc: subprocess.Popen, batch: int) -> tuple[subprocess.Popen, list[str]]:
     seen = []
     for line in proc.stdout:
         seen.append(line)

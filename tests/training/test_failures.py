@@ -32,13 +32,14 @@ from helpers.architectures import tiny_network
 from helpers.trainer_kit import (
     PairSet,
     Wrapper,
+    launch_held,
     log_text,
     make_args,
     make_data,
     make_trainer,
     run_epochs,
     run_main,
-    start_held,
+    wait_held,
     weights,
 )
 from model import checkpoint_io, inference, registry
@@ -591,10 +592,11 @@ def test_the_test_only_hold_waits_at_the_chosen_training_batch_for_a_signal(monk
     assert slept and capsys.readouterr().out == f'{interrupts.HOLD_LINE} 3\n'
 
 
-def _interrupt_at(base: Path, save: str, batch: int) -> subprocess.CompletedProcess:
-    """Ctrl-C to a run held before training its ``batch``-th batch (4 batches an epoch)."""
-    proc, seen = start_held(base, batch, '--save', save)
+def _interrupt(proc: subprocess.Popen, batch: int) -> subprocess.CompletedProcess:
+    """Ctrl-C to a run of :func:`launch_held` once it waits before training its ``batch``-th batch (4 batches
+    an epoch)."""
     try:
+        proc, seen = wait_held(proc, batch)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=300)
     finally:
@@ -604,24 +606,30 @@ def _interrupt_at(base: Path, save: str, batch: int) -> subprocess.CompletedProc
 
 @pytest.mark.slow
 def test_e2e_ctrl_c_is_one_line_with_how_to_resume(tmp_path):
-    # Issue 22, item 13: this test sent the signal on seeing "[Epoch 2]", and on a loaded machine the run had
-    # finished before it arrived (status 0). The run now waits for it (training.interrupts' test-only hold).
-    done = _interrupt_at(tmp_path, 'c', 6)  # in epoch 2, after epoch 1 was saved
-    assert done.returncode == 130, done.stdout + done.stderr
-    assert done.stderr == 'interrupted; resume with --load c --resume -1\n'
-    resumed = run_main(tmp_path, '--load', 'c', '--resume', '-1')
+    # Each run waits for the signal at its batch (training.interrupts' test-only hold), however loaded the
+    # machine; the two start side by side, in folders of their own.
+    c_base, d_base = tmp_path / 'c', tmp_path / 'd'
+    late = launch_held(c_base, 6, '--save', 'c')  # in epoch 2, after epoch 1 was saved
+    early = launch_held(d_base, 2, '--save', 'd')  # during the first epoch: nothing saved yet
+    try:
+        done = _interrupt(late, 6)
+        assert done.returncode == 130, done.stdout + done.stderr
+        assert done.stderr == 'interrupted; resume with --load c --resume -1\n'
+        stopped = _interrupt(early, 2)
+    finally:
+        early.kill()
+    resumed = run_main(c_base, '--load', 'c', '--resume', '-1')
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert 'after epoch 1: learning rate in use' in resumed.stdout
 
-    early = _interrupt_at(tmp_path, 'd', 2)  # during the first epoch: nothing saved yet
-    assert early.returncode == 130, early.stdout + early.stderr
-    assert early.stderr == ('interrupted during the first epoch, before anything was saved: nothing to resume; '
-                            'start over with --save d --reset\n')
-    again = run_main(tmp_path, '--load', 'd', '--resume', '-1')
+    assert stopped.returncode == 130, stopped.stdout + stopped.stderr
+    assert stopped.stderr == ('interrupted during the first epoch, before anything was saved: nothing to resume; '
+                              'start over with --save d --reset\n')
+    again = run_main(d_base, '--load', 'd', '--resume', '-1')
     assert again.returncode == 2
-    assert again.stderr == (f'error: --load d --resume -1: {tmp_path}/exp/d has no finished epoch yet (the run stopped '
+    assert again.stderr == (f'error: --load d --resume -1: {d_base}/exp/d has no finished epoch yet (the run stopped '
                             'during its first epoch): nothing to resume; start it over with --save d --reset\n')
-    assert run_main(tmp_path, '--save', 'd', '--reset', '--epochs', '1').returncode == 0
+    assert run_main(d_base, '--save', 'd', '--reset', '--epochs', '1').returncode == 0
 
 
 @pytest.mark.slow
