@@ -1,7 +1,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo test lint bench reproduce figs clean
+.PHONY: demo test test-fast lint bench reproduce figs clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv .venv
@@ -19,6 +19,10 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q tests
+
+# The tests not marked slow: no end-to-end training runs or multi-process runs.
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow" tests
 
 # OFFICIAL_SRC=/path/to/LCoAN/src and NLSN_SRC=/path/to/NLSN/src add the official code as same-run baselines.
 bench: $(STAMP)

@@ -90,8 +90,11 @@ def test_architecture_files_import_no_program_code(path):
 
 
 def test_tests_mirror_src_and_share_code_through_helpers():
-    packages = {p.name for p in SRC.iterdir() if (p / '__init__.py').is_file()}
+    packages = {p.name for p in SRC.iterdir() if p.is_dir() and any(p.glob('*.py'))}  # core has no __init__.py
     assert packages and all((helpers.TESTS / name).is_dir() for name in packages)
+    # Besides one folder per package: the front ends, the benchmarks/ scripts, shared code and data.
+    folders = {p.name for p in helpers.TESTS.iterdir() if p.is_dir() and not p.name.startswith(('_', '.'))}
+    assert folders <= packages | {'cli', 'benchmarks', 'helpers', 'fixtures'}, folders
     for path in helpers.TESTS.rglob('*.py'):
         if path.name != 'conftest.py':
             assert not {m for m in _imports(path) if m.split('.')[0] == 'conftest'}, path
