@@ -1,6 +1,7 @@
 """--compile: the C++ compiler check agrees with inductor's own search, and TorchDynamo is imported only when
 something is compiled."""
 
+import json
 import os
 import subprocess
 import sys
@@ -73,29 +74,9 @@ def test_a_user_error_type_is_raised(monkeypatch):
         compiling.check_compiler('inductor', torch.device('cpu'))
 
 
-_IMPORTS = """
-import sys
-sys.path.insert(0, {src!r})
-{body}
-print('torch._dynamo' in sys.modules)
-"""
-
-
-def _dynamo_imported(body: str, cwd: Path) -> str:
-    out = subprocess.run([sys.executable, '-c', _IMPORTS.format(src=str(SRC), body=body)], cwd=cwd,
-                         capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
-
-
-@pytest.mark.parametrize('body', ['from model import lcoan', 'import main', 'import api', 'import upscale'])
-def test_importing_imports_no_dynamo(body, tmp_path):
-    assert _dynamo_imported(body, tmp_path) == 'False'
-
-
-def test_upscaling_imports_no_dynamo(tmp_path):
-    """An upscale.py run, start to end: TorchDynamo stays out of its start-up time and memory."""
-    body = """
+IMPORTS = ('from model import lcoan', 'import main', 'import api', 'import upscale')
+# An upscale.py run, start to end: TorchDynamo stays out of its start-up time and memory.
+UPSCALING = """
 import imageio.v3 as iio, numpy as np, torch, warnings
 from model.lcoan import LCoAN
 import upscale
@@ -107,7 +88,30 @@ torch.save(net.state_dict(), 'w.pt')
 iio.imwrite('in.png', np.zeros((12, 10, 3), np.uint8))
 assert upscale.main(['--weights', 'w.pt', 'in.png', '-o', 'out']) == 0, 'upscale failed'
 """
-    assert _dynamo_imported(body, tmp_path) == 'False'
+
+
+@pytest.fixture(scope='module')
+def dynamo_imported(tmp_path_factory) -> dict[str, bool]:
+    """Whether torch._dynamo is loaded after each of :data:`IMPORTS`, then :data:`UPSCALING`, run in this
+    order in one fresh process: each adds to what ran before, so the first that loads it is the one to blame."""
+    steps = [*IMPORTS, UPSCALING]
+    script = ['import json, sys', f'sys.path.insert(0, {str(SRC)!r})']
+    for i, body in enumerate(steps):
+        script += [body, f"print(json.dumps([{i}, 'torch._dynamo' in sys.modules]))"]
+    out = subprocess.run([sys.executable, '-c', '\n'.join(script)], cwd=tmp_path_factory.mktemp('dynamo'),
+                         capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert out.returncode == 0, out.stderr
+    seen = dict(json.loads(line) for line in out.stdout.splitlines() if line.startswith('['))
+    return {body: seen[i] for i, body in enumerate(steps)}
+
+
+@pytest.mark.parametrize('body', IMPORTS)
+def test_importing_imports_no_dynamo(body, dynamo_imported):
+    assert dynamo_imported[body] is False
+
+
+def test_upscaling_imports_no_dynamo(dynamo_imported):
+    assert dynamo_imported[UPSCALING] is False
 
 
 def test_fence_wraps_the_marked_functions_where_they_are_defined():
