@@ -29,7 +29,6 @@ from core.errors import UserError
 from model import checkpoint_io, detect, inference, registry
 from training import run_flags
 
-PRECISIONS = inference.PRECISIONS
 # ITU-R BT.601 as MATLAB's rgb2ycbcr, on [0, 1] values: rows give Y, Cb, Cr.
 _YCBCR = torch.tensor([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255
 _YCBCR_OFFSET = torch.tensor([16.0, 128.0, 128.0]) / 255

@@ -24,9 +24,9 @@ import sys
 
 import template
 from core.errors import UserError
+from core.precision import PRECISIONS
 from data import TEST_SETS, TRAIN_SETS, trainsets
 from model import registry
-from model.inference import PRECISIONS
 from model.spec import bad_flag
 from training.run_flags import check_run_flags
 

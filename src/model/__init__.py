@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from core import distributed
+from core import distributed, precision
 from model import checkpoint_io, compiling, inference, registry
 
 
@@ -36,7 +36,7 @@ class Model(nn.Module):
         self.chop_size = args.chop_size
         self.chop_overlap = args.chop_overlap
         self.chop_batch = args.chop_batch
-        inference.check_precision(self.precision, self.device)
+        precision.check(self.precision, self.device)
 
         self.model = registry.get(args.model).make_model(args).to(self.device)
         n_params = sum(p.numel() for p in self.model.parameters())

@@ -24,7 +24,7 @@ import main as main_module
 import metrics
 import model
 import option
-from core import io_utils
+from core import io_utils, precision
 from core.errors import UserError
 from core.io_utils import atomic_save, load_state
 from helpers.architectures import tiny_network
@@ -40,7 +40,7 @@ from helpers.trainer_kit import (
     start_held,
     weights,
 )
-from model import checkpoint_io, inference, registry
+from model import checkpoint_io, registry
 from training import evaluation, interrupts, run_flags, run_folder
 
 # ----------------------------------------------------------------------------------------------
@@ -539,7 +539,7 @@ def test_half_precision_on_the_cpu_warns_once(monkeypatch):
             pass
     for native, suggestion in [(True, 'use --precision single or bf16 (this CPU has bfloat16 in hardware)'),
                                (False, 'use --precision single')]:
-        monkeypatch.setattr(inference, 'cpu_has_native_bf16', lambda native=native: native)
+        monkeypatch.setattr(precision, 'cpu_has_native_bf16', lambda native=native: native)
         with warnings.catch_warnings(record=True) as record:
             warnings.simplefilter('always')
             model.Model(args, Log())
