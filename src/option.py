@@ -352,4 +352,3 @@ def as_flag_value(dest: str, value):
     if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
         raise ValueError('an integer' if kind is int else 'a number')
     return kind(value)
-

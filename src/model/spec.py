@@ -103,8 +103,8 @@ class Architecture:
     Attributes:
         name: ``--model`` value (matched in any letter case) and the name in messages.
         description: one line for ``--help``.
-        make_model: builds the network from parsed options (``args.scale[0]``, ``args.n_colors``,
-            ``args.rgb_range`` and the architecture's own flags).
+        make_model: builds the network from its options (:meth:`options`, or the parsed command line):
+            ``args.scale[0]``, ``args.n_colors``, ``args.rgb_range`` and the architecture's own flags.
         flags: the model options it reads, with their meaning.
         defaults: the published value of every flag in ``flags``: what a flag not given takes.
         configurations: its other published configurations by name (``'paper'``), each the flags that
