@@ -364,15 +364,12 @@ def build(state: dict[str, Tensor], detected: detect.Detected, *, weights: str |
         raise UserError(f'rgb_range {rgb_range} requested, but {what} {weights} records rgb_range='
                         f'{detected.options["rgb_range"]} (in its mean shift)')
     resolved = resolve(weights, detected, overrides)
-    options = {**detected.options, **resolved.from_config, **resolved.assumed, **overrides,
-               'cpu': device.type == 'cpu'}
+    options = {**detected.options, **resolved.from_config, **resolved.assumed, **overrides}
     try:
-        args = option.for_model(detected.model, **options)
+        net = registry.build(detected.model, **options)
     except TypeError as e:
         raise TypeError(f'load_pretrained: {e}') from None
-    net = registry.get(args.model).make_model(args)
     checkpoint_io.load_into(net, state, source=f'{what} {weights}', log=lambda _: None, allow_new_upsampler=False)
-    net.sr_args = args
     net.sr_detected = detected
     net.sr_seed = resolved.seed if resolved.seed is not None else DEFAULT_SEED
     net.sr_options = resolved.describe(str(weights), detected.options,

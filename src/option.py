@@ -27,7 +27,7 @@ from core.errors import UserError
 from core.precision import PRECISIONS
 from data import TEST_SETS, TRAIN_SETS, trainsets
 from model import registry
-from model.spec import bad_flag
+from model.spec import N_COLORS, RGB_RANGE, bad_flag, check_finite
 from training.run_flags import check_run_flags
 
 OPTIMIZERS = ('ADAM', 'SGD', 'RMSprop')
@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     g('--ext', type=str, default='sep', help=f'image storage: {"|".join(EXTS)} (sep: decoded .npy cache)')
     g('--scale', type=str, default='4', help='super-resolution scale(s), "+"-separated')
     g('--patch_size', type=int, default=192, help='HR training patch size (a multiple of the scale)')
-    g('--rgb_range', type=int, default=255, help='pixel values are scaled to [0, rgb_range]')
-    g('--n_colors', type=int, default=3, help='1 (Y channel) or 3 (RGB)')
+    g('--rgb_range', type=int, default=RGB_RANGE, help='pixel values are scaled to [0, rgb_range]')
+    g('--n_colors', type=int, default=N_COLORS, help='1 (Y channel) or 3 (RGB)')
     g('--no_augment', action='store_true', help='no random flips and rotations of training patches')
 
     g = parser.add_argument_group('model').add_argument
@@ -222,44 +222,20 @@ def fill_model_defaults(args: argparse.Namespace) -> None:
             if getattr(args, flag) is None:
                 setattr(args, flag, arch.defaults[flag])
         elif flag in args.given and getattr(args, flag) is not None:
-            _fail(flag, getattr(args, flag), f'{args.model} has no such option; its model options are '
-                  + ', '.join(f'--{f}' for f in arch.defaults))
-
-
-def _check_model_flags(args: argparse.Namespace) -> None:
-    """Sign and choices of the chosen model's flags, then the model's own checks."""
-    arch = registry.get(args.model)
-    for flag in arch.flags:
-        value = getattr(args, flag.name)
-        if flag.must_be_positive and not value > 0:
-            _fail(flag.name, value, 'must be a positive integer' if flag.type is int else 'must be > 0')
-        if flag.choices:
-            canonical = {c.lower(): c for c in flag.choices}.get(str(value).lower())
-            if canonical is None:
-                _fail(flag.name, value, f'allowed: {", ".join(flag.choices)}')
-            setattr(args, flag.name, canonical)
-    if arch.check is not None:
-        arch.check(args)
+            raise arch.no_such_option(flag, getattr(args, flag))
 
 
 def finalize(args: argparse.Namespace) -> argparse.Namespace:
     """Split list flags, fill in the model's defaults and check every value; raises UserError naming the first
     bad flag."""
     for flag, value in vars(args).items():
-        if isinstance(value, float) and not math.isfinite(value):
-            _fail(flag, value, 'must be a finite number')
+        check_finite(flag, value)
     arch = registry.get(args.model)
-    model = args.model = arch.name
+    args.model = arch.name
     if not hasattr(args, 'given'):
         args.given = set()
     fill_model_defaults(args)
-
-    scales = arch.scales
-    args.scale = _split_list('scale', args.scale, '+', int, f'"+"-separated integers from {scales}')
-    if not args.scale or any(s not in scales for s in args.scale):
-        _fail('scale', '+'.join(map(str, args.scale)), f'{model} upsamples by {", ".join(map(str, scales))}')
-    if len(args.scale) != 1:
-        _fail('scale', '+'.join(map(str, args.scale)), f'{model} has one upsampler: give a single scale')
+    args.scale = arch.scale_list(args.scale)
 
     _finalize_data_flags(args)
 
@@ -275,8 +251,8 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         _fail('betas', args.betas, 'two floats in [0, 1), e.g. 0.9+0.999')
     args.betas = tuple(betas)
 
-    _check_model_flags(args)
-    for flag in ('batch_size', 'patch_size', 'epochs', 'test_every', 'print_every', 'rgb_range', 'n_GPUs',
+    arch.check_options(args)
+    for flag in ('batch_size', 'patch_size', 'epochs', 'test_every', 'print_every', 'n_GPUs',
                  'chop_size', 'chop_batch', 'dist_timeout'):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             _fail(flag, getattr(args, flag), 'must be a positive integer')
@@ -289,8 +265,6 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     for flag in ('weight_decay', 'gclip', 'momentum'):
         if getattr(args, flag) < 0:
             _fail(flag, getattr(args, flag), 'must be >= 0')
-    if args.n_colors not in (1, 3):
-        _fail('n_colors', args.n_colors, 'allowed: 1 (Y channel) or 3 (RGB)')
     for s in [] if args.test_only else args.scale:  # patches are only cut for training
         if args.patch_size % s:
             _fail('patch_size', args.patch_size, f'must be divisible by the scale ({s})')
@@ -378,21 +352,3 @@ def as_flag_value(dest: str, value):
     if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
         raise ValueError('an integer' if kind is int else 'a number')
     return kind(value)
-
-
-def for_model(model: str, **options) -> argparse.Namespace:
-    """Checked options for building ``model`` in code: the parser's defaults with ``options`` set (by flag
-    name, e.g. ``scale=2``, ``n_feats=64``; a list flag as a list or as its string). Unknown names raise
-    TypeError."""
-    parser = build_parser()
-    args = parser.parse_args([])
-    known = vars(args)
-    for key, value in options.items():
-        if key not in known or key == 'model':
-            raise TypeError(f'unknown option {key!r}')
-        if isinstance(value, list | tuple):
-            value = '+'.join(map(str, value))
-        setattr(args, key, str(value) if key == 'scale' else value)
-    args.model = model
-    args.given = set(options) | {'model'}
-    return finalize(args)

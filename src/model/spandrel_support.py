@@ -38,13 +38,10 @@ def _recognised(state: dict) -> tuple[dict, detect.Detected] | None:
 
 def _network(state: dict) -> tuple[nn.Module, dict, detect.Detected]:
     """Our network for ``state`` (not yet loaded), the state in our layout with its placeholders, and what was read."""
-    import option  # (option imports the registry: imported here, when spandrel asks, not with the registry)
     ours, found = detect.recognise(dict(state))
-    args = option.for_model(found.model, **found.options, **found.assumed, cpu=True)
-    net = registry.get(found.model).make_model(args)
+    net = registry.build(found.model, **found.options, **found.assumed)
     own = net.state_dict()
     ours = {k: ours[k] if k in ours else own[k] for k in own}  # placeholders the file may lack
-    net.sr_args = args
     return net, ours, found
 
 

@@ -10,7 +10,6 @@ import torch
 import api
 import convert
 import helpers
-import option
 from helpers.architectures import tiny_flags
 from helpers.runs import make_run
 from model import detect, registry
@@ -20,7 +19,7 @@ THIRDPARTY = helpers.FIXTURES / 'thirdparty'
 
 def checkpoint(path, name: str, scale: int = 2, **options):
     arch = registry.get(name)
-    net = arch.make_model(option.for_model(name, cpu=True, **{'scale': scale, **arch.tiny, **options})).eval()
+    net = arch.build(**{'scale': scale, **arch.tiny, **options}).eval()
     torch.save(net.state_dict(), path)
     return net
 

@@ -7,7 +7,6 @@ import torch
 import api
 import convert
 import model
-import option
 from core.errors import UserError
 from core.io_utils import save_weights
 from model import checkpoint_io, detect, registry
@@ -15,8 +14,7 @@ from model import checkpoint_io, detect, registry
 
 def network(name: str, **options):
     arch = registry.get(name)
-    args = option.for_model(name, cpu=True, **{'scale': 2, **arch.tiny, **options})
-    return arch.make_model(args).eval()
+    return arch.build(**{'scale': 2, **arch.tiny, **options}).eval()
 
 
 def output(net, x):
