@@ -4,10 +4,10 @@ import sys
 
 import torch
 
-import api
 import data
 import loss
 import model
+import option
 from core import distributed, rng
 from core.errors import UserError, show_warnings_plainly
 from core.io_utils import write_error_cause
@@ -45,9 +45,10 @@ def main(argv=None) -> int:
     show_warnings_plainly()
     args = None
     try:
-        args = api.parse_args(argv)
-        if args.device_note:
-            print(args.device_note)
+        args = option.parse_args(argv)
+        device_note = distributed.select_device(args)
+        if device_note:
+            print(device_note)
         distributed.launch(args, run)
     except distributed.PeerFailed:  # under torchrun: the process that failed prints why
         return 2
