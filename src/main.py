@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     show_warnings_plainly()
     args = None
     try:
-        args = option.parse_args(argv)
+        args = option.parse_main_args(argv)
         device_note = distributed.select_device(args)
         if device_note:
             print(device_note)

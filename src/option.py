@@ -4,10 +4,11 @@
 (``--scale 2+3`` -> ``[2, 3]``, ``--decay 300-600`` -> ``[300, 600]``) and whose values have been
 checked. A bad value raises :class:`core.errors.UserError` with one line naming the flag and what is
 allowed; ``main.py`` prints it without a traceback. It is :func:`parse` (the command line and the
-template), the options not given read from the weights the run starts from (``--pre_train``, or the
-run ``--load`` names, and that run's config.txt: :mod:`model.checkpoint`), then :func:`finalize`
-(the checks). Parsing probes no hardware: ``args.device`` is what was asked for (``--cpu`` or CUDA),
-and ``core.distributed.select_device`` settles it.
+template) followed by :func:`finalize` (the checks). ``main.py`` starts from :func:`parse_main_args`,
+which in between reads the options not given from the weights the run starts from (``--pre_train``,
+or the run ``--load`` names, and that run's config.txt: :mod:`model.checkpoint`). Parsing probes no
+hardware: ``args.device`` is what was asked for (``--cpu`` or CUDA), and
+``core.distributed.select_device`` settles it.
 
 Model flags come from the architectures (``model.registry``): each declares the flags it reads and
 their published defaults, so a flag can mean different things per model (``--n_hashes`` is LCoAN's
@@ -352,7 +353,13 @@ def parse(argv=None) -> argparse.Namespace:
     return args
 
 
-def parse_args(argv=None, *, weights_flag: str = '--pre_train') -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
+    """:func:`parse` then :func:`finalize`: the checked options of the command line ``argv``, read from the flags
+    alone (a network built from flags in code); ``main.py`` starts from :func:`parse_main_args`."""
+    return finalize(parse(argv))
+
+
+def parse_main_args(argv=None, *, weights_flag: str = '--pre_train') -> argparse.Namespace:
     """``main.py``'s checked options from the command line ``argv``: :func:`parse`, then the options not given
     read from the weights the run starts from, then :func:`finalize`.
 

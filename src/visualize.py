@@ -81,7 +81,7 @@ class Capture:
 def build_model(args: argparse.Namespace, weights: Path, log=print) -> nn.Module:
     """The network of ``args`` with ``weights`` loaded, in eval mode on the CPU.
 
-    ``args`` comes from :func:`option.parse_args` with ``--pre_train weights``, so the architecture
+    ``args`` comes from :func:`option.parse_main_args` with ``--pre_train weights``, so the architecture
     flags not given on the command line are already those detected from the checkpoint (and its run's config.txt),
     and ``args.checkpoint`` holds the weights it read (None for a file that does not exist: read here, naming it).
     """
@@ -366,7 +366,7 @@ def run(argv=None) -> list[Path]:
     """Write the figures; returns their paths."""
     vis, rest = build_parser().parse_known_args(argv)
     # The architecture flags not given are read from the weights (model.checkpoint), as for main.py --pre_train.
-    args = option.parse_args([*rest, '--pre_train', str(vis.weights), '--cpu'], weights_flag='--weights')
+    args = option.parse_main_args([*rest, '--pre_train', str(vis.weights), '--cpu'], weights_flag='--weights')
     if args.pre_train_detected:
         print(args.pre_train_detected)
     torch.manual_seed(args.seed)  # NLSN's random rotations

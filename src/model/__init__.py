@@ -21,8 +21,9 @@ class Model(nn.Module):
 
     Args:
         args: parsed options (``option.parse_args``): ``model, device, scale, precision, chop,
-            chop_size, chop_overlap, chop_batch, self_ensemble, pre_train, compile``, and ``checkpoint``,
-            the ``--pre_train`` file as parsing read it (absent or None: read here).
+            chop_size, chop_overlap, chop_batch, self_ensemble, pre_train, rgb_range, compile``, and
+            ``checkpoint``, the ``--pre_train`` file as ``option.parse_main_args`` read it (absent or None: read
+            here).
         ckp: the run's checkpoint object; only ``ckp.write_log(msg)`` is used.
     """
 

@@ -302,7 +302,7 @@ def test_detected_options_reach_the_cli_description(weights):
     ckpt = checkpoint.read(weights)
     state, found = ckpt.state, ckpt.detected
     assert found.describe().startswith('LCoAN x2 (n_colors=3, n_feats=8, n_resgroups=1')
-    assert option.parse_args(['--pre_train', str(weights), '--cpu']).n_feats == 8 and state
+    assert option.parse_main_args(['--pre_train', str(weights), '--cpu']).n_feats == 8 and state
 
 
 # ------------------------------------------------------------------------------------------ baselines

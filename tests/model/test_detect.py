@@ -220,7 +220,7 @@ def save_tiny(path: Path, **kw) -> dict:
 def test_pre_train_fills_the_flags_that_were_not_given(tmp_path):
     ckpt = tmp_path / 'x3.pt'
     save_tiny(ckpt, scale=3, n_hashes=2, n_colors=1, rgb_range=255)
-    args = option.parse_args(['--pre_train', str(ckpt), '--cpu', '--window_size', '16'])
+    args = option.parse_main_args(['--pre_train', str(ckpt), '--cpu', '--window_size', '16'])
     assert (args.model, args.scale, args.n_feats, args.n_resgroups, args.n_resblocks, args.reduction,
             args.n_clusters, args.n_hashes, args.n_colors, args.rgb_range) == ('LCoAN', [3], 8, 2, 1, 2, 4, 2, 1, 255)
     assert (args.window_size, args.res_scale, args.ema_decay) == (16, 0.1, 0.999)
@@ -245,7 +245,7 @@ def test_pre_train_fills_the_flags_that_were_not_given(tmp_path):
 def test_given_flags_win_and_a_contradiction_is_the_loader_mismatch_error(tmp_path):
     ckpt = tmp_path / 'x2.pt'
     save_tiny(ckpt)
-    args = option.parse_args(['--pre_train', str(ckpt), '--cpu', '--n_feats', '16'])
+    args = option.parse_main_args(['--pre_train', str(ckpt), '--cpu', '--n_feats', '16'])
     assert args.n_feats == 16 and 'n_feats' in args.given
     assert args.pre_train_detected.endswith('; as given (flags or --template): n_feats.')
     with pytest.raises(UserError, match=r'does not fit this model; shape mismatch: head\.0\.weight checkpoint '
@@ -256,7 +256,7 @@ def test_given_flags_win_and_a_contradiction_is_the_loader_mismatch_error(tmp_pa
 def test_paper_flags_are_all_given_and_keep_their_values(tmp_path):
     ckpt = tmp_path / 'x2.pt'
     save_tiny(ckpt)
-    args = option.parse_args(['--template', 'LCoAN_paper', '--scale', '4', '--pre_train', str(ckpt), '--cpu'])
+    args = option.parse_main_args(['--template', 'LCoAN_paper', '--scale', '4', '--pre_train', str(ckpt), '--cpu'])
     # The paper's x4 fine-tuning from x2 weights: every model flag comes from the template and --scale.
     assert (args.scale, args.n_feats, args.n_resgroups, args.window_size) == ([4], 128, 10, 384)
     assert args.pre_train_detected == (
@@ -269,9 +269,9 @@ def test_pre_train_of_an_unknown_file_is_one_line(tmp_path):
     torch.save({'fc.weight': torch.zeros(2, 2)}, path)
     with pytest.raises(detect.UnknownCheckpoint, match=rf'^--pre_train {path}: not a super-resolution checkpoint .*'
                                                        r'fc\.weight$'):
-        option.parse_args(['--pre_train', str(path), '--cpu'])
+        option.parse_main_args(['--pre_train', str(path), '--cpu'])
     # A missing file is left to the loader, which names it.
-    missing = option.parse_args(['--pre_train', str(tmp_path / 'missing.pt'), '--cpu'])
+    missing = option.parse_main_args(['--pre_train', str(tmp_path / 'missing.pt'), '--cpu'])
     assert missing.pre_train_detected == ''
     with pytest.raises(UserError, match='missing.pt: no such file'):
         model.Model(missing, type('Ckp', (), {'write_log': lambda self, m: None})())

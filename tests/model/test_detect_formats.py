@@ -85,10 +85,10 @@ def test_a_checkpoint_of_another_model_than_the_template_s_is_named(tmp_path):
     torch.save(network('NLSN').state_dict(), path)
     with pytest.raises(UserError, match=rf'^--pre_train {path}: a checkpoint of NLSN x2, but the model is LCoAN '
                                         r'\(--model or --template demo\); give --model NLSN'):
-        option.parse_args(['--template', 'demo', '--pre_train', str(path), '--cpu'])
+        option.parse_main_args(['--template', 'demo', '--pre_train', str(path), '--cpu'])
     with pytest.raises(UserError, match=r'a checkpoint of NLSN x2, but the model is EDSR; give --model NLSN'):
-        option.parse_args(['--model', 'EDSR', '--pre_train', str(path), '--cpu'])
-    args = option.parse_args(['--model', 'NLSN', '--pre_train', str(path), '--cpu'])
+        option.parse_main_args(['--model', 'EDSR', '--pre_train', str(path), '--cpu'])
+    args = option.parse_main_args(['--model', 'NLSN', '--pre_train', str(path), '--cpu'])
     model.Model(args, type('Ckp', (), {'write_log': lambda self, m: None})())
 
 

@@ -292,17 +292,19 @@ def test_load_test_only_reads_the_architecture_of_the_run_it_evaluates(tmp_path)
     (run / 'model').mkdir(parents=True)
     atomic_save(tiny_network('LCoAN').state_dict(), run / 'model' / 'model_latest.pt')
     atomic_save(tiny_network('EDSR').state_dict(), run / 'model' / 'model_2.pt')
-    args = option.parse_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only'])
+    args = option.parse_main_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only'])
     tiny = registry.get('LCoAN').tiny
     assert args.model == 'LCoAN' and args.n_feats == tiny['n_feats'] and args.n_resgroups == tiny['n_resgroups']
     assert args.pre_train_detected.startswith(f'--load run --test_only: {run}/model/model_latest.pt: LCoAN x2 '
                                               'checkpoint; options read from the weights: ')
-    args = option.parse_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only', '--resume', '2'])
+    args = option.parse_main_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only',
+                                   '--resume', '2'])
     assert args.model == 'EDSR' and args.n_feats == registry.get('EDSR').tiny['n_feats']
     assert args.pre_train_detected.startswith(f'--load run --test_only: {run}/model/model_2.pt: EDSR x2 checkpoint')
     assert run_flags.evaluated_weights(args) == run / 'model' / 'model_2.pt'
     # Flags given win, as with --pre_train; training runs are not read here.
-    args = option.parse_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only', '--n_feats', '8'])
+    args = option.parse_main_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only',
+                                   '--n_feats', '8'])
     assert args.n_feats == 8
     assert run_flags.evaluated_weights(option.parse(['--load', 'run', '--resume', '-1'])) is None
 
