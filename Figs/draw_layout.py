@@ -80,14 +80,14 @@ def draw_layers(ax):
     prepare = Box(ax, 6.45, 6.4, 1.55, h, 'prepare_data.py', 'LR images', 'entry', fontsize=8)
 
     trainer = Box(ax, 0.2, 4.85, 2.1, h, 'trainer.py', 'the loop, resume', 'service')
-    api = Box(ax, 3.0, 4.85, 2.9, h, 'api.py', 'Python API; option resolution,\n--pre_train detection, device',
+    api = Box(ax, 3.0, 4.85, 2.9, h, 'api.py', 'Python API: a checkpoint in,\na network and images out',
               'service')
 
     training = Box(ax, 0.2, 3.3, 2.9, h, 'training/', 'step, evaluation, state,\nrun_folder, optim, monitors', 'mid')
-    option = Box(ax, 3.5, 3.3, 2.3, h, 'option.py', 'flags: reads no file,\nprobes no hardware', 'mid')
+    option = Box(ax, 3.5, 3.3, 2.3, h, 'option.py', "flags; main.py's read from\nthe weights it starts from", 'mid')
     template = Box(ax, 6.2, 3.3, 1.8, h, 'template.py', 'presets', 'mid')
 
-    model = Box(ax, 0.2, 1.75, 2.9, h, 'model/', 'architectures, registry,\ndetection, inference', 'domain')
+    model = Box(ax, 0.2, 1.75, 2.9, h, 'model/', 'architectures, registry,\ncheckpoint/, inference', 'domain')
     Box(ax, 3.4, 1.75, 1.1, h, 'loss/', 'terms', 'domain')
     data = Box(ax, 4.75, 1.75, 1.6, h, 'data/', 'sets, cache, LR', 'domain')
     metrics = Box(ax, 6.55, 1.75, 1.45, h, 'metrics.py', 'PSNR, SSIM', 'domain')
@@ -97,10 +97,10 @@ def draw_layers(ax):
 
     a = arrow
     a(ax, main.bottom(0.3), trainer.top(0.3))
-    a(ax, main.bottom(0.75), api.top(0.1), rad=0.1)
+    a(ax, main.bottom(0.75), option.top(0.05), rad=0.1)
     a(ax, upscale.bottom(0.5), api.top(0.3))
     a(ax, export.bottom(0.5), api.top(0.55))
-    a(ax, visualize.bottom(0.4), api.top(0.85))
+    a(ax, visualize.bottom(0.4), option.top(0.9), rad=-0.1)
     a(ax, prepare.bottom(0.3), data.top(0.85), rad=-0.1)
     a(ax, trainer.bottom(0.4), training.top(0.4))
     a(ax, api.bottom(0.4), option.top(0.4))
@@ -127,8 +127,8 @@ def draw_model(ax):
                   'device, --pre_train, eval through inference', 'service')
 
     registry = Box(ax, x0, 4.85, 1.7, h, 'registry.py', 'finds every ARCH', 'mid')
-    detect = Box(ax, x0 + 1.85, 4.85, 1.65, h, 'detect.py', 'architecture\nfrom a state_dict', 'mid')
-    ckpt = Box(ax, x0 + 3.65, 4.85, 1.75, h, 'checkpoint_io.py', 'read, check, load', 'mid')
+    detect = Box(ax, x0 + 1.85, 4.85, 1.65, h, 'checkpoint/', 'a file read once:\narchitecture, options', 'mid')
+    ckpt = Box(ax, x0 + 3.65, 4.85, 1.75, h, 'loading.py', 'checkpoint/: strict\nload, new upsampler', 'mid')
     infer = Box(ax, x0 + 5.55, 4.85, 1.75, h, 'inference.py', 'precision, self-\nensemble, tiler', 'mid')
 
     ax.add_patch(FancyBboxPatch((x0 - 0.08, 3.2), 7.46, 1.05, boxstyle='round,pad=0.02,rounding_size=0.1',
@@ -163,7 +163,7 @@ def draw_model(ax):
     a(ax, lcoa.bottom(0.5), sparse.top(0.75))
     ax.text(x0 + 7.3, -0.2, 'one file per architecture: make_model(args) and ARCH = spec.Architecture(...);\n'
             'red dashed: the registry imports every model/<name>.py that defines ARCH; spec.py also\n'
-            'serves detect.py and checkpoint_io.py',
+            'serves checkpoint/',
             ha='right', va='top', fontsize=7.5, color='#b03a2e')
 
 

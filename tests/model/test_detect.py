@@ -1,4 +1,4 @@
-"""model.detect: architecture and options from a state_dict alone, and ``--pre_train`` filling the flags.
+"""model.checkpoint.detect: architecture and options from a state_dict alone, and ``--pre_train`` filling the flags.
 
 The facts come from ``../shared/reference/`` (official key listings and the configurations its
 README states); small configurations are derived from them by changing shapes consistently, and

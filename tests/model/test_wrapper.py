@@ -1,4 +1,4 @@
-"""model.Model (device, precision, self-ensemble, chop) and model.checkpoint_io (loading state dicts).
+"""model.Model (device, precision, self-ensemble, chop) and model.checkpoint (loading state dicts).
 
 Most tests use small stand-in networks registered as ``model.<name>`` modules, so that exact
 properties can be asserted (a purely local network chops without any difference); the real LCoAN
@@ -86,7 +86,7 @@ def register(monkeypatch, name: str, cls) -> None:
 
 
 def make_args(*extra: str, model_name: str | None = None):
-    # --pre_train is set after parsing: the stand-in networks' checkpoints are unknown to model.detect.
+    # --pre_train is set after parsing: the stand-in networks' checkpoints are unknown to model.checkpoint.detect.
     extra = list(extra)
     pre_train = extra.pop(extra.index('--pre_train') + 1) if '--pre_train' in extra else ''
     if pre_train:
