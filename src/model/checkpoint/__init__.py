@@ -23,7 +23,7 @@ from torch import nn
 
 from model.checkpoint import files, layouts, loading, run_config
 from model.checkpoint.detect import Detected, identify
-from model.spec import UnknownCheckpoint
+from model.spec import Layout, UnknownCheckpoint
 
 # Where an option of a checkpoint comes from (``Checkpoint.sources``).
 WEIGHTS = 'weights'  # recorded in the weights (their key names and shapes)
@@ -34,7 +34,7 @@ ASSUMED = 'assumed'  # the published value
 __all__ = ['ASSUMED', 'CONFIG', 'FLAG', 'WEIGHTS', 'Checkpoint', 'Detected', 'UnknownCheckpoint', 'read']
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, eq=False)
 class Checkpoint:
     """A weights file as read: its state_dict in our layout and what it says about its network.
 
@@ -106,7 +106,7 @@ def read(path: str | Path, *, what: str = 'checkpoint', given: Mapping[str, Any]
         layout: read the file as this other code base's layout (``'super-image'``), for one its weights do
             not reveal; None: recognised by its keys.
         recognise: False to take the weights as they are, for a network built by hand (no options).
-        for_flags: the options fill a command line's flags not given (``option.parse_args``): the
+        for_flags: the options fill a command line's flags not given (``option.parse_main_args``): the
             description lists those filled from the weights, and names the flags kept.
 
     Raises:
@@ -119,7 +119,7 @@ def read(path: str | Path, *, what: str = 'checkpoint', given: Mapping[str, Any]
     raw = files.strip_prefixes(files.read_state_dict(path, what=what), log=notes.append)
     rgb_range = given.get('rgb_range')
 
-    def renamed(rgb_range: float | None) -> tuple[dict[str, torch.Tensor], Detected | None, Any]:
+    def renamed(rgb_range: float | None) -> tuple[dict[str, torch.Tensor], Detected | None, Layout | None]:
         try:
             state, found = layouts.in_our_layout(raw, rgb_range=rgb_range, layout=layout)
             return state, identify(state, found, rgb_range=rgb_range) if recognise else None, found
