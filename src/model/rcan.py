@@ -207,7 +207,7 @@ class RCAN(nn.Module):
         super().__init__()
         # Unused by forward: the NLSN/LCoAN versions of RCAN hold it, so their checkpoints have it.
         # Frozen, so that DistributedDataParallel finds no unused trainable parameter. A checkpoint
-        # without it (RCAN's own RCAN_BIX2.pt) loads too (see model.checkpoint_io).
+        # without it (RCAN's own RCAN_BIX2.pt) loads too (see model.checkpoint.loading).
         self.a = nn.Parameter(torch.zeros(1), requires_grad=False)
         # Built in the official order (same seed, same initial weights), registered in the official
         # state_dict order (add_mean before head).

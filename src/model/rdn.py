@@ -146,7 +146,7 @@ class RDN(nn.Module):
         n_colors: 3 (RGB) or 1.
     """
 
-    # Fine-tuning from a checkpoint of another scale re-initialises these keys (see model.checkpoint_io).
+    # Fine-tuning from a checkpoint of another scale re-initialises these keys (see model.checkpoint.loading).
     upsampler_prefix = 'UPNet.'
 
     def __init__(self, *, scale: int, G0: int = 64, RDNkSize: int = 3,

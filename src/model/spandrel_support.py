@@ -10,7 +10,7 @@ Every architecture of :mod:`model.registry` is added, detected by this code's ow
 layout rebuilt and compared key by key, so it claims no other architecture's file) and placed
 before spandrel's built-in ones. spandrel's RCAN keeps its own entry: our RCAN files without the
 placeholder ``a`` (``convert.py --layout spandrel``) load there; with it, they load through ours.
-BasicSR-layout files of EDSR and RCAN load too (renamed as in :mod:`model.checkpoint_io`).
+BasicSR-layout files of EDSR and RCAN load too (renamed as in :mod:`model.checkpoint.layouts`).
 
 spandrel is optional and imported only by :func:`register`. It needs torchvision, which does not
 import beside the CPU build of torch 2.13 that ``requirements.txt`` pins (its compiled operators
@@ -22,7 +22,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from model import detect, registry
+from model import registry
+from model.checkpoint import detect
 from model.spec import UnknownCheckpoint
 
 # Added to an architecture's name when spandrel already has an architecture of that name.

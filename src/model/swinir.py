@@ -493,7 +493,7 @@ class SwinIR(nn.Module):
         drop_path_rate: stochastic depth while training, rising linearly from 0 over the blocks (official: 0.1).
     """
 
-    # Fine-tuning from a checkpoint of another scale re-initialises these keys (see model.checkpoint_io).
+    # Fine-tuning from a checkpoint of another scale re-initialises these keys (see model.checkpoint.loading).
     upsampler_prefix = 'upsample.'
 
     def __init__(self, *, scale: int, n_colors: int = 3, rgb_range: float = 1, embed_dim: int = 180,

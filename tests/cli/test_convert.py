@@ -12,7 +12,8 @@ import convert
 import helpers
 from helpers.architectures import tiny_flags
 from helpers.runs import make_run
-from model import detect, registry
+from model import registry
+from model.checkpoint import read as read_checkpoint
 
 THIRDPARTY = helpers.FIXTURES / 'thirdparty'
 
@@ -71,7 +72,8 @@ def test_basicsr_layout_of_a_model_trained_with_rgb_range_1(tmp_path, capsys):
     net = checkpoint(tmp_path / 'edsr.pt', 'EDSR', rgb_range=1)
     assert run(tmp_path / 'edsr.pt', tmp_path / 'b.safetensors', '--layout', 'basicsr') == 0
     assert 'img_range: 1}' in capsys.readouterr().out
-    state, found = detect.read_checkpoint(tmp_path / 'b.safetensors', rgb_range=1)
+    ckpt = read_checkpoint(tmp_path / 'b.safetensors', given={'rgb_range': 1})
+    state, found = ckpt.state, ckpt.detected
     assert found.assumed['rgb_range'] == 1 and torch.equal(state['add_mean.bias'], net.state_dict()['add_mean.bias'])
 
 

@@ -19,7 +19,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import api
 import main as main_module
 import metrics
 import model
@@ -40,7 +39,7 @@ from helpers.trainer_kit import (
     start_held,
     weights,
 )
-from model import checkpoint_io, registry
+from model import checkpoint, registry
 from training import evaluation, interrupts, run_flags, run_folder
 
 # ----------------------------------------------------------------------------------------------
@@ -108,7 +107,7 @@ def test_non_finite_checkpoints_are_refused_at_load_time(tmp_path, bad, kinds):
     atomic_save(state, path)
     with pytest.raises(UserError, match=f'^--pre_train {path}: tensor body.weight holds {kinds} of 324 values; '
                                         'refusing weights that are not finite'):
-        checkpoint_io.load_checkpoint(net, path, log=print, what='--pre_train')
+        checkpoint.read(path, what='--pre_train', recognise=False).load_into(net, log=print)
 
 
 def test_non_finite_run_is_refused_for_resume_and_test_only(tmp_path):
@@ -293,17 +292,19 @@ def test_load_test_only_reads_the_architecture_of_the_run_it_evaluates(tmp_path)
     (run / 'model').mkdir(parents=True)
     atomic_save(tiny_network('LCoAN').state_dict(), run / 'model' / 'model_latest.pt')
     atomic_save(tiny_network('EDSR').state_dict(), run / 'model' / 'model_2.pt')
-    args = api.parse_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only'])
+    args = option.parse_main_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only'])
     tiny = registry.get('LCoAN').tiny
     assert args.model == 'LCoAN' and args.n_feats == tiny['n_feats'] and args.n_resgroups == tiny['n_resgroups']
     assert args.pre_train_detected.startswith(f'--load run --test_only: {run}/model/model_latest.pt: LCoAN x2 '
                                               'checkpoint; options read from the weights: ')
-    args = api.parse_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only', '--resume', '2'])
+    args = option.parse_main_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only',
+                                   '--resume', '2'])
     assert args.model == 'EDSR' and args.n_feats == registry.get('EDSR').tiny['n_feats']
     assert args.pre_train_detected.startswith(f'--load run --test_only: {run}/model/model_2.pt: EDSR x2 checkpoint')
     assert run_flags.evaluated_weights(args) == run / 'model' / 'model_2.pt'
     # Flags given win, as with --pre_train; training runs are not read here.
-    args = api.parse_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only', '--n_feats', '8'])
+    args = option.parse_main_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only',
+                                   '--n_feats', '8'])
     assert args.n_feats == 8
     assert run_flags.evaluated_weights(option.parse(['--load', 'run', '--resume', '-1'])) is None
 
