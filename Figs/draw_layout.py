@@ -73,48 +73,51 @@ def draw_layers(ax):
     band(ax, 0.0, 1.35, 'plumbing')
 
     h = 0.85
-    main = Box(ax, 0.2, 6.4, 1.35, h, 'main.py', 'train / evaluate', 'entry')
-    upscale = Box(ax, 1.75, 6.4, 1.35, h, 'upscale.py', 'files, folders', 'entry')
-    export = Box(ax, 3.3, 6.4, 1.35, h, 'export.py', 'ONNX', 'entry')
-    visualize = Box(ax, 4.85, 6.4, 1.45, h, 'visualize.py', 'what LCoA learns', 'entry')
-    prepare = Box(ax, 6.45, 6.4, 1.55, h, 'prepare_data.py', 'LR images', 'entry', fontsize=8)
+    main = Box(ax, 0.2, 6.4, 1.2, h, 'main.py', 'train, evaluate', 'entry', fontsize=8.5)
+    upscale = Box(ax, 1.5, 6.4, 1.2, h, 'upscale.py', 'files, folders', 'entry', fontsize=8.5)
+    export = Box(ax, 2.8, 6.4, 1.2, h, 'export.py', 'ONNX', 'entry', fontsize=8.5)
+    convert = Box(ax, 4.1, 6.4, 1.2, h, 'convert.py', 'layouts, formats', 'entry', fontsize=8.5)
+    visualize = Box(ax, 5.4, 6.4, 1.25, h, 'visualize.py', 'what LCoA learns', 'entry', fontsize=8)
+    prepare = Box(ax, 6.75, 6.4, 1.25, h, 'prepare_data', 'LR images', 'entry', fontsize=8)
 
     trainer = Box(ax, 0.2, 4.85, 2.1, h, 'trainer.py', 'the loop, resume', 'service')
-    api = Box(ax, 3.0, 4.85, 2.9, h, 'api.py', 'Python API; option resolution,\n--pre_train detection, device',
-              'service')
+    api = Box(ax, 3.0, 4.85, 2.9, h, 'api.py', 'Python API: load_pretrained,\nupscale, super_resolve', 'service')
 
-    training = Box(ax, 0.2, 3.3, 2.9, h, 'training/', 'step, evaluation, state,\nrun_folder, optim, monitors', 'mid')
-    option = Box(ax, 3.5, 3.3, 2.3, h, 'option.py', 'flags: reads no file,\nprobes no hardware', 'mid')
+    training = Box(ax, 0.2, 3.3, 2.9, h, 'training/', 'step, evaluation, state,\nRunFolder, optim, monitors', 'mid')
+    option = Box(ax, 3.5, 3.3, 2.3, h, 'option.py', "main.py's parsing; options\nfrom the checkpoint", 'mid')
     template = Box(ax, 6.2, 3.3, 1.8, h, 'template.py', 'presets', 'mid')
 
-    model = Box(ax, 0.2, 1.75, 2.9, h, 'model/', 'architectures, registry,\ndetection, inference', 'domain')
+    model = Box(ax, 0.2, 1.75, 2.9, h, 'model/', 'architectures, checkpoints,\nregistry, inference', 'domain')
     Box(ax, 3.4, 1.75, 1.1, h, 'loss/', 'terms', 'domain')
     data = Box(ax, 4.75, 1.75, 1.6, h, 'data/', 'sets, cache, LR', 'domain')
     metrics = Box(ax, 6.55, 1.75, 1.45, h, 'metrics.py', 'PSNR, SSIM', 'domain')
 
-    Box(ax, 0.2, 0.15, 7.8, 0.85, 'core/', 'errors (UserError, run_entry_point) · io_utils (atomic writes, the '
-        'weights_only loader)\nrng · timing · distributed (DDP launch, select_device)', 'core')
+    Box(ax, 0.2, 0.15, 7.8, 0.85, 'core/', 'errors · io_utils (atomic writes, the weights_only loader) · precision\n'
+        'rng · timing · distributed (DDP launch, select_device)', 'core')
 
     a = arrow
     a(ax, main.bottom(0.3), trainer.top(0.3))
-    a(ax, main.bottom(0.75), api.top(0.1), rad=0.1)
-    a(ax, upscale.bottom(0.5), api.top(0.3))
-    a(ax, export.bottom(0.5), api.top(0.55))
-    a(ax, visualize.bottom(0.4), api.top(0.85))
-    a(ax, prepare.bottom(0.3), data.top(0.85), rad=-0.1)
+    a(ax, main.bottom(0.8), option.top(0.1), rad=0.15)
+    a(ax, upscale.bottom(0.5), api.top(0.15))
+    a(ax, export.bottom(0.5), api.top(0.4))
+    a(ax, convert.bottom(0.5), api.top(0.75))
+    a(ax, visualize.bottom(0.3), api.top(0.95), rad=-0.05)
+    a(ax, visualize.bottom(0.6), option.top(0.85), rad=-0.2)
+    a(ax, prepare.bottom(0.5), data.top(0.85), rad=-0.1)
     a(ax, trainer.bottom(0.4), training.top(0.4))
-    a(ax, api.bottom(0.4), option.top(0.4))
     a(ax, api.bottom(0.15), model.top(0.75), rad=0.1)
     a(ax, option.right(0.5), template.left(0.5))
     a(ax, option.bottom(0.6), data.top(0.3))
     a(ax, option.bottom(0.1), model.top(0.9), rad=-0.05)
+    a(ax, option.left(0.5), training.right(0.5))
     a(ax, template.bottom(0.3), model.top(0.98), rad=-0.12)
     a(ax, training.bottom(0.5), model.top(0.5))
     a(ax, training.bottom(0.85), metrics.top(0.3), rad=-0.1)
     a(ax, training.bottom(0.7), data.top(0.15), rad=-0.08)
     a(ax, data.right(0.5), metrics.left(0.5))
-    ax.text(8.0, -0.2, 'not drawn: main.py also imports data/, loss/, model/, training/; trainer.py, export.py\n'
-            'and visualize.py import model/; visualize.py imports data/; training/ imports data/ (imresize)',
+    ax.text(8.0, -0.2, 'not drawn: main.py also imports data/, loss/, model/, training/; trainer.py, export.py,\n'
+            'convert.py and visualize.py import model/; training/ imports data/ (imresize). Never: model/ → an entry\n'
+            'point or option.py; api.py, upscale.py, export.py, convert.py → training/ (tests/test_layout.py)',
             ha='right', va='top', fontsize=7.5, color='#666666')
 
 
@@ -126,44 +129,39 @@ def draw_model(ax):
     wrapper = Box(ax, x0 + 1.6, 6.4, 3.6, h, '__init__.py: Model',
                   'device, --pre_train, eval through inference', 'service')
 
-    registry = Box(ax, x0, 4.85, 1.7, h, 'registry.py', 'finds every ARCH', 'mid')
-    detect = Box(ax, x0 + 1.85, 4.85, 1.65, h, 'detect.py', 'architecture\nfrom a state_dict', 'mid')
-    ckpt = Box(ax, x0 + 3.65, 4.85, 1.75, h, 'checkpoint_io.py', 'read, check, load', 'mid')
-    infer = Box(ax, x0 + 5.55, 4.85, 1.75, h, 'inference.py', 'precision, self-\nensemble, tiler', 'mid')
+    registry = Box(ax, x0, 4.85, 2.0, h, 'registry.py', 'finds every ARCH,\nbuilds from keywords', 'mid')
+    ckpt = Box(ax, x0 + 2.15, 4.85, 3.15, h, 'checkpoint/', 'read once: files, layouts,\ndetect, run_config', 'mid')
+    infer = Box(ax, x0 + 5.45, 4.85, 1.85, h, 'inference.py', 'self-ensemble,\nthe tiler', 'mid')
 
     ax.add_patch(FancyBboxPatch((x0 - 0.08, 3.2), 7.46, 1.05, boxstyle='round,pad=0.02,rounding_size=0.1',
                                 fc='#fbe3dc', ec='#b03a2e', lw=1.0, ls='--', zorder=-1))
     archs = []
-    names = ('lcoan.py', 'edsr.py', 'rcan.py', 'rdn.py', 'nlsn.py')
+    names = ('lcoan.py', 'edsr.py', 'rcan.py', 'rdn.py', 'nlsn.py', 'swinir.py')
     for i, name in enumerate(names):
-        archs.append(Box(ax, x0 + i * 1.47, 3.3, 1.35, h, name, 'make_model\nARCH', 'arch'))
+        archs.append(Box(ax, x0 + i * 1.23, 3.3, 1.12, h, name, 'make_model\nARCH', 'arch', fontsize=8.5))
     arch_bottom = 3.2
 
     spec = Box(ax, x0, 1.75, 2.2, h, 'spec.py', 'Architecture, ModelFlag,\nlayout helpers', 'domain')
-    lcoa = Box(ax, x0 + 2.4, 1.75, 1.6, h, 'lcoa.py', 'LSP k-means, CoA\n(stats: lcoa_stats.py)', 'domain')
-    common = Box(ax, x0 + 4.2, 1.75, 1.75, h, 'common.py', 'EDSR blocks', 'domain')
-    nlsa = Box(ax, x0 + 6.15, 1.75, 1.15, h, 'nlsa.py', "NLSN's", 'domain')
-
-    sparse = Box(ax, x0 + 0.6, 0.15, 3.4, h, 'sparse_attention.py',
-                 'fast LCoA; sparse_attention_reference.py\n(the plain oracle) · attention_interface.py', 'core')
+    blocks = Box(ax, x0 + 2.4, 1.75, 4.9, h, 'blocks/', 'common.py (EDSR blocks) · lcoa.py (LSP k-means, CoA)\n'
+                 'nlsa.py (NLSN) · lcoa_stats.py', 'domain')
+    sparse = Box(ax, x0 + 2.4, 0.15, 4.9, h, 'blocks/sparse_attention.py',
+                 'fast LCoA attention; sparse_attention_reference.py\n(the plain oracle) · attention_interface.py',
+                 'core')
 
     a = arrow
     a(ax, wrapper.bottom(0.1), registry.top(0.7), rad=0.1)
-    a(ax, wrapper.bottom(0.6), ckpt.top(0.5))
+    a(ax, wrapper.bottom(0.5), ckpt.top(0.5))
     a(ax, wrapper.bottom(0.9), infer.top(0.4), rad=-0.1)
-    a(ax, detect.left(0.5), registry.right(0.5))
-    a(ax, detect.right(0.5), ckpt.left(0.5))
+    a(ax, ckpt.left(0.5), registry.right(0.5))
     for i, arch in enumerate(archs):
-        a(ax, registry.bottom(0.2 + 0.15 * i), arch.top(0.5), color='#b03a2e', ls='--', rad=0.0)
+        a(ax, registry.bottom(0.15 + 0.14 * i), arch.top(0.5), color='#b03a2e', ls='--', rad=0.0)
     a(ax, (spec.x + spec.w * 0.3, arch_bottom), spec.top(0.3))
-    a(ax, (common.x + common.w * 0.5, arch_bottom), common.top(0.5))
+    a(ax, (blocks.x + blocks.w * 0.5, arch_bottom), blocks.top(0.5))
     a(ax, registry.left(0.3), spec.left(0.7), rad=0.5)
-    a(ax, archs[0].bottom(0.85), lcoa.top(0.3))
-    a(ax, archs[4].bottom(0.6), nlsa.top(0.5))
-    a(ax, lcoa.bottom(0.5), sparse.top(0.75))
+    a(ax, blocks.bottom(0.5), sparse.top(0.5))
     ax.text(x0 + 7.3, -0.2, 'one file per architecture: make_model(args) and ARCH = spec.Architecture(...);\n'
             'red dashed: the registry imports every model/<name>.py that defines ARCH; spec.py also\n'
-            'serves detect.py and checkpoint_io.py',
+            'serves checkpoint/ (key layouts)',
             ha='right', va='top', fontsize=7.5, color='#b03a2e')
 
 

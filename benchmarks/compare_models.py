@@ -40,15 +40,15 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-# Published configurations, as command-line flags: every architecture with its defaults, and the
-# published sizes that are not a default.
-VARIANTS = {'EDSR_paper': ['--template', 'EDSR_paper']}
+# Published configurations, as (architecture, one of its named configurations): every architecture with its
+# defaults, and the published sizes that are not a default.
+VARIANTS = {'EDSR_paper': ('EDSR', 'paper')}
 
 
-def _models() -> dict[str, list[str]]:
+def _models() -> dict[str, tuple[str, str | None]]:
     from model import registry
 
-    return {**{name: ['--model', name] for name in registry.names()}, **VARIANTS}
+    return {**{name: (name, None) for name in registry.names()}, **VARIANTS}
 
 
 MODELS = _models()
@@ -61,12 +61,11 @@ NONLOCAL_SIZE = 96
 
 def build(name: str, scale: int) -> torch.nn.Module:
     """The network ``name`` in its published configuration at ``scale``, in eval mode."""
-    import option
     from model import registry
 
-    args = option.parse_args([*MODELS[name], '--scale', str(scale), '--patch_size', str(48 * scale), '--cpu',
-                              '--chop_size', '96'])
-    net = registry.get(args.model).make_model(args).eval()
+    model, configuration = MODELS[name]
+    arch = registry.get(model)
+    net = arch.build(scale=scale, **arch.configurations.get(configuration, {})).eval()
     initialise_centroids(net)  # LCoAN: initialised centroids, as in a trained checkpoint
     return net
 

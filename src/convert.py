@@ -28,7 +28,8 @@ import torch
 import api
 from core.errors import UserError, run_entry_point
 from core.io_utils import SAFETENSORS_SUFFIX, TORCH_SUFFIXES, save_weights
-from model import checkpoint_io, detect, registry
+from model import checkpoint, registry
+from model.checkpoint import Detected, layouts
 from model.spec import PLACEHOLDER_KEYS, UnknownCheckpoint, rgb_range_of
 
 LAYOUTS = ('ours', 'spandrel', 'basicsr')
@@ -52,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def out_state(state: dict, detected: detect.Detected, net: torch.nn.Module, layout: str) -> dict:
+def out_state(state: dict, detected: Detected, net: torch.nn.Module, layout: str) -> dict:
     """``state`` (our layout, as read) in ``layout``; placeholders the network has are filled from it; a layout
     that stores options outside its weights gets the network's own (``net.sr_args``: flags, the run's config.txt)."""
     own = net.state_dict()
@@ -70,7 +71,7 @@ def out_state(state: dict, detected: detect.Detected, net: torch.nn.Module, layo
     return found[0].from_ours(ours, _options(detected, net))
 
 
-def _options(detected: detect.Detected, net: torch.nn.Module) -> dict:
+def _options(detected: Detected, net: torch.nn.Module) -> dict:
     """The network's options by name: those the weights record, the rest as resolved for ``net``."""
     return {**detected.options, **{k: getattr(net.sr_args, k) for k in detected.assumed}}
 
@@ -81,7 +82,7 @@ def _output(net: torch.nn.Module, lr: torch.Tensor) -> torch.Tensor:
         return net(lr.clone())
 
 
-def verify(path: Path, net: torch.nn.Module, detected: detect.Detected, layout: str) -> float:
+def verify(path: Path, net: torch.nn.Module, detected: Detected, layout: str) -> float:
     """Read ``path`` back as a user would and return the largest output difference to ``net``'s.
 
     Raises:
@@ -89,14 +90,16 @@ def verify(path: Path, net: torch.nn.Module, detected: detect.Detected, layout: 
     """
     args = net.sr_args
     rgb_range = float(args.rgb_range)
-    state, again = detect.read_checkpoint(path, what='written file', rgb_range=args.rgb_range)
+    given = {'rgb_range': args.rgb_range, **{k: getattr(args, k) for k in detected.assumed if hasattr(args, k)}}
+    written = checkpoint.read(path, what='written file', given=given)
+    again = written.detected
+
     def shapes(found):  # what the weights hold; rgb_range is checked by the output
         return found.model, {k: v for k, v in found.options.items() if k != 'rgb_range'}
 
     if shapes(again) != shapes(detected):
         raise UserError(f'{path}: reads back as {again.describe()}, not as {detected.describe()}')
-    overrides = {k: getattr(args, k) for k in again.assumed if hasattr(args, k)}
-    back = api.build(state, again, weights=path, what='written file', device='cpu', **overrides)
+    back = api.build(written, device='cpu', **given)
     lr = torch.rand(1, args.n_colors, CHECK_SIZE, CHECK_SIZE, generator=torch.Generator().manual_seed(0)) * rgb_range
     difference = float((_output(back, lr) - _output(net, lr)).abs().max())
     if not difference <= CHECK_TOLERANCE * rgb_range:
@@ -116,16 +119,16 @@ def convert(args: argparse.Namespace) -> int:
         raise UserError(f'{out} exists; give --overwrite to replace it')
     if not out.parent.is_dir():
         raise UserError(f'{out}: the folder {out.parent} does not exist')
-    if args.source is not None and args.source not in checkpoint_io.layouts():
-        raise UserError(f'--from {args.source!r}: allowed: {", ".join(checkpoint_io.layouts())}')
+    if args.source is not None and args.source not in layouts.layouts():
+        raise UserError(f'--from {args.source!r}: allowed: {", ".join(layouts.layouts())}')
     try:
-        state, detected = api.read_checkpoint(src, what='checkpoint', layout=args.source,
-                                              rgb_range=overrides.get('rgb_range'))
+        ckpt = checkpoint.read(src, what='checkpoint', given=overrides, layout=args.source)
     except UnknownCheckpoint as e:
         raise UserError(str(e)) from None
-    net = api.build(state, detected, weights=src, what='checkpoint', device='cpu', **overrides)
+    detected = ckpt.detected
+    net = api.build(ckpt, device='cpu', **overrides)
     print(net.sr_options)
-    written = out_state(state, detected, net, args.layout)
+    written = out_state(ckpt.state, detected, net, args.layout)
     tmp = out.with_name(f'.{out.stem}.convert-{os.getpid()}{out.suffix}')
     try:
         try:
@@ -143,7 +146,7 @@ def convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_how_to_load(out: Path, detected: detect.Detected, net: torch.nn.Module, layout: str) -> None:
+def _print_how_to_load(out: Path, detected: Detected, net: torch.nn.Module, layout: str) -> None:
     if layout == 'basicsr':
         lay = next(lay for lay in registry.get(detected.model).layouts if lay.name == layout)
         if lay.load_there is not None:

@@ -4,10 +4,10 @@ import sys
 
 import torch
 
-import api
 import data
 import loss
 import model
+import option
 from core import distributed, rng
 from core.errors import UserError, show_warnings_plainly
 from core.io_utils import write_error_cause
@@ -30,6 +30,7 @@ def run(args) -> None:
         net = model.Model(args, ckp)
         criterion = loss.Loss(args, ckp) if not args.test_only else None
         trainer = Trainer(args, loader, net, criterion, ckp)
+        args.checkpoint = None  # its tensors are in the network now: holding them would double the weights' memory
         ckp.open()
         while not trainer.terminate():
             trainer.train()
@@ -45,9 +46,10 @@ def main(argv=None) -> int:
     show_warnings_plainly()
     args = None
     try:
-        args = api.parse_args(argv)
-        if args.device_note:
-            print(args.device_note)
+        args = option.parse_main_args(argv)
+        device_note = distributed.select_device(args)
+        if device_note:
+            print(device_note)
         distributed.launch(args, run)
     except distributed.PeerFailed:  # under torchrun: the process that failed prints why
         return 2

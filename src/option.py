@@ -4,9 +4,11 @@
 (``--scale 2+3`` -> ``[2, 3]``, ``--decay 300-600`` -> ``[300, 600]``) and whose values have been
 checked. A bad value raises :class:`core.errors.UserError` with one line naming the flag and what is
 allowed; ``main.py`` prints it without a traceback. It is :func:`parse` (the command line and the
-template) followed by :func:`finalize` (the checks); ``main.py`` reads a ``--pre_train`` checkpoint's
-options in between. Parsing reads no file and probes no hardware: ``args.device`` is what was asked
-for (``--cpu`` or CUDA), and ``core.distributed.select_device`` settles it.
+template) followed by :func:`finalize` (the checks). ``main.py`` starts from :func:`parse_main_args`,
+which in between reads the options not given from the weights the run starts from (``--pre_train``,
+or the run ``--load`` names, and that run's config.txt: :mod:`model.checkpoint`). Parsing probes no
+hardware: ``args.device`` is what was asked for (``--cpu`` or CUDA), and
+``core.distributed.select_device`` settles it.
 
 Model flags come from the architectures (``model.registry``): each declares the flags it reads and
 their published defaults, so a flag can mean different things per model (``--n_hashes`` is LCoAN's
@@ -21,14 +23,16 @@ import argparse
 import math
 import re
 import sys
+from pathlib import Path
 
 import template
 from core.errors import UserError
+from core.precision import PRECISIONS
 from data import TEST_SETS, TRAIN_SETS, trainsets
-from model import registry
-from model.inference import PRECISIONS
-from model.spec import bad_flag
-from training.run_flags import check_run_flags
+from model import checkpoint, registry
+from model.checkpoint import run_config
+from model.spec import N_COLORS, RGB_RANGE, bad_flag, check_finite
+from training import run_flags
 
 OPTIMIZERS = ('ADAM', 'SGD', 'RMSprop')
 EXTS = ('img', 'sep', 'sep_reset')
@@ -91,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     g('--ext', type=str, default='sep', help=f'image storage: {"|".join(EXTS)} (sep: decoded .npy cache)')
     g('--scale', type=str, default='4', help='super-resolution scale(s), "+"-separated')
     g('--patch_size', type=int, default=192, help='HR training patch size (a multiple of the scale)')
-    g('--rgb_range', type=int, default=255, help='pixel values are scaled to [0, rgb_range]')
-    g('--n_colors', type=int, default=3, help='1 (Y channel) or 3 (RGB)')
+    g('--rgb_range', type=int, default=RGB_RANGE, help='pixel values are scaled to [0, rgb_range]')
+    g('--n_colors', type=int, default=N_COLORS, help='1 (Y channel) or 3 (RGB)')
     g('--no_augment', action='store_true', help='no random flips and rotations of training patches')
 
     g = parser.add_argument_group('model').add_argument
@@ -222,44 +226,20 @@ def fill_model_defaults(args: argparse.Namespace) -> None:
             if getattr(args, flag) is None:
                 setattr(args, flag, arch.defaults[flag])
         elif flag in args.given and getattr(args, flag) is not None:
-            _fail(flag, getattr(args, flag), f'{args.model} has no such option; its model options are '
-                  + ', '.join(f'--{f}' for f in arch.defaults))
-
-
-def _check_model_flags(args: argparse.Namespace) -> None:
-    """Sign and choices of the chosen model's flags, then the model's own checks."""
-    arch = registry.get(args.model)
-    for flag in arch.flags:
-        value = getattr(args, flag.name)
-        if flag.must_be_positive and not value > 0:
-            _fail(flag.name, value, 'must be a positive integer' if flag.type is int else 'must be > 0')
-        if flag.choices:
-            canonical = {c.lower(): c for c in flag.choices}.get(str(value).lower())
-            if canonical is None:
-                _fail(flag.name, value, f'allowed: {", ".join(flag.choices)}')
-            setattr(args, flag.name, canonical)
-    if arch.check is not None:
-        arch.check(args)
+            raise arch.no_such_option(flag, getattr(args, flag))
 
 
 def finalize(args: argparse.Namespace) -> argparse.Namespace:
     """Split list flags, fill in the model's defaults and check every value; raises UserError naming the first
     bad flag."""
     for flag, value in vars(args).items():
-        if isinstance(value, float) and not math.isfinite(value):
-            _fail(flag, value, 'must be a finite number')
+        check_finite(flag, value)
     arch = registry.get(args.model)
-    model = args.model = arch.name
+    args.model = arch.name
     if not hasattr(args, 'given'):
         args.given = set()
     fill_model_defaults(args)
-
-    scales = arch.scales
-    args.scale = _split_list('scale', args.scale, '+', int, f'"+"-separated integers from {scales}')
-    if not args.scale or any(s not in scales for s in args.scale):
-        _fail('scale', '+'.join(map(str, args.scale)), f'{model} upsamples by {", ".join(map(str, scales))}')
-    if len(args.scale) != 1:
-        _fail('scale', '+'.join(map(str, args.scale)), f'{model} has one upsampler: give a single scale')
+    args.scale = arch.scale_list(args.scale)
 
     _finalize_data_flags(args)
 
@@ -275,8 +255,8 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         _fail('betas', args.betas, 'two floats in [0, 1), e.g. 0.9+0.999')
     args.betas = tuple(betas)
 
-    _check_model_flags(args)
-    for flag in ('batch_size', 'patch_size', 'epochs', 'test_every', 'print_every', 'rgb_range', 'n_GPUs',
+    arch.check_options(args)
+    for flag in ('batch_size', 'patch_size', 'epochs', 'test_every', 'print_every', 'n_GPUs',
                  'chop_size', 'chop_batch', 'dist_timeout'):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             _fail(flag, getattr(args, flag), 'must be a positive integer')
@@ -289,8 +269,6 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     for flag in ('weight_decay', 'gclip', 'momentum'):
         if getattr(args, flag) < 0:
             _fail(flag, getattr(args, flag), 'must be >= 0')
-    if args.n_colors not in (1, 3):
-        _fail('n_colors', args.n_colors, 'allowed: 1 (Y channel) or 3 (RGB)')
     for s in [] if args.test_only else args.scale:  # patches are only cut for training
         if args.patch_size % s:
             _fail('patch_size', args.patch_size, f'must be divisible by the scale ({s})')
@@ -308,7 +286,7 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         _fail('resume', args.resume, '-1 (latest), 0 (start anew) or an epoch number')
     if args.pre_train == '.':  # the official default meaning "none"
         args.pre_train = ''
-    check_run_flags(args)
+    run_flags.check_run_flags(args)
     args.device = 'cpu' if args.cpu else 'cuda'
     return args
 
@@ -347,8 +325,104 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    """:func:`parse` then :func:`finalize`: the checked options of the command line ``argv``."""
+    """:func:`parse` then :func:`finalize`: the checked options of the command line ``argv``, read from the flags
+    alone (a network built from flags in code); ``main.py`` starts from :func:`parse_main_args`."""
     return finalize(parse(argv))
+
+
+def parse_main_args(argv=None, *, weights_flag: str = '--pre_train') -> argparse.Namespace:
+    """``main.py``'s checked options from the command line ``argv``: :func:`parse`, then the options not given
+    read from the weights the run starts from, then :func:`finalize`.
+
+    The weights are those of ``--pre_train`` (named ``weights_flag`` in messages: ``visualize.py``'s
+    ``--weights``), or the network ``--load <run> --test_only`` evaluates, or the one ``--load <run> --resume N``
+    continues, whose options not given are first the run's own (from its config.txt). The model options not
+    given come from the weights and the config.txt of their run (:func:`model.checkpoint.read`);
+    ``args.checkpoint`` is what was read (None: no weights, or a file that does not exist, which the loader
+    reports), ``args.pre_train_detected`` the lines saying which value came from where.
+    """
+    args = parse(argv)
+    config, taken = _take_run_options(args)
+    resumed = run_flags.resumed_run(args)
+    weights = run_flags.evaluated_weights(args)  # --load <run> --test_only: the run's network file
+    args.checkpoint = None
+    if resumed is not None:
+        flag = f'--load {args.load} --resume {args.resume}:'
+        lines = [f'{flag} the options not given are the run\'s, from {config}'] if taken else []
+        lines.append(_apply_weights(args, flag, run_flags.run_weights(resumed, args.resume), recorded_range=True))
+        args.pre_train_detected = '\n'.join(line for line in lines if line)
+    elif weights:
+        args.pre_train_detected = _apply_weights(args, f'--load {args.load} --test_only:', weights,
+                                                 recorded_range=True)
+    else:
+        args.pre_train_detected = _apply_weights(args, weights_flag, args.pre_train)
+    try:
+        finalize(args)
+    except UserError as e:  # a value from config.txt is named there, not as a flag the user did not give
+        key = next((k for k in taken if str(e).startswith(f'--{k} ')), None)
+        if key is None:
+            raise
+        raise UserError(f'{config}: {key} {str(e)[len(key) + 3:]} (the run\'s value; correct it there or give '
+                        f'--{key})') from None
+    return args
+
+
+def _apply_weights(args: argparse.Namespace, flag: str, path: str | Path, *, recorded_range: bool = False) -> str:
+    """Fill the model options not given (not in ``args.given``) from the weights ``path`` and their run's
+    config.txt, and keep what was read as ``args.checkpoint``. A given ``--model`` other than the checkpoint's is
+    named as such; any other contradiction surfaces as the loader's mismatch error. ``flag`` names the file in
+    messages; ``recorded_range``: a given ``--rgb_range`` must be the one the weights record. Returns the log
+    line (empty without weights to read)."""
+    if not path or path == '.' or not Path(path).exists():
+        return ''  # nothing to read: a missing file is reported by the loader, naming it
+    given = {key: getattr(args, key) for key in args.given}
+    ckpt = checkpoint.read(path, what=flag, given=given, for_flags=True)
+    detected = ckpt.detected
+    if 'model' in given and str(args.model).lower() != detected.model.lower():
+        by = f' (--model or --template {args.template})' if args.template not in (None, '.') else ''
+        raise checkpoint.UnknownCheckpoint(
+            f'{flag} {path}: a checkpoint of {detected.model} x{detected.scale}, but the model is {args.model}{by}; '
+            f'give --model {detected.model}, or leave out --model and --template to take the architecture from '
+            'the weights')
+    if recorded_range and 'rgb_range' in given and ckpt.records_other('rgb_range', args.rgb_range):
+        raise UserError(f'{flag} rgb_range {args.rgb_range}, but {path} records rgb_range='
+                        f'{detected.options["rgb_range"]} (in its mean shift); give --rgb_range '
+                        f'{detected.options["rgb_range"]}')
+    for key, value in ckpt.options.items():
+        if ckpt.sources[key] != checkpoint.FLAG:
+            setattr(args, key, value)
+    args.checkpoint = ckpt
+    return ckpt.description
+
+
+def _take_run_options(args: argparse.Namespace) -> tuple[Path | None, set[str]]:
+    """``--load RUN --resume N``: every option not given now (but those of :data:`NOT_RESUMED`) takes the value
+    the run's config.txt records for its last start, as if given. Returns the config.txt and the options taken
+    (none for other flags, or a run without a config.txt, which the run folder reports)."""
+    run = run_flags.resumed_run(args)
+    config = None if run is None else run / run_config.RUN_CONFIG
+    if config is None or not config.is_file():
+        return None, set()
+    try:
+        recorded = run_config.read(config)
+    except OSError as e:
+        raise UserError(f'{config}: cannot read it ({e.strerror or e})') from None
+    if recorded.pop('_truncated', False):
+        raise UserError(f'{config}: the options of the run\'s last start are missing (the file was cut short?); '
+                        'delete that incomplete last block to resume with the ones before it')
+    dests = {a.dest for a in build_parser()._actions}
+    taken = set()
+    for key, value in recorded.items():
+        if key not in dests or key in NOT_RESUMED or key in args.given or value is None:
+            continue
+        try:
+            setattr(args, key, as_flag_value(key, value))
+        except ValueError as e:
+            raise UserError(f'{config}: {key}: {value!r} is not {e} (the run\'s value; correct it there or give '
+                            f'--{key})') from None
+        taken.add(key)
+    args.given |= taken
+    return config, taken
 
 
 # The list options finalize splits, and the separator their flag joins them with (config.txt records the lists).
@@ -378,21 +452,3 @@ def as_flag_value(dest: str, value):
     if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
         raise ValueError('an integer' if kind is int else 'a number')
     return kind(value)
-
-
-def for_model(model: str, **options) -> argparse.Namespace:
-    """Checked options for building ``model`` in code: the parser's defaults with ``options`` set (by flag
-    name, e.g. ``scale=2``, ``n_feats=64``; a list flag as a list or as its string). Unknown names raise
-    TypeError."""
-    parser = build_parser()
-    args = parser.parse_args([])
-    known = vars(args)
-    for key, value in options.items():
-        if key not in known or key == 'model':
-            raise TypeError(f'unknown option {key!r}')
-        if isinstance(value, list | tuple):
-            value = '+'.join(map(str, value))
-        setattr(args, key, str(value) if key == 'scale' else value)
-    args.model = model
-    args.given = set(options) | {'model'}
-    return finalize(args)

@@ -1,10 +1,12 @@
 """Named presets of options (``--template NAME``).
 
-A template only changes defaults: any flag given on the command line still wins. Model flags sit
-under ``models``, per model: a template applies those of the model in force (its own ``model``, or
-the one given with ``--model``, e.g. ``--template demo --model NLSN`` for a small NLSN demo); other
-model flags keep the chosen model's published defaults. The demo's model flags are each
-architecture's own small configuration (``Architecture.demo``), so every architecture has a demo.
+A template only changes defaults: any flag given on the command line still wins. Its model flags
+are a published configuration that the architecture's own file declares: ``models`` names, per
+model, one of its ``Architecture.configurations``. A template applies that of the model in force
+(its own ``model``, or the one given with ``--model``, e.g. ``--template demo --model NLSN`` for a
+small NLSN demo); other model flags keep the chosen model's published defaults. The demo's model
+flags are each architecture's own small configuration (``Architecture.demo``), so every
+architecture has a demo.
 """
 
 from model import registry
@@ -19,16 +21,12 @@ TEMPLATES = {
     # The paper's configuration (all flags of the paper's x2 command line except paths and --save).
     'LCoAN_paper': dict(
         model='LCoAN', rgb_range=1, batch_size=16, patch_size=96, scale='2', lr=1e-4, decay='300-600-900-1200',
-        epochs=1500, data_train='DIV2K', data_range='1-800/1-5', chop=True,
-        models={'LCoAN': dict(n_resgroups=10, n_resblocks=4, n_feats=128, reduction=1, n_clusters=128,
-                              window_size=384, ema_decay=0.999, res_scale=0.1)},
+        epochs=1500, data_train='DIV2K', data_range='1-800/1-5', chop=True, models={'LCoAN': 'paper'},
     ),
     # The paper's x4 fine-tuning from the x2 weights (its own milestones; add --pre_train <x2 .pt>).
     'LCoAN_paper_x4': dict(
         model='LCoAN', rgb_range=1, batch_size=16, patch_size=192, scale='4', lr=1e-4, decay='100-200-300-400',
-        epochs=500, data_train='DIV2K', data_range='1-800/1-5', chop=True,
-        models={'LCoAN': dict(n_resgroups=10, n_resblocks=4, n_feats=128, reduction=1, n_clusters=128,
-                              window_size=384, ema_decay=0.999, res_scale=0.1)},
+        epochs=500, data_train='DIV2K', data_range='1-800/1-5', chop=True, models={'LCoAN': 'paper'},
     ),
     # A small model that learns something useful on the built-in sample data in about two minutes
     # on two CPU cores (``make demo``); ``--model`` picks another network, in a small configuration.
@@ -39,27 +37,21 @@ TEMPLATES = {
         models=_demo_configuration,
     ),
     # The baselines' published configurations (EDSR-PyTorch and NLSN documentation).
-    'EDSR_baseline': dict(model='EDSR', models={'EDSR': dict(n_resblocks=16, n_feats=64, res_scale=1.0)}),
-    'EDSR_paper': dict(model='EDSR', models={'EDSR': dict(n_resblocks=32, n_feats=256, res_scale=0.1)}),
-    'RCAN': dict(model='RCAN', chop=True,
-                 models={'RCAN': dict(n_resgroups=10, n_resblocks=20, n_feats=64, reduction=16)}),
-    'RDN': dict(model='RDN', models={'RDN': dict(G0=64, RDNkSize=3, RDNconfig='B')}),
-    'NLSN': dict(model='NLSN', models={'NLSN': dict(n_resblocks=32, n_feats=256, res_scale=0.1, chunk_size=144,
-                                                    n_hashes=4)}),
-    # SwinIR's classical SR model (SwinIR-M, DIV2K, 001_classicalSR_DIV2K_s48w8_SwinIR-M_x2.pth) and its training
-    # (KAIR's train_swinir_sr_classical.json: batch 32, 96x96 HR patches at x2, lr 2e-4 halved at 250k, 400k, 450k
-    # and 475k of 500k iterations; here 1000 iterations an epoch). At x3/x4 give --scale and --patch_size 48*scale.
+    'EDSR_baseline': dict(model='EDSR', models={'EDSR': 'baseline'}),
+    'EDSR_paper': dict(model='EDSR', models={'EDSR': 'paper'}),
+    'RCAN': dict(model='RCAN', chop=True, models={'RCAN': 'paper'}),
+    'RDN': dict(model='RDN', models={'RDN': 'paper'}),
+    'NLSN': dict(model='NLSN', models={'NLSN': 'paper'}),
+    # SwinIR's classical SR model (SwinIR-M) and its training (KAIR's train_swinir_sr_classical.json: batch 32,
+    # 96x96 HR patches at x2, lr 2e-4 halved at 250k, 400k, 450k and 475k of 500k iterations; here 1000
+    # iterations an epoch). At x3/x4 give --scale and --patch_size 48*scale.
     'SwinIR_paper': dict(
         model='SwinIR', rgb_range=1, scale='2', patch_size=96, batch_size=32, lr=2e-4, decay='250-400-450-475',
-        epochs=500, test_every=1000,
-        models={'SwinIR': dict(embed_dim=180, depths='6+6+6+6+6+6', num_heads='6+6+6+6+6+6', window_size=8,
-                               mlp_ratio=2.0, img_size=48, upsampler='pixelshuffle', resi_connection='1conv')}),
-    # Its lightweight SR model (SwinIR-S, 002_lightweightSR_DIV2K_s64w8_SwinIR-S_x2.pth): batch 64, 64x64 LR patches.
+        epochs=500, test_every=1000, models={'SwinIR': 'classical'}),
+    # Its lightweight SR model (SwinIR-S): batch 64, 64x64 LR patches.
     'SwinIR_light': dict(
         model='SwinIR', rgb_range=1, scale='2', patch_size=128, batch_size=64, lr=2e-4, decay='250-400-450-475',
-        epochs=500, test_every=1000,
-        models={'SwinIR': dict(embed_dim=60, depths='6+6+6+6', num_heads='6+6+6+6', window_size=8, mlp_ratio=2.0,
-                               img_size=64, upsampler='pixelshuffledirect', resi_connection='1conv')}),
+        epochs=500, test_every=1000, models={'SwinIR': 'lightweight'}),
 }
 
 
@@ -74,5 +66,7 @@ def get_template(name: str, model: str | None = None) -> dict:
     if callable(models):
         preset.update(models(chosen))
     else:
-        preset.update({m.lower(): flags for m, flags in models.items()}.get(chosen.lower(), {}))
+        configuration = {m.lower(): c for m, c in models.items()}.get(chosen.lower())
+        if configuration is not None:
+            preset.update(registry.get(chosen).configurations[configuration])
     return preset

@@ -28,9 +28,9 @@ from PIL import Image
 from tqdm import tqdm
 
 import api
+from core import precision
 from core.errors import UserError, run_entry_point
 from core.io_utils import write_error_cause
-from model.inference import check_precision
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 JPEG_QUALITY = 95
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='LR context around each tile (default: the receptive field for convolutional models, '
                         'which makes tiling exact; 16 for models with attention)')
     p.add_argument('--self_ensemble', action='store_true', help='average the 8 flips/transposes')
-    p.add_argument('--precision', default='single', choices=tuple(api.PRECISIONS), help='autocast precision')
+    p.add_argument('--precision', default='single', choices=precision.PRECISIONS, help='autocast precision')
     p.add_argument('--cpu', action='store_true', help='run on the CPU even if a GPU is available')
     p.add_argument('--suffix', default='_x{scale}', help='added to each output name; {scale} is replaced')
     p.add_argument('--overwrite', action='store_true', help='replace existing output files')
@@ -276,7 +276,7 @@ def run(argv=None) -> int:
     if output.exists() and not output.is_dir():
         raise UserError(f'-o {output}: a file, not a folder')
     check_suffix(args.suffix, args.scale or 2)  # before the weights are read; Batch applies the checkpoint's scale
-    check_precision(args.precision, torch.device(device))
+    precision.check(args.precision, torch.device(device))
     overrides = api.model_overrides(args) | ({} if args.scale is None else {'scale': args.scale})
     net = api.load_pretrained(Path(args.weights), device=device, **overrides)
     print(f'{net.sr_options.removesuffix(".")}; on {device}.')

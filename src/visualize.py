@@ -42,10 +42,10 @@ from torch import Tensor, nn
 if __package__ in (None, ''):  # run as a script: make src/ importable like main.py does
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import api  # noqa: E402
+import option  # noqa: E402
 from core.errors import UserError, run_entry_point  # noqa: E402
 from data.common import read_image  # noqa: E402
-from model import checkpoint_io, registry  # noqa: E402
+from model import checkpoint, registry  # noqa: E402
 from model.blocks import lcoa_stats
 from model.blocks import sparse_attention_reference as reference  # noqa: E402
 from model.blocks.lcoa import LearnableCollaborativeAttention  # noqa: E402
@@ -81,11 +81,14 @@ class Capture:
 def build_model(args: argparse.Namespace, weights: Path, log=print) -> nn.Module:
     """The network of ``args`` with ``weights`` loaded, in eval mode on the CPU.
 
-    ``args`` comes from :func:`api.parse_args` with ``--pre_train weights``, so the architecture
-    flags not given on the command line are already those detected from the checkpoint (and its run's config.txt).
+    ``args`` comes from :func:`option.parse_main_args` with ``--pre_train weights``, so the architecture
+    flags not given on the command line are already those detected from the checkpoint (and its run's config.txt),
+    and ``args.checkpoint`` holds the weights it read (None for a file that does not exist: read here, naming it).
     """
     net = registry.get(args.model).make_model(args)
-    checkpoint_io.load_checkpoint(net, weights, log=log, what='--weights', allow_new_upsampler=False)
+    ckpt = args.checkpoint if args.checkpoint is not None else checkpoint.read(weights, what='--weights',
+                                                                                   recognise=False)
+    ckpt.load_into(net, log=log, allow_new_upsampler=False)
     return net.eval()
 
 
@@ -362,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv=None) -> list[Path]:
     """Write the figures; returns their paths."""
     vis, rest = build_parser().parse_known_args(argv)
-    # The architecture flags not given are read from the weights (model.detect), as for main.py --pre_train.
-    args = api.parse_args([*rest, '--pre_train', str(vis.weights), '--cpu'], weights_flag='--weights')
+    # The architecture flags not given are read from the weights (model.checkpoint), as for main.py --pre_train.
+    args = option.parse_main_args([*rest, '--pre_train', str(vis.weights), '--cpu'], weights_flag='--weights')
     if args.pre_train_detected:
         print(args.pre_train_detected)
     torch.manual_seed(args.seed)  # NLSN's random rotations

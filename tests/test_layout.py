@@ -54,15 +54,29 @@ def _imports(path) -> set[str]:
     return found
 
 
-def test_the_import_graph_of_src_has_no_cycles():
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the first-party modules it imports directly (a package's own ``__init__`` left out: Python's
+    import order, not a dependency of ideas)."""
     modules = {}
     for path in python_files():
         parts = path.relative_to(SRC).with_suffix('').parts
         name = '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
         modules[name] = path
     graph = {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
-    # A package's __init__ imported by its own submodules is Python's import order, not a cycle of ideas.
-    graph = {name: {m for m in deps if not name.startswith(m + '.')} for name, deps in graph.items()}
+    return {name: {m for m in deps if not name.startswith(m + '.')} for name, deps in graph.items()}
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_the_import_graph_of_src_has_no_cycles():
+    graph = import_graph()
     visiting, done, cycles = set(), set(), []
 
     def visit(node, stack):
@@ -81,12 +95,29 @@ def test_the_import_graph_of_src_has_no_cycles():
     assert not cycles
 
 
+ENTRY_POINTS = {'main', 'upscale', 'export', 'convert', 'visualize', 'prepare_data', 'option', 'template', 'api',
+                'trainer'}
+
+
+def test_the_network_never_imports_an_entry_point():
+    graph = import_graph()
+    upward = {name: reachable(graph, name) & ENTRY_POINTS for name in graph if name.split('.')[0] == 'model'}
+    assert not {name: found for name, found in upward.items() if found}
+
+
+@pytest.mark.parametrize('tool', ['api', 'upscale', 'export', 'convert'])
+def test_using_weights_needs_no_training_loop(tool):
+    loop = {m for m in reachable(import_graph(), tool) if m == 'trainer' or m.split('.')[0] == 'training'}
+    assert not loop
+
+
 @pytest.mark.parametrize('path', [p for p in python_files() if p.parent == SRC / 'model'
                                   and p.stem in {n.lower() for n in registry.names()}], ids=lambda p: p.stem)
 def test_architecture_files_import_no_program_code(path):
     # An architecture file is read by the registry, the options and detection: it must not import them back.
     imported = _imports(path)
-    assert not {m for m in imported if re.fullmatch(r'option|template|api|trainer|model\.(registry|detect)', m)}
+    program = r'option|template|api|trainer|model\.(registry|checkpoint(\..+)?)'
+    assert not {m for m in imported if re.fullmatch(program, m)}
 
 
 def test_tests_mirror_src_and_share_code_through_helpers():

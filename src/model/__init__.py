@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from core import distributed
-from model import checkpoint_io, compiling, inference, registry
+from core import distributed, precision
+from model import checkpoint, compiling, inference, registry
 
 
 class Model(nn.Module):
@@ -21,7 +21,9 @@ class Model(nn.Module):
 
     Args:
         args: parsed options (``option.parse_args``): ``model, device, scale, precision, chop,
-            chop_size, chop_overlap, chop_batch, self_ensemble, pre_train, compile``.
+            chop_size, chop_overlap, chop_batch, self_ensemble, pre_train, rgb_range, compile``, and
+            ``checkpoint``, the ``--pre_train`` file as ``option.parse_main_args`` read it (absent or None: read
+            here).
         ckp: the run's checkpoint object; only ``ckp.write_log(msg)`` is used.
     """
 
@@ -36,13 +38,13 @@ class Model(nn.Module):
         self.chop_size = args.chop_size
         self.chop_overlap = args.chop_overlap
         self.chop_batch = args.chop_batch
-        inference.check_precision(self.precision, self.device)
+        precision.check(self.precision, self.device)
 
         self.model = registry.get(args.model).make_model(args).to(self.device)
         n_params = sum(p.numel() for p in self.model.parameters())
         self.ckp.write_log(f'Made {args.model} with {n_params:,} parameters on {self.device}.')
         if args.pre_train:
-            self.load_pretrained(args.pre_train)
+            self.load_pretrained(args)
         if args.compile:
             # In place: checkpoints of a compiled run are the plain network's.
             compiling.compile_network(self.model, args.compile, self.device)
@@ -70,9 +72,15 @@ class Model(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         return self.get_model().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def load_pretrained(self, path: str | Path) -> list[str]:
-        """Load ``--pre_train`` (see :mod:`model.checkpoint_io`); returns the checkpoint keys not loaded."""
-        return checkpoint_io.load_checkpoint(self.get_model(), path, log=self.log, what='--pre_train')
+    def load_pretrained(self, args) -> list[str]:
+        """Load ``--pre_train`` (a fresh upsampler for another scale: see :mod:`model.checkpoint.loading`): the
+        weights parsing read (``args.checkpoint``), else the file, read now. Returns the checkpoint keys not
+        loaded."""
+        ckpt = getattr(args, 'checkpoint', None)
+        if ckpt is None or ckpt.path != Path(args.pre_train):
+            ckpt = checkpoint.read(args.pre_train, what='--pre_train', given={'rgb_range': args.rgb_range},
+                                   recognise=False)
+        return ckpt.load_into(self.get_model(), log=self.log)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         """Super-resolve ``lr`` (N, C, h, w) by ``--scale``.

@@ -21,6 +21,7 @@ def make_model(args: argparse.Namespace) -> 'EDSR':
 
 
 # EDSR-PyTorch's two published sizes; only the large (paper) one scales its residuals.
+BASELINE = dict(n_resblocks=16, n_feats=64, res_scale=1.0)
 PAPER = dict(n_resblocks=32, n_feats=256, res_scale=0.1)
 
 
@@ -82,7 +83,8 @@ ARCH = spec.Architecture(
     description='Enhanced Deep Residual Network (Lim et al., CVPRW 2017)',
     make_model=make_model,
     flags=(spec.ModelFlag('n_resblocks', int, 'residual blocks'), spec.N_FEATS, spec.RES_SCALE),
-    defaults=dict(n_resblocks=16, n_feats=64, res_scale=1.0),  # EDSR-PyTorch's EDSR baseline
+    defaults=BASELINE,
+    configurations={'baseline': BASELINE, 'paper': PAPER},
     scales=(2, 3, 4, 8),
     demo=dict(n_resblocks=4, n_feats=32, res_scale=0.1),
     tiny=dict(n_resblocks=1, n_feats=8),

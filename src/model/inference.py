@@ -4,8 +4,8 @@
 :func:`make_forward` (no gradients, ``--precision`` autocast, optionally the self-ensemble) through
 :func:`tiled_forward` when the image is cut into tiles.
 
-**Precision.** ``single`` runs float32; ``half`` and ``bf16`` run the forward under autocast
-(:func:`autocast`), and the output is float32 either way.
+**Precision.** ``half`` and ``bf16`` run the forward under autocast (:mod:`core.precision`); the
+output is float32 either way.
 
 **Self-ensemble.** The network runs on the 8 flips/transposes of the input; each output is
 transformed back and the mean taken (in float64, so the order of the eight does not matter).
@@ -28,10 +28,8 @@ The automatic tile size comes from the available memory and the network's measur
 per LR pixel (:func:`peak_bytes_per_pixel`, on a small probe tile).
 """
 
-import contextlib
 import math
 import os
-import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,11 +39,8 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from core.errors import UserError
+from core import precision as precisions
 
-# --precision -> the autocast dtype of the forward pass (training and test); 'single' runs float32.
-AUTOCAST_DTYPES = {'single': None, 'half': torch.float16, 'bf16': torch.bfloat16}
-PRECISIONS = tuple(AUTOCAST_DTYPES)
 # Context around tiles of non-local networks (LR pixels): more only costs time, seams are invisible.
 NONLOCAL_HALO = 16
 # Fraction of the available memory that the tiles may use; the rest is for the image and the program.
@@ -57,56 +52,6 @@ MIN_CORE = 16
 
 Forward = Callable[[Tensor], Tensor]
 Span = tuple[int, int, int, int]
-
-
-# -- precision
-
-def autocast(precision: str, device_type: str):
-    """The ``--precision`` autocast context on ``device_type`` (a null context for 'single')."""
-    dtype = AUTOCAST_DTYPES[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=dtype)
-
-
-def check_precision(precision: str, device: torch.device) -> None:
-    """UserError if ``device`` cannot run ``precision``; one warning if the CPU only emulates it."""
-    if precision not in AUTOCAST_DTYPES:
-        raise UserError(f'--precision {precision!r}: allowed: {", ".join(PRECISIONS)}')
-    dtype = AUTOCAST_DTYPES[precision]
-    if dtype is None:
-        return
-    kind = device.type
-    if kind == 'cuda' and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        raise UserError(f'--precision {precision}: this GPU does not support bfloat16; use half or single')
-    # An unsupported autocast dtype only warns and disables itself: probe whether it stays enabled.
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        with torch.autocast(kind, dtype=dtype):
-            enabled = torch.is_autocast_enabled(kind)
-    if not enabled:
-        raise UserError(f'--precision {precision}: autocast to {dtype} is not supported on {kind}; use single')
-    if kind == 'cpu':
-        _warn_slow_cpu_precision(precision, dtype)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); else torch emulates it."""
-    checks = ('_is_avx512_bf16_supported', '_is_amx_tile_supported')  # private: absent from some torch builds
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def _warn_slow_cpu_precision(precision: str, dtype: torch.dtype) -> None:
-    """One warning for a --precision the CPU emulates (float16 always; bfloat16 without AVX512-BF16/AMX)."""
-    native_bf16 = cpu_has_native_bf16()
-    if dtype == torch.float16:
-        better = 'single' + (' or bf16 (this CPU has bfloat16 in hardware)' if native_bf16 else '')
-        warnings.warn(f'--precision {precision} on the CPU: float16 is emulated and runs many times slower than '
-                      f'single; use --precision {better}', stacklevel=3)
-    elif dtype == torch.bfloat16 and not native_bf16:
-        warnings.warn(f'--precision {precision} on the CPU: this CPU has no bfloat16 hardware (AVX512-BF16 or AMX), '
-                      'so it is emulated and runs many times slower than single; use --precision single',
-                      stacklevel=3)
 
 
 # -- self-ensemble
@@ -148,13 +93,11 @@ def make_forward(net: nn.Module, *, precision: str = 'single', ensemble: bool = 
                  device_type: str | None = None) -> Forward:
     """``net`` as a function of an LR tensor for inference: no gradients, ``precision`` autocast,
     optionally the self-ensemble; returns float32."""
-    if precision not in AUTOCAST_DTYPES:
-        raise UserError(f'precision {precision!r}: allowed: {", ".join(PRECISIONS)}')
     if device_type is None:
         device_type = next(net.parameters()).device.type
 
     def forward(x: Tensor) -> Tensor:
-        with torch.no_grad(), autocast(precision, device_type):
+        with torch.no_grad(), precisions.autocast(precision, device_type):
             if ensemble:
                 return self_ensemble(net, x)
             return net(x.contiguous()).float()

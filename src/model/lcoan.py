@@ -66,6 +66,10 @@ def _shapes(*, scale: int, n_colors: int, n_feats: int, n_resgroups: int, n_resb
     return {'a': (1,), **spec.edsr_like(scale=scale, n_colors=n_colors, n_feats=n_feats, body=body)}
 
 
+# The paper's configuration: the model flags of its x2 command line (x4 is fine-tuned from x2 in the same one).
+PAPER = dict(n_resgroups=10, n_resblocks=4, n_feats=128, reduction=1, res_scale=0.1, n_clusters=128, window_size=384,
+             ema_decay=0.999)
+
 ARCH = spec.Architecture(
     name='LCoAN',
     description='Learnable Collaborative Attention Network (this codebase\'s own model)',
@@ -85,8 +89,8 @@ ARCH = spec.Architecture(
         spec.ModelFlag('attention_impl', str, 'sparse-attention implementation (same outputs; reference is the plain '
                        'one)', choices=tuple(IMPLEMENTATIONS), changes_output=False),
     ),
-    defaults=dict(n_resgroups=10, n_resblocks=4, n_feats=128, reduction=1, res_scale=0.1, n_clusters=128,
-                  window_size=384, ema_decay=0.999, n_hashes=1, attention_impl='fast'),
+    defaults=dict(PAPER, n_hashes=1, attention_impl='fast'),
+    configurations={'paper': PAPER},
     scales=(2, 3, 4),
     demo=dict(n_resgroups=2, n_resblocks=2, n_feats=32, reduction=2, n_clusters=16, window_size=96, ema_decay=0.99,
               res_scale=0.1),

@@ -57,6 +57,9 @@ def _shapes(*, scale: int, n_colors: int, n_feats: int, n_resblocks: int, **_) -
     return spec.edsr_like(scale=scale, n_colors=n_colors, n_feats=n_feats, body=body)
 
 
+# The paper's configuration (the official code's documented command line).
+PAPER = dict(n_resblocks=32, n_feats=256, res_scale=0.1, chunk_size=144, n_hashes=4)
+
 ARCH = spec.Architecture(
     name='NLSN',
     description='Non-Local Sparse Network (Mei et al., CVPR 2021)',
@@ -64,7 +67,8 @@ ARCH = spec.Architecture(
     flags=(spec.ModelFlag('n_resblocks', int, 'residual blocks'), spec.N_FEATS, spec.RES_SCALE,
            spec.ModelFlag('chunk_size', int, 'positions per attention chunk'),
            spec.ModelFlag('n_hashes', int, 'LSH rounds')),
-    defaults=dict(n_resblocks=32, n_feats=256, res_scale=0.1, chunk_size=144, n_hashes=4),
+    defaults=PAPER,
+    configurations={'paper': PAPER},
     scales=(2, 3, 4, 8),
     demo=dict(n_resblocks=4, n_feats=32, res_scale=0.1, chunk_size=64, n_hashes=4),
     tiny=dict(n_resblocks=1, n_feats=8, chunk_size=16, n_hashes=2),

@@ -98,6 +98,9 @@ SUPER_IMAGE = spec.Layout(
     to_ours=_from_super_image, mean_outside=True)
 
 
+# The paper's configuration (10 groups of 20 blocks, 64 channels, channel attention squeezing by 16).
+PAPER = dict(n_resgroups=10, n_resblocks=20, n_feats=64, reduction=16)
+
 ARCH = spec.Architecture(
     name='RCAN',
     description='Residual Channel Attention Network (Zhang et al., ECCV 2018)',
@@ -105,7 +108,8 @@ ARCH = spec.Architecture(
     flags=(spec.N_RESGROUPS, spec.ModelFlag('n_resblocks', int, 'residual blocks per group'), spec.N_FEATS,
            spec.ModelFlag('reduction', int, 'channel attention squeezes n_feats to n_feats // reduction'),
            spec.RES_SCALE),
-    defaults=dict(n_resgroups=10, n_resblocks=20, n_feats=64, reduction=16, res_scale=1.0),
+    defaults=dict(PAPER, res_scale=1.0),
+    configurations={'paper': PAPER},
     scales=(2, 3, 4, 8),
     demo=dict(n_resgroups=2, n_resblocks=2, n_feats=32, reduction=4),
     tiny=dict(n_resgroups=1, n_resblocks=1, n_feats=8, reduction=2),
@@ -203,7 +207,7 @@ class RCAN(nn.Module):
         super().__init__()
         # Unused by forward: the NLSN/LCoAN versions of RCAN hold it, so their checkpoints have it.
         # Frozen, so that DistributedDataParallel finds no unused trainable parameter. A checkpoint
-        # without it (RCAN's own RCAN_BIX2.pt) loads too (see model.checkpoint_io).
+        # without it (RCAN's own RCAN_BIX2.pt) loads too (see model.checkpoint.loading).
         self.a = nn.Parameter(torch.zeros(1), requires_grad=False)
         # Built in the official order (same seed, same initial weights), registered in the official
         # state_dict order (add_mean before head).

@@ -70,6 +70,9 @@ def _shapes(*, scale: int, n_colors: int, G0: int, RDNkSize: int, RDNconfig: str
     return out
 
 
+# The paper's configuration: 64 channels between blocks, 3x3 kernels, config B (16 blocks x 8 layers).
+PAPER = dict(G0=64, RDNkSize=3, RDNconfig='B')
+
 ARCH = spec.Architecture(
     name='RDN',
     description='Residual Dense Network (Zhang et al., CVPR 2018)',
@@ -78,7 +81,8 @@ ARCH = spec.Architecture(
            spec.ModelFlag('RDNkSize', int, 'kernel size (odd) outside the dense blocks'),
            spec.ModelFlag('RDNconfig', str, 'A (20 blocks x 6 layers, growth 32) or B (16 x 8, growth 64)',
                           choices=tuple(CONFIGS))),
-    defaults=dict(G0=64, RDNkSize=3, RDNconfig='B'),
+    defaults=PAPER,
+    configurations={'paper': PAPER},
     scales=(2, 3, 4),
     demo=dict(G0=16, RDNconfig='A'),
     tiny=dict(G0=8, RDNconfig='A'),
@@ -142,7 +146,7 @@ class RDN(nn.Module):
         n_colors: 3 (RGB) or 1.
     """
 
-    # Fine-tuning from a checkpoint of another scale re-initialises these keys (see model.checkpoint_io).
+    # Fine-tuning from a checkpoint of another scale re-initialises these keys (see model.checkpoint.loading).
     upsampler_prefix = 'UPNet.'
 
     def __init__(self, *, scale: int, G0: int = 64, RDNkSize: int = 3,

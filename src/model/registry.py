@@ -12,6 +12,8 @@ import importlib
 import pkgutil
 from pathlib import Path
 
+from torch import nn
+
 from core.errors import UserError
 from model.spec import Architecture, ModelFlag
 
@@ -103,6 +105,20 @@ def get(name: str) -> Architecture:
         note = f' ({broken_note()})' if broken() else ''
         raise UserError(f'--model {name!r}: allowed: {", ".join(names())}{note}')
     return arch
+
+
+def build(name: str, **options) -> nn.Module:
+    """The network ``name`` (any letter case) for ``options`` (:meth:`Architecture.build`, which names them).
+
+    Raises:
+        TypeError: a name that is no option of ``name``'s architecture nor a flag of another.
+        UserError: a flag of another architecture, or a bad value, in the words of the command line.
+    """
+    arch = get(name)
+    for flag, value in options.items():
+        if flag not in arch.defaults and flag in model_flags():
+            raise arch.no_such_option(flag, value)
+    return arch.build(**options)
 
 
 def model_flags() -> dict[str, list[tuple[Architecture, ModelFlag]]]:

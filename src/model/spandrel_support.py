@@ -10,7 +10,7 @@ Every architecture of :mod:`model.registry` is added, detected by this code's ow
 layout rebuilt and compared key by key, so it claims no other architecture's file) and placed
 before spandrel's built-in ones. spandrel's RCAN keeps its own entry: our RCAN files without the
 placeholder ``a`` (``convert.py --layout spandrel``) load there; with it, they load through ours.
-BasicSR-layout files of EDSR and RCAN load too (renamed as in :mod:`model.checkpoint_io`).
+BasicSR-layout files of EDSR and RCAN load too (renamed as in :mod:`model.checkpoint.layouts`).
 
 spandrel is optional and imported only by :func:`register`. It needs torchvision, which does not
 import beside the CPU build of torch 2.13 that ``requirements.txt`` pins (its compiled operators
@@ -22,7 +22,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from model import detect, registry
+from model import registry
+from model.checkpoint import detect
 from model.spec import UnknownCheckpoint
 
 # Added to an architecture's name when spandrel already has an architecture of that name.
@@ -38,13 +39,10 @@ def _recognised(state: dict) -> tuple[dict, detect.Detected] | None:
 
 def _network(state: dict) -> tuple[nn.Module, dict, detect.Detected]:
     """Our network for ``state`` (not yet loaded), the state in our layout with its placeholders, and what was read."""
-    import option  # (option imports the registry: imported here, when spandrel asks, not with the registry)
     ours, found = detect.recognise(dict(state))
-    args = option.for_model(found.model, **found.options, **found.assumed, cpu=True)
-    net = registry.get(found.model).make_model(args)
+    net = registry.build(found.model, **found.options, **found.assumed)
     own = net.state_dict()
     ours = {k: ours[k] if k in ours else own[k] for k in own}  # placeholders the file may lack
-    net.sr_args = args
     return net, ours, found
 
 

@@ -13,7 +13,7 @@ import math
 import re
 from argparse import Namespace
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,6 +21,10 @@ from torch import nn
 
 from core.errors import UserError
 from model.blocks.common import DIV2K_RGB_MEAN
+
+# What every network reads besides its architecture's flags, when not given (``--n_colors``, ``--rgb_range``).
+N_COLORS = 3
+RGB_RANGE = 255
 
 Shapes = dict[str, tuple[int, ...]]
 StateDict = Mapping[str, torch.Tensor]
@@ -99,10 +103,12 @@ class Architecture:
     Attributes:
         name: ``--model`` value (matched in any letter case) and the name in messages.
         description: one line for ``--help``.
-        make_model: builds the network from parsed options (``args.scale[0]``, ``args.n_colors``,
-            ``args.rgb_range`` and the architecture's own flags).
+        make_model: builds the network from its options (:meth:`options`, or the parsed command line):
+            ``args.scale[0]``, ``args.n_colors``, ``args.rgb_range`` and the architecture's own flags.
         flags: the model options it reads, with their meaning.
         defaults: the published value of every flag in ``flags``: what a flag not given takes.
+        configurations: its other published configurations by name (``'paper'``), each the flags that
+            differ from ``defaults`` or that the publication states; ``--template`` names them.
         scales: the scales its upsampler supports.
         demo: a small configuration that learns something in the two-minute demo (``--template demo``).
         tiny: the smallest configuration that exercises every part (tests).
@@ -139,10 +145,12 @@ class Architecture:
     check: Callable[[Namespace], None] | None = None
     assume: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
     layouts: tuple[Layout, ...] = ()
+    configurations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.flags]
-        for what, config in (('defaults', self.defaults), ('demo', self.demo), ('tiny', self.tiny)):
+        named = [(f'configuration {name!r}', config) for name, config in self.configurations.items()]
+        for what, config in (('defaults', self.defaults), ('demo', self.demo), ('tiny', self.tiny), *named):
             unknown = set(config) - set(names)
             if unknown:
                 raise ValueError(f'{self.name}: {what} sets {sorted(unknown)}, which are not among its flags')
@@ -154,6 +162,86 @@ class Architecture:
     def knows_key(self, key: str) -> bool:
         """Whether ``key`` is one of the state_dict keys this architecture uses."""
         return self._key_re.fullmatch(key) is not None
+
+    def build(self, **options) -> nn.Module:
+        """The network for ``options`` (see :meth:`options`), carrying them as ``net.sr_args``."""
+        values = self.options(**options)
+        net = self.make_model(values)
+        net.sr_args = values
+        return net
+
+    def options(self, *, scale: int | str | list[int], n_colors: int = N_COLORS, rgb_range: float = RGB_RANGE,
+                **flags) -> Namespace:
+        """The checked options of a network of this architecture, as ``make_model`` reads them.
+
+        Args:
+            scale: its upscaling factor (``2``, or as the flag gives it: ``'2'``, ``[2]``); stored as ``[2]``.
+            n_colors: 1 (Y channel) or 3 (RGB).
+            rgb_range: pixel values are in [0, rgb_range].
+            **flags: its flags by name (``n_feats=64``); those not given take their published value
+                (``defaults``). A list-valued flag may be a list or its string (``depths=[6, 6]``, ``'6+6'``).
+
+        Raises:
+            TypeError: an option this architecture does not have, named.
+            UserError: a bad value, in the words of its command-line flag (``--n_feats 0: ...``).
+        """
+        for name in flags:
+            if name not in self.defaults:
+                raise TypeError(f'{self.name}: unknown option {name!r}; its options are scale, n_colors, rgb_range, '
+                                + ', '.join(self.defaults))
+        given = {name: '+'.join(map(str, value)) if isinstance(value, list | tuple) else value
+                 for name, value in flags.items()}
+        values = Namespace(model=self.name, scale=self.scale_list(scale), n_colors=n_colors, rgb_range=rgb_range,
+                           **{**self.defaults, **given})
+        for flag in self.flags:
+            value = getattr(values, flag.name)
+            if flag.type is float and isinstance(value, int) and not isinstance(value, bool):
+                setattr(values, flag.name, float(value))  # as the parser's float flag holds it
+            elif not isinstance(value, flag.type) or isinstance(value, bool):
+                raise bad_flag(flag.name, value, _TYPE_NAMES[flag.type])
+        self.check_options(values)
+        return values
+
+    def scale_list(self, scale: int | str | list[int]) -> list[int]:
+        """``--scale`` (``'2'``, ``2`` or ``[2]``) as the list of its one scale; UserError unless this architecture
+        upsamples by it."""
+        text = '+'.join(map(str, scale)) if isinstance(scale, list | tuple) else str(scale)
+        try:
+            scales = [int(s) for s in text.split('+')]
+        except ValueError:
+            raise bad_flag('scale', text, f'"+"-separated integers from {self.scales}') from None
+        if any(s not in self.scales for s in scales):
+            raise bad_flag('scale', '+'.join(map(str, scales)), f'{self.name} upsamples by '
+                           + ', '.join(map(str, self.scales)))
+        if len(scales) != 1:
+            raise bad_flag('scale', '+'.join(map(str, scales)), f'{self.name} has one upsampler: give a single scale')
+        return scales
+
+    def check_options(self, options: Namespace) -> None:
+        """Check the network options in ``options`` (``n_colors``, ``rgb_range`` and this architecture's flags):
+        finite, sign, choices (written back as declared), then :attr:`check`; raises :func:`bad_flag`'s error."""
+        for flag in self.flags:
+            value = getattr(options, flag.name)
+            check_finite(flag.name, value)
+            if flag.must_be_positive and not value > 0:
+                raise bad_flag(flag.name, value, 'must be a positive integer' if flag.type is int else 'must be > 0')
+            if flag.choices:
+                canonical = {c.lower(): c for c in flag.choices}.get(str(value).lower())
+                if canonical is None:
+                    raise bad_flag(flag.name, value, f'allowed: {", ".join(flag.choices)}')
+                setattr(options, flag.name, canonical)
+        if self.check is not None:
+            self.check(options)
+        check_finite('rgb_range', options.rgb_range)
+        if not options.rgb_range > 0:
+            raise bad_flag('rgb_range', options.rgb_range, 'must be a positive integer')
+        if options.n_colors not in (1, 3):
+            raise bad_flag('n_colors', options.n_colors, 'allowed: 1 (Y channel) or 3 (RGB)')
+
+    def no_such_option(self, flag: str, value) -> UserError:
+        """The error for another architecture's flag given to this one."""
+        return bad_flag(flag, value, f'{self.name} has no such option; its model options are '
+                        + ', '.join(f'--{f}' for f in self.defaults))
 
     def assumed(self, read: Mapping[str, Any]) -> dict[str, Any]:
         """The values of the flags that the weights (read as ``read``) do not record: published ones."""
@@ -172,6 +260,15 @@ RES_SCALE = ModelFlag('res_scale', float, 'scale of the residual branches', posi
 def bad_flag(flag: str, value, allowed: str) -> UserError:
     """The one-line error for a bad option value: ``--flag 'value': allowed``."""
     return UserError(f'--{flag} {value!r}: {allowed}')
+
+
+_TYPE_NAMES = {int: 'must be an integer', float: 'must be a number', str: 'must be a string'}
+
+
+def check_finite(flag: str, value) -> None:
+    """A float option must be a finite number (``--lr nan`` is refused)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise bad_flag(flag, value, 'must be a finite number')
 
 
 # -- state_dict layouts of the EDSR family (EDSR-PyTorch's module names)

@@ -211,6 +211,13 @@ def _assume(read: dict) -> dict:
     return {'rgb_range': 1}
 
 
+# The released SR models: classical (SwinIR-M, 001_classicalSR_DIV2K_s48w8_SwinIR-M_x2.pth, trained on 48x48 LR
+# patches) and lightweight (SwinIR-S, 002_lightweightSR_DIV2K_s64w8_SwinIR-S_x2.pth, 64x64).
+CLASSICAL = dict(embed_dim=180, depths='6+6+6+6+6+6', num_heads='6+6+6+6+6+6', window_size=8, mlp_ratio=2.0,
+                 img_size=48, upsampler='pixelshuffle', resi_connection='1conv')
+LIGHTWEIGHT = dict(embed_dim=60, depths='6+6+6+6', num_heads='6+6+6+6', window_size=8, mlp_ratio=2.0, img_size=64,
+                   upsampler='pixelshuffledirect', resi_connection='1conv')
+
 ARCH = spec.Architecture(
     name='SwinIR',
     description='Swin Transformer for image restoration (Liang et al., ICCVW 2021), classical and lightweight SR',
@@ -226,8 +233,9 @@ ARCH = spec.Architecture(
                           choices=RESI_CONNECTIONS),
            spec.ModelFlag('drop_path_rate', float, 'stochastic depth while training, rising to this over the blocks',
                           positive=False, changes_output=False)),
-    defaults=dict(embed_dim=180, depths='6+6+6+6+6+6', num_heads='6+6+6+6+6+6', window_size=8, mlp_ratio=2.0,
-                  img_size=64, upsampler='pixelshuffle', resi_connection='1conv', drop_path_rate=0.1),
+    # The classical model with the official network class's defaults for the training patch and stochastic depth.
+    defaults=dict(CLASSICAL, img_size=64, drop_path_rate=0.1),
+    configurations={'classical': CLASSICAL, 'lightweight': LIGHTWEIGHT},
     scales=(2, 3, 4, 8),
     demo=dict(embed_dim=30, depths='2+2', num_heads='3+3', window_size=8, mlp_ratio=2.0, img_size=32,
               upsampler='pixelshuffledirect', drop_path_rate=0.0),
@@ -485,7 +493,7 @@ class SwinIR(nn.Module):
         drop_path_rate: stochastic depth while training, rising linearly from 0 over the blocks (official: 0.1).
     """
 
-    # Fine-tuning from a checkpoint of another scale re-initialises these keys (see model.checkpoint_io).
+    # Fine-tuning from a checkpoint of another scale re-initialises these keys (see model.checkpoint.loading).
     upsampler_prefix = 'upsample.'
 
     def __init__(self, *, scale: int, n_colors: int = 3, rgb_range: float = 1, embed_dim: int = 180,

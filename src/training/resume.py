@@ -14,7 +14,7 @@ from pathlib import Path
 from torch import nn, optim
 
 from core.errors import UserError
-from model import checkpoint_io
+from model.checkpoint import files, loading
 from training import state
 from training.run_folder import RunFolder
 
@@ -25,7 +25,7 @@ def load_for_test(net: nn.Module, ckp: RunFolder, args: argparse.Namespace) -> N
     if args.resume <= 0 and not model_path.exists():
         raise UserError(f'--load {args.load} --test_only: {ckp.run_dir} has no finished epoch to evaluate '
                         f'({model_path} does not exist)')
-    _load_network(net, checkpoint_io.read_state_dict(model_path, what='model'), model_path, ckp)
+    _load_network(net, _network_state(model_path, args), model_path, ckp)
     which = f'epoch {args.resume}' if args.resume > 0 else 'the latest epoch'
     ckp.write_log(f'--test_only: evaluating {model_path} ({which} of run {args.load}; --resume N evaluates '
                   f'epoch N with --save_models, --pre_train {model_path.parent / "model_best.pt"} the best)')
@@ -34,7 +34,7 @@ def load_for_test(net: nn.Module, ckp: RunFolder, args: argparse.Namespace) -> N
 def resume_training(trainer) -> None:
     """--load <run> --resume -1|N: the network of the epoch, then its training state, into ``trainer``."""
     args, ckp = trainer.args, trainer.ckp
-    saved, path = _load_resume_point(trainer.model.get_model(), ckp, args.resume)
+    saved, path = _load_resume_point(trainer.model.get_model(), ckp, args)
     _check_same_run(saved, args, ckp.dir, loss_names=trainer.loss.names, test_sets=trainer.test_sets,
                     scale=trainer.scale)
     state.restore(trainer, saved, path)
@@ -42,20 +42,29 @@ def resume_training(trainer) -> None:
     _log_schedule(ckp, args, trainer.optimizer, trainer.scheduler, trainer.epoch, path)
 
 
+def _network_state(path: Path, args: argparse.Namespace) -> dict:
+    """The state_dict of the network file ``path``: as parsing read it to take the run's architecture
+    (``args.checkpoint``), else read now."""
+    ckpt = getattr(args, 'checkpoint', None)
+    if ckpt is not None and ckpt.path == path:
+        return ckpt.state
+    return files.read_state_dict(path, what='model')
+
+
 def _load_network(net: nn.Module, net_state: dict, path: Path, ckp: RunFolder) -> None:
-    checkpoint_io.load_into(net, net_state, source=f'--load {path}', log=ckp.write_log, allow_new_upsampler=False)
+    loading.load_into(net, net_state, source=f'--load {path}', log=ckp.write_log, allow_new_upsampler=False)
 
 
-def _load_resume_point(net: nn.Module, ckp: RunFolder, resume: int) -> tuple[dict, Path]:
+def _load_resume_point(net: nn.Module, ckp: RunFolder, args: argparse.Namespace) -> tuple[dict, Path]:
     """The training state of ``--resume`` (-1: the latest epoch; N: epoch N) and its path, with the network
     of the same epoch loaded into ``net``."""
-    model_path, state_path = state.resume_paths(ckp, resume)
+    model_path, state_path = state.resume_paths(ckp, args.resume)
     saved = state.read_training_state(state_path)
-    if resume == -1:  # training_state.pt holds the network itself
-        checkpoint_io.check_finite(saved['model'], f'training state {state_path}')
+    if args.resume == -1:  # training_state.pt holds the network itself
+        files.check_finite(saved['model'], f'training state {state_path}')
         _load_network(net, saved['model'], state_path, ckp)
     else:
-        _load_network(net, checkpoint_io.read_state_dict(model_path, what='model'), model_path, ckp)
+        _load_network(net, _network_state(model_path, args), model_path, ckp)
     return saved, state_path
 
 

@@ -27,15 +27,15 @@ def _loaded_run(args: argparse.Namespace) -> Path | None:
 
 def evaluated_weights(args: argparse.Namespace) -> Path | None:
     """The network file ``--load <run> --test_only [--resume N]`` evaluates; None for other flags (or a
-    ``--load`` that is no run name, which the run folder reports). ``api.parse_args`` reads the
-    architecture from it, as from ``--pre_train``."""
+    ``--load`` that is no run name, which the run folder reports). ``option.parse_main_args``
+    reads the architecture from it, as from ``--pre_train``."""
     run = _loaded_run(args)
     return run_weights(run, int(args.resume)) if run is not None and args.test_only else None
 
 
 def resumed_run(args: argparse.Namespace) -> Path | None:
     """The run folder ``--load <run> --resume N`` (N != 0, training) continues; None for other flags.
-    ``api.parse_args`` takes the options not given from its config.txt."""
+    ``option.parse_main_args`` takes the options not given from its config.txt."""
     run = _loaded_run(args)
     return run if run is not None and not args.test_only and int(args.resume) != 0 else None
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from core import distributed
 from core.errors import UserError
 from core.io_utils import atomic_write_text
+from model.checkpoint import run_config
 from training import plots
 from training.images import ImageWriter, to_uint8
 
@@ -60,13 +61,12 @@ def how_to_go_on(args: argparse.Namespace) -> str:
 def _made_by_this_program(folder: Path) -> bool:
     """Whether --reset may delete ``folder``: it holds the config.txt this program writes, or nothing but
     what a run creates before its config.txt (an empty model/ folder, an empty log.txt)."""
-    config = folder / 'config.txt'
+    config = folder / run_config.RUN_CONFIG
     if config.is_file():
         try:
-            lines = config.read_text(errors='replace').splitlines()[:3]
+            return run_config.written_here(config)
         except OSError:
             return False
-        return len(lines) >= 2 and lines[1].startswith('command: ')
     entries = list(folder.iterdir())
     return all((e.name == 'model' and e.is_dir() and not any(e.iterdir()))
                or (e.name == 'log.txt' and e.is_file() and e.stat().st_size == 0) for e in entries)
@@ -226,12 +226,7 @@ class RunFolder:
         return self.dir.joinpath(*map(str, parts))
 
     def _write_config(self) -> None:
-        path = self.get_path('config.txt')
-        old = path.read_text() if path.exists() else ''
-        now = datetime.datetime.now().strftime('%Y-%m-%d %H:%M:%S')
-        lines = [now, 'command: ' + ' '.join(sys.argv), '']
-        lines += [f'{key}: {value}' for key, value in vars(self.args).items()]
-        atomic_write_text(old + '\n'.join(lines) + '\n\n', path)
+        run_config.write(self.get_path(run_config.RUN_CONFIG), vars(self.args), ' '.join(sys.argv))
 
     def write_log(self, msg: str, refresh: bool = False) -> None:
         """Print ``msg`` (without breaking progress bars) and append it to log.txt (rank 0 only)."""

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import clip_grad_norm_, get_total_norm
 
 from core import distributed
-from model.inference import AUTOCAST_DTYPES, autocast
+from core.precision import autocast, scales_the_loss
 
 # Weight of the newest accepted batch in the running loss that --skip_threshold compares against.
 RUNNING_LOSS_MOMENTUM = 0.1
@@ -57,7 +57,7 @@ class TrainStep:
         self.gclip = gclip
         self.log = log
         # bf16 has float32's exponent range and needs no loss scaling.
-        self.scaler = torch.amp.GradScaler(device.type, enabled=AUTOCAST_DTYPES[precision] == torch.float16)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=scales_the_loss(precision))
         self.skipped = 0  # over the whole run
         self.skipped_epoch = 0  # reset by the trainer at the start of an epoch
         self.running_loss: float | None = None

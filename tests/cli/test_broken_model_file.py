@@ -17,7 +17,7 @@ BAD = {
     'clash': EDSR.replace("name='EDSR'", "name='Clash'").replace(
         "spec.ModelFlag('n_resblocks', int, ", "spec.ModelFlag('n_resblocks', float, "),
     'nodefault': EDSR.replace("name='EDSR'", "name='NoDefault'").replace(
-        'defaults=dict(n_resblocks=16, n_feats=64, res_scale=1.0)', 'defaults=dict(n_feats=64, res_scale=1.0)'),
+        'defaults=BASELINE,', 'defaults=dict(n_feats=64, res_scale=1.0),'),
 }
 WHY = {
     'edsr_backup': "declares ARCH.name 'EDSR': an architecture lives in model/<name in lower case>.py, as --model "

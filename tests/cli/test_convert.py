@@ -10,17 +10,17 @@ import torch
 import api
 import convert
 import helpers
-import option
 from helpers.architectures import tiny_flags
 from helpers.runs import make_run
-from model import detect, registry
+from model import registry
+from model.checkpoint import read as read_checkpoint
 
 THIRDPARTY = helpers.FIXTURES / 'thirdparty'
 
 
 def checkpoint(path, name: str, scale: int = 2, **options):
     arch = registry.get(name)
-    net = arch.make_model(option.for_model(name, cpu=True, **{'scale': scale, **arch.tiny, **options})).eval()
+    net = arch.build(**{'scale': scale, **arch.tiny, **options}).eval()
     torch.save(net.state_dict(), path)
     return net
 
@@ -72,7 +72,8 @@ def test_basicsr_layout_of_a_model_trained_with_rgb_range_1(tmp_path, capsys):
     net = checkpoint(tmp_path / 'edsr.pt', 'EDSR', rgb_range=1)
     assert run(tmp_path / 'edsr.pt', tmp_path / 'b.safetensors', '--layout', 'basicsr') == 0
     assert 'img_range: 1}' in capsys.readouterr().out
-    state, found = detect.read_checkpoint(tmp_path / 'b.safetensors', rgb_range=1)
+    ckpt = read_checkpoint(tmp_path / 'b.safetensors', given={'rgb_range': 1})
+    state, found = ckpt.state, ckpt.detected
     assert found.assumed['rgb_range'] == 1 and torch.equal(state['add_mean.bias'], net.state_dict()['add_mean.bias'])
 
 

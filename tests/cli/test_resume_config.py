@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import api
 import helpers
+import option
 from core.errors import UserError
 from helpers.runs import make_run
 from helpers.trainer_kit import make_args, make_trainer, run_epochs
@@ -17,7 +17,8 @@ RUN = ['--template', 'demo', *T, '--window_size', '32', '--save_safetensors', '-
 
 
 def resume_args(base, *flags):
-    return api.parse_args(['--load', 'run', '--resume', '-1', '--save_dir', str(base), '--cpu', *map(str, flags)])
+    return option.parse_main_args(['--load', 'run', '--resume', '-1', '--save_dir', str(base), '--cpu',
+                                   *map(str, flags)])
 
 
 def test_options_not_given_are_the_runs(tmp_path):

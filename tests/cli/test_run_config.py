@@ -10,6 +10,7 @@ import pytest
 
 import api
 import helpers
+import option
 import upscale
 import visualize
 from core.errors import UserError
@@ -114,11 +115,11 @@ def test_upscale_cli_takes_the_model_flags_and_reports_the_sources(tmp_path, cap
 
 def test_pre_train_and_visualize_read_the_run_config(tmp_path, capsys):
     weights = make_run(tmp_path, *tiny_flags('LCoAN'), '--window_size', '24', '--rgb_range', '1')
-    args = api.parse_args(['--pre_train', str(weights), '--cpu', '--test_only'])
+    args = option.parse_main_args(['--pre_train', str(weights), '--cpu', '--test_only'])
     assert (args.window_size, args.res_scale, args.rgb_range, args.n_feats) == (24, 0.1, 1, 8)
     config = tmp_path / 'run' / 'config.txt'
     assert f'; from {config}: res_scale=0.1, window_size=24, ema_decay=0.999.' in args.pre_train_detected
-    given = api.parse_args(['--pre_train', str(weights), '--cpu', '--window_size', '48'])
+    given = option.parse_main_args(['--pre_train', str(weights), '--cpu', '--window_size', '48'])
     assert given.window_size == 48 and 'window_size=' not in given.pre_train_detected
     # visualize.py: its flag is --weights, also in what it prints and in its errors.
     iio.imwrite(tmp_path / 'a.png', lr_image(10, 12))

@@ -15,7 +15,7 @@ import api
 import option
 import upscale
 from core.errors import UserError
-from model import detect, inference, registry
+from model import checkpoint, inference, registry
 from model.lcoan import LCoAN
 
 TINY = dict(scale=2, n_resgroups=1, n_resblocks=1, n_feats=8, reduction=2, n_clusters=4, window_size=16, rgb_range=1)
@@ -299,9 +299,10 @@ def test_upscale_cli_precision_and_tiles(tmp_path, weights, capsys):
 
 
 def test_detected_options_reach_the_cli_description(weights):
-    state, found = detect.read_checkpoint(weights)
+    ckpt = checkpoint.read(weights)
+    state, found = ckpt.state, ckpt.detected
     assert found.describe().startswith('LCoAN x2 (n_colors=3, n_feats=8, n_resgroups=1')
-    assert api.parse_args(['--pre_train', str(weights), '--cpu']).n_feats == 8 and state
+    assert option.parse_main_args(['--pre_train', str(weights), '--cpu']).n_feats == 8 and state
 
 
 # ------------------------------------------------------------------------------------------ baselines

@@ -1,6 +1,5 @@
 """The architectures under test, from the registry: their tiny configurations as flags or as networks."""
 
-import option
 from model import registry
 
 # Every architecture but LCoAN (the default, which most tests exercise on their own): the baselines, and
@@ -19,5 +18,4 @@ def tiny_flags(name: str) -> list[str]:
 def tiny_network(name: str, scale: int = 2, **options):
     """The network ``name`` in its tiny configuration at ``scale`` (``options`` override flags)."""
     arch = registry.get(name)
-    args = option.for_model(arch.name, scale=scale, cpu=True, **{**arch.tiny, **options})
-    return arch.make_model(args)
+    return arch.build(scale=scale, **{**arch.tiny, **options})

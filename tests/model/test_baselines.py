@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import helpers
 from helpers.architectures import BASELINES, tiny_network
-from model import checkpoint_io, edsr, nlsn, rcan, rdn
+from model import checkpoint, edsr, nlsn, rcan, rdn
 from model.blocks import nlsa
 
 # Copies of ../shared/reference/ (the official checkpoints' key lists), kept in the repo so this always runs.
@@ -55,7 +55,7 @@ def test_state_dict_round_trip_gives_the_same_outputs(name, tmp_path):
     torch.save(net.state_dict(), path)
     torch.manual_seed(1)
     other = TINY[name](2).eval()
-    assert checkpoint_io.load_checkpoint(other, path, log=lambda _: None) == []
+    assert checkpoint.read(path, recognise=False).load_into(other, log=lambda _: None) == []
     for key, value in net.state_dict().items():
         assert torch.equal(other.state_dict()[key], value), key
     x = torch.rand(2, 3, 7, 9)
@@ -78,7 +78,7 @@ def test_fine_tuning_x2_to_x4_loads_all_but_the_upsampler(name, upsampler, tmp_p
     x4 = TINY[name](4)
     fresh = {k: v.clone() for k, v in x4.state_dict().items()}
     lines = []
-    skipped = checkpoint_io.load_checkpoint(x4, path, log=lines.append, what='--pre_train')
+    skipped = checkpoint.read(path, what='--pre_train', recognise=False).load_into(x4, log=lines.append)
     assert skipped == [k for k in x2.state_dict() if k.startswith(upsampler)] and skipped
     for key, value in x4.state_dict().items():
         expected = fresh[key] if key.startswith(upsampler) else x2.state_dict()[key]
@@ -91,7 +91,7 @@ def test_another_width_is_refused_with_the_key_and_both_shapes(tmp_path):
     path = tmp_path / 'edsr.pt'
     torch.save(edsr.EDSR(scale=2, n_resblocks=2, n_feats=8).state_dict(), path)
     with pytest.raises(Exception, match=r'head\.0\.weight checkpoint \(8, 3, 3, 3\) vs model \(16, 3, 3, 3\)'):
-        checkpoint_io.load_checkpoint(edsr.EDSR(scale=2, n_resblocks=2, n_feats=16), path, log=print)
+        checkpoint.read(path, recognise=False).load_into(edsr.EDSR(scale=2, n_resblocks=2, n_feats=16), log=print)
 
 
 def test_rcan_checkpoint_without_the_placeholder_a_loads(tmp_path):
@@ -103,7 +103,7 @@ def test_rcan_checkpoint_without_the_placeholder_a_loads(tmp_path):
     torch.save(state, path)
     other = TINY['rcan'](2)
     lines = []
-    assert checkpoint_io.load_checkpoint(other, path, log=lines.append) == []
+    assert checkpoint.read(path, recognise=False).load_into(other, log=lines.append) == []
     assert 'has no a' in lines[0]
     assert all(torch.equal(other.state_dict()[k], v) for k, v in state.items())
 

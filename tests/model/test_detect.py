@@ -1,4 +1,4 @@
-"""model.detect: architecture and options from a state_dict alone, and ``--pre_train`` filling the flags.
+"""model.checkpoint.detect: architecture and options from a state_dict alone, and ``--pre_train`` filling the flags.
 
 The facts come from ``../shared/reference/`` (official key listings and the configurations its
 README states); small configurations are derived from them by changing shapes consistently, and
@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import api
 import helpers
 import model
 import option
 from core.errors import UserError
-from model import checkpoint_io, detect, registry, spec
+from model import checkpoint, registry, spec
 from model.blocks import common
+from model.checkpoint import detect
 from model.lcoan import LCoAN
 
 REFERENCE = helpers.SHARED / 'reference'
@@ -150,7 +150,8 @@ def test_wrappers_and_module_prefix_are_unwrapped(tmp_path, name, cfg):
     ]):
         path = tmp_path / f'w{i}.pt'
         torch.save(obj, path)
-        got, found = detect.read_checkpoint(path)
+        ckpt = checkpoint.read(path)
+        got, found = ckpt.state, ckpt.detected
         assert found.model == name and found.options['scale'] == cfg['scale']
         assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
 
@@ -160,7 +161,7 @@ def test_unknown_checkpoint_names_the_foreign_keys(tmp_path):
     torch.save({'encoder.0.weight': torch.zeros(4, 3, 3, 3), 'decoder.up.bias': torch.zeros(4),
                 'head.0.weight': torch.zeros(4, 3, 3, 3)}, path)
     with pytest.raises(detect.UnknownCheckpoint) as info:
-        detect.read_checkpoint(path, what='--weights')
+        checkpoint.read(path, what='--weights')
     msg = str(info.value)
     assert msg.startswith(f'--weights {path}: not a super-resolution checkpoint this program knows')
     assert '2 of its 3 keys are unknown' in msg and 'encoder.0.weight, decoder.up.bias' in msg
@@ -219,7 +220,7 @@ def save_tiny(path: Path, **kw) -> dict:
 def test_pre_train_fills_the_flags_that_were_not_given(tmp_path):
     ckpt = tmp_path / 'x3.pt'
     save_tiny(ckpt, scale=3, n_hashes=2, n_colors=1, rgb_range=255)
-    args = api.parse_args(['--pre_train', str(ckpt), '--cpu', '--window_size', '16'])
+    args = option.parse_main_args(['--pre_train', str(ckpt), '--cpu', '--window_size', '16'])
     assert (args.model, args.scale, args.n_feats, args.n_resgroups, args.n_resblocks, args.reduction,
             args.n_clusters, args.n_hashes, args.n_colors, args.rgb_range) == ('LCoAN', [3], 8, 2, 1, 2, 4, 2, 1, 255)
     assert (args.window_size, args.res_scale, args.ema_decay) == (16, 0.1, 0.999)
@@ -244,7 +245,7 @@ def test_pre_train_fills_the_flags_that_were_not_given(tmp_path):
 def test_given_flags_win_and_a_contradiction_is_the_loader_mismatch_error(tmp_path):
     ckpt = tmp_path / 'x2.pt'
     save_tiny(ckpt)
-    args = api.parse_args(['--pre_train', str(ckpt), '--cpu', '--n_feats', '16'])
+    args = option.parse_main_args(['--pre_train', str(ckpt), '--cpu', '--n_feats', '16'])
     assert args.n_feats == 16 and 'n_feats' in args.given
     assert args.pre_train_detected.endswith('; as given (flags or --template): n_feats.')
     with pytest.raises(UserError, match=r'does not fit this model; shape mismatch: head\.0\.weight checkpoint '
@@ -255,7 +256,7 @@ def test_given_flags_win_and_a_contradiction_is_the_loader_mismatch_error(tmp_pa
 def test_paper_flags_are_all_given_and_keep_their_values(tmp_path):
     ckpt = tmp_path / 'x2.pt'
     save_tiny(ckpt)
-    args = api.parse_args(['--template', 'LCoAN_paper', '--scale', '4', '--pre_train', str(ckpt), '--cpu'])
+    args = option.parse_main_args(['--template', 'LCoAN_paper', '--scale', '4', '--pre_train', str(ckpt), '--cpu'])
     # The paper's x4 fine-tuning from x2 weights: every model flag comes from the template and --scale.
     assert (args.scale, args.n_feats, args.n_resgroups, args.window_size) == ([4], 128, 10, 384)
     assert args.pre_train_detected == (
@@ -268,9 +269,9 @@ def test_pre_train_of_an_unknown_file_is_one_line(tmp_path):
     torch.save({'fc.weight': torch.zeros(2, 2)}, path)
     with pytest.raises(detect.UnknownCheckpoint, match=rf'^--pre_train {path}: not a super-resolution checkpoint .*'
                                                        r'fc\.weight$'):
-        api.parse_args(['--pre_train', str(path), '--cpu'])
+        option.parse_main_args(['--pre_train', str(path), '--cpu'])
     # A missing file is left to the loader, which names it.
-    missing = api.parse_args(['--pre_train', str(tmp_path / 'missing.pt'), '--cpu'])
+    missing = option.parse_main_args(['--pre_train', str(tmp_path / 'missing.pt'), '--cpu'])
     assert missing.pre_train_detected == ''
     with pytest.raises(UserError, match='missing.pt: no such file'):
         model.Model(missing, type('Ckp', (), {'write_log': lambda self, m: None})())
@@ -287,7 +288,7 @@ def test_checkpoint_io_loads_wrapped_state_dicts(tmp_path):
     path = tmp_path / 'wrapped.pt'
     torch.save({'state_dict': state, 'epoch': torch.tensor(1)}, path)
     net = tiny_lcoan()
-    checkpoint_io.load_checkpoint(net, path, log=lambda _: None)
+    checkpoint.read(path, recognise=False).load_into(net, log=lambda _: None)
     assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
 
 

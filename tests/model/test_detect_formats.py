@@ -10,13 +10,13 @@ import model
 import option
 from core.errors import UserError
 from core.io_utils import save_weights
-from model import checkpoint_io, detect, registry
+from model import checkpoint, registry
+from model.checkpoint import detect, loading
 
 
 def network(name: str, **options):
     arch = registry.get(name)
-    args = option.for_model(name, cpu=True, **{'scale': 2, **arch.tiny, **options})
-    return arch.make_model(args).eval()
+    return arch.build(**{'scale': 2, **arch.tiny, **options}).eval()
 
 
 def output(net, x):
@@ -32,7 +32,7 @@ def test_half_precision_checkpoints_keep_their_rgb_range(tmp_path, dtype, name, 
     net = network(name, rgb_range=rgb_range)
     path = tmp_path / 'half.pt'
     torch.save({k: v.to(dtype) if v.is_floating_point() else v for k, v in net.state_dict().items()}, path)
-    _, found = detect.read_checkpoint(path)
+    found = checkpoint.read(path).detected
     assert found.options['rgb_range'] == rgb_range and 'rgb_range' not in found.assumed
     # The network loaded from the half weights computes (nearly) what the float one does.
     loaded = api.load_pretrained(path, device='cpu')
@@ -46,10 +46,11 @@ def test_wrapper_prefixes_are_removed(tmp_path, prefix):
     net = network('EDSR')
     path = tmp_path / 'wrapped.pt'
     torch.save({prefix + k: v for k, v in net.state_dict().items()}, path)
-    state, found = detect.read_checkpoint(path)
+    ckpt = checkpoint.read(path)
+    state, found = ckpt.state, ckpt.detected
     assert found.model == 'EDSR' and set(state) == set(net.state_dict())
     log = []
-    checkpoint_io.load_checkpoint(network('EDSR'), path, log=log.append)
+    checkpoint.read(path, recognise=False).load_into(network('EDSR'), log=log.append)
     assert any(f"removed the leading '{prefix}'" in m for m in log)
 
 
@@ -60,7 +61,7 @@ def test_empty_checkpoints_say_so(tmp_path):
         path = tmp_path / 'empty.pt'
         torch.save(obj, path)
         with pytest.raises(UserError, match=rf'^--weights {path}: {message}'):
-            detect.read_checkpoint(path, what='--weights')
+            checkpoint.read(path, what='--weights')
     with pytest.raises(detect.UnknownCheckpoint, match='an empty state_dict'):
         detect.detect_architecture({})
 
@@ -69,12 +70,13 @@ def test_safetensors_files_are_read_like_pt_files(tmp_path):
     net = network('RCAN')
     path = tmp_path / 'rcan.safetensors'
     save_weights(net.state_dict(), path)  # channels_last weights: written as contiguous copies
-    state, found = detect.read_checkpoint(path)
+    ckpt = checkpoint.read(path)
+    state, found = ckpt.state, ckpt.detected
     assert found.model == 'RCAN' and all(torch.equal(state[k], v) for k, v in net.state_dict().items())
     bad = tmp_path / 'bad.safetensors'
     bad.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": 1')
     with pytest.raises(UserError, match=rf'^checkpoint {bad}: not a readable safetensors file'):
-        detect.read_checkpoint(bad)
+        checkpoint.read(bad)
 
 
 def test_a_checkpoint_of_another_model_than_the_template_s_is_named(tmp_path):
@@ -82,10 +84,10 @@ def test_a_checkpoint_of_another_model_than_the_template_s_is_named(tmp_path):
     torch.save(network('NLSN').state_dict(), path)
     with pytest.raises(UserError, match=rf'^--pre_train {path}: a checkpoint of NLSN x2, but the model is LCoAN '
                                         r'\(--model or --template demo\); give --model NLSN'):
-        api.parse_args(['--template', 'demo', '--pre_train', str(path), '--cpu'])
+        option.parse_main_args(['--template', 'demo', '--pre_train', str(path), '--cpu'])
     with pytest.raises(UserError, match=r'a checkpoint of NLSN x2, but the model is EDSR; give --model NLSN'):
-        api.parse_args(['--model', 'EDSR', '--pre_train', str(path), '--cpu'])
-    args = api.parse_args(['--model', 'NLSN', '--pre_train', str(path), '--cpu'])
+        option.parse_main_args(['--model', 'EDSR', '--pre_train', str(path), '--cpu'])
+    args = option.parse_main_args(['--model', 'NLSN', '--pre_train', str(path), '--cpu'])
     model.Model(args, type('Ckp', (), {'write_log': lambda self, m: None})())
 
 
@@ -106,7 +108,7 @@ def test_weights_that_are_not_floating_point_are_refused(tmp_path, capsys, dtype
         api.load_pretrained(path, device='cpu')
     assert str(e.value).startswith(f'weights {path}: ') and why in str(e.value)
     with pytest.raises(UserError, match=why.split(';')[0].replace('(', r'\(')):  # --pre_train's loader
-        checkpoint_io.load_checkpoint(network('EDSR'), path, log=lambda _: None, what='--pre_train')
+        checkpoint.read(path, what='--pre_train', recognise=False).load_into(network('EDSR'), log=lambda _: None)
     assert convert.main([str(path), str(tmp_path / 'out.pt')]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f'error: checkpoint {path}: ') and why in err and err.count('\n') == 1
@@ -123,5 +125,5 @@ def test_a_network_s_own_integer_buffers_load(tmp_path):
 
     net, saved = WithIndex(), WithIndex()
     saved.index += 3
-    checkpoint_io.load_into(net, saved.state_dict(), source='weights w.pt', log=lambda _: None)
+    loading.load_into(net, saved.state_dict(), source='weights w.pt', log=lambda _: None)
     assert net.index.tolist() == [3, 3, 3, 3] and net.index.dtype == torch.int64

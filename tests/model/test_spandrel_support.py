@@ -12,7 +12,6 @@ import torch
 import api
 import convert
 import helpers
-import option
 from core.io_utils import save_weights
 from model import registry, spandrel_support
 
@@ -24,8 +23,7 @@ def network(tmp_path, name: str, scale: int = 2):
     """A small network of ours as this program reads it from its weights (options the weights do not hold
     take their published values, as in spandrel)."""
     arch = registry.get(name)
-    args = option.for_model(name, cpu=True, scale=scale, rgb_range=1 if name == 'LCoAN' else 255, **arch.tiny)
-    net = arch.make_model(args).eval()
+    net = arch.build(scale=scale, rgb_range=1 if name == 'LCoAN' else 255, **arch.tiny).eval()
     with torch.no_grad():
         net(torch.rand(1, 3, 16, 16))  # LCoAN: initialises its k-means centroids, as a trained checkpoint has them
     torch.save(net.state_dict(), tmp_path / 'ours.pt')

@@ -12,7 +12,8 @@ import helpers
 import option
 import upscale
 from helpers.architectures import tiny_network
-from model import checkpoint_io, detect, swinir
+from model import checkpoint, swinir
+from model.checkpoint import detect
 from model.spec import UnknownCheckpoint
 
 FIXTURES = helpers.FIXTURES / 'swinir'
@@ -51,7 +52,7 @@ def case(request):
 
 def test_release_layout_is_detected_with_the_official_configuration(case):
     name, net, data = case
-    _, found = detect.read_checkpoint(FIXTURES / f'{name}.pth')
+    found = checkpoint.read(FIXTURES / f'{name}.pth').detected
     assert (found.model, found.options) == ('SwinIR', CASES[name])
     assert found.assumed == {'rgb_range': 1}  # the released weights run on [0, 1] images
     assert net.sr_args.rgb_range == 1
@@ -246,7 +247,7 @@ def test_fine_tuning_x2_to_x4_loads_all_but_the_upsampler(tmp_path):
     torch.save({'params': x2.state_dict()}, tmp_path / 'x2.pth')
     x4 = tiny_network('SwinIR', scale=4)
     lines = []
-    skipped = checkpoint_io.load_checkpoint(x4, tmp_path / 'x2.pth', log=lines.append, what='--pre_train')
+    skipped = checkpoint.read(tmp_path / 'x2.pth', what='--pre_train', recognise=False).load_into(x4, log=lines.append)
     assert skipped == ['upsample.0.weight', 'upsample.0.bias']
     assert torch.equal(x4.state_dict()['conv_last.weight'], x2.state_dict()['conv_last.weight'])
     assert 'kept the new x4 upsampler' in lines[0]

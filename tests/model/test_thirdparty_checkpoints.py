@@ -18,7 +18,9 @@ import torch
 import api
 import helpers
 import model
-from model import detect
+import option
+from model import checkpoint
+from model.checkpoint import detect
 
 FIXTURES = helpers.FIXTURES / 'thirdparty'
 # name -> options the weights cannot tell (BasicSR's x3 fixture was built with res_scale 0.1), read layout.
@@ -54,12 +56,13 @@ def test_third_party_checkpoints_reproduce_their_output(name):
 
 
 def test_basicsr_layout_is_detected_with_its_defaults_as_assumed():
-    _, found = detect.read_checkpoint(FIXTURES / 'basicsr_rcan_x4.pth')
+    found = checkpoint.read(FIXTURES / 'basicsr_rcan_x4.pth').detected
     assert (found.model, found.options) == ('RCAN', dict(scale=4, n_colors=3, n_feats=16, n_resgroups=2,
                                                          n_resblocks=2, reduction=4))
     assert found.assumed == {'res_scale': 1.0, 'rgb_range': 255}
     assert 'in the layout of BasicSR' in found.describe()
-    state, found = detect.read_checkpoint(FIXTURES / 'basicsr_edsr_x2.pth')
+    ckpt = checkpoint.read(FIXTURES / 'basicsr_edsr_x2.pth')
+    state, found = ckpt.state, ckpt.detected
     ema = torch.load(FIXTURES / 'basicsr_edsr_x2.pth', weights_only=True)['params_ema']
     assert torch.equal(state['head.0.weight'], ema['conv_first.weight'])  # params_ema, not params
 
@@ -90,7 +93,7 @@ def test_rcan_without_its_placeholder_loads_everywhere(tmp_path):
     ckp = type('Ckp', (), {'write_log': lambda self, m: log.append(m)})()
     for flags in ([], ['--model', 'RCAN', '--scale', '4', '--n_resgroups', str(official['config']['n_resgroups']),
                        '--n_resblocks', str(official['config']['n_resblocks'])]):
-        args = api.parse_args(['--pre_train', str(path), '--cpu', *flags])
+        args = option.parse_main_args(['--pre_train', str(path), '--cpu', *flags])
         loaded = model.Model(args, ckp).get_model().eval()
         with torch.no_grad():
             torch.testing.assert_close(loaded(official['input']), official['output'], rtol=1e-5, atol=1e-4)
@@ -100,7 +103,7 @@ def test_rcan_without_its_placeholder_loads_everywhere(tmp_path):
 def test_basicsr_checkpoint_through_pre_train_uses_the_given_rgb_range(tmp_path):
     io = fixture('basicsr_edsr_x2')
     log = []
-    args = api.parse_args(['--pre_train', str(FIXTURES / 'basicsr_edsr_x2.pth'), '--cpu'])
+    args = option.parse_main_args(['--pre_train', str(FIXTURES / 'basicsr_edsr_x2.pth'), '--cpu'])
     assert 'assumed (not stored in the weights): res_scale=1.0, rgb_range=255' in args.pre_train_detected
     assert 'in the layout of BasicSR' in args.pre_train_detected
     net = model.Model(args, type('Ckp', (), {'write_log': lambda self, m: log.append(m)})()).get_model().eval()
@@ -108,7 +111,7 @@ def test_basicsr_checkpoint_through_pre_train_uses_the_given_rgb_range(tmp_path)
     with torch.no_grad():
         assert (net(io['input'] * 255) / 255 - io['output']).abs().max() < 1e-6
     # A model trained in BasicSR with img_range 1: --rgb_range 1 builds that mean shift.
-    args = api.parse_args(['--pre_train', str(FIXTURES / 'basicsr_edsr_x2.pth'), '--cpu', '--rgb_range', '1'])
+    args = option.parse_main_args(['--pre_train', str(FIXTURES / 'basicsr_edsr_x2.pth'), '--cpu', '--rgb_range', '1'])
     net = model.Model(args, type('Ckp', (), {'write_log': lambda self, m: None})()).get_model()
     assert torch.allclose(net.add_mean.bias, torch.tensor([0.4488, 0.4371, 0.4040]))
 

@@ -1,4 +1,4 @@
-"""model.Model (device, precision, self-ensemble, chop) and model.checkpoint_io (loading state dicts).
+"""model.Model (device, precision, self-ensemble, chop) and model.checkpoint (loading state dicts).
 
 Most tests use small stand-in networks registered as ``model.<name>`` modules, so that exact
 properties can be asserted (a purely local network chops without any difference); the real LCoAN
@@ -14,7 +14,7 @@ from torch import nn
 import model
 import option
 from core.errors import UserError
-from model import checkpoint_io, inference, registry, spec
+from model import checkpoint, inference, registry, spec
 
 
 class Log:
@@ -86,7 +86,7 @@ def register(monkeypatch, name: str, cls) -> None:
 
 
 def make_args(*extra: str, model_name: str | None = None):
-    # --pre_train is set after parsing: the stand-in networks' checkpoints are unknown to model.detect.
+    # --pre_train is set after parsing: the stand-in networks' checkpoints are unknown to model.checkpoint.detect.
     extra = list(extra)
     pre_train = extra.pop(extra.index('--pre_train') + 1) if '--pre_train' in extra else ''
     if pre_train:
@@ -358,7 +358,7 @@ def test_resuming_requires_an_exact_match_even_in_the_upsampler(tmp_path):
     path, _ = save_net(tmp_path, 'x2.pt', LocalNet, '--scale', '2')
     net = LocalNet(make_args('--scale', '4'))
     with pytest.raises(UserError, match=r'only the upsampler differs: the checkpoint is for another scale'):
-        checkpoint_io.load_checkpoint(net, path, log=print, what='--load', allow_new_upsampler=False)
+        checkpoint.read(path, what='--load', recognise=False).load_into(net, log=print, allow_new_upsampler=False)
 
 
 def test_module_prefix_of_ddp_checkpoints_is_stripped(tmp_path, monkeypatch):

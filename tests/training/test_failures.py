@@ -19,13 +19,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import api
 import helpers
 import main as main_module
 import metrics
 import model
 import option
-from core import io_utils
+from core import io_utils, precision
 from core.errors import UserError
 from core.io_utils import atomic_save, load_state
 from helpers.architectures import tiny_network
@@ -42,7 +41,7 @@ from helpers.trainer_kit import (
     wait_held,
     weights,
 )
-from model import checkpoint_io, inference, registry
+from model import checkpoint, registry
 from training import evaluation, interrupts, run_flags, run_folder
 
 # ----------------------------------------------------------------------------------------------
@@ -110,7 +109,7 @@ def test_non_finite_checkpoints_are_refused_at_load_time(tmp_path, bad, kinds):
     atomic_save(state, path)
     with pytest.raises(UserError, match=f'^--pre_train {path}: tensor body.weight holds {kinds} of 324 values; '
                                         'refusing weights that are not finite'):
-        checkpoint_io.load_checkpoint(net, path, log=print, what='--pre_train')
+        checkpoint.read(path, what='--pre_train', recognise=False).load_into(net, log=print)
 
 
 def test_non_finite_run_is_refused_for_resume_and_test_only(tmp_path):
@@ -292,17 +291,19 @@ def test_load_test_only_reads_the_architecture_of_the_run_it_evaluates(tmp_path)
     (run / 'model').mkdir(parents=True)
     atomic_save(tiny_network('LCoAN').state_dict(), run / 'model' / 'model_latest.pt')
     atomic_save(tiny_network('EDSR').state_dict(), run / 'model' / 'model_2.pt')
-    args = api.parse_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only'])
+    args = option.parse_main_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only'])
     tiny = registry.get('LCoAN').tiny
     assert args.model == 'LCoAN' and args.n_feats == tiny['n_feats'] and args.n_resgroups == tiny['n_resgroups']
     assert args.pre_train_detected.startswith(f'--load run --test_only: {run}/model/model_latest.pt: LCoAN x2 '
                                               'checkpoint; options read from the weights: ')
-    args = api.parse_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only', '--resume', '2'])
+    args = option.parse_main_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only',
+                                   '--resume', '2'])
     assert args.model == 'EDSR' and args.n_feats == registry.get('EDSR').tiny['n_feats']
     assert args.pre_train_detected.startswith(f'--load run --test_only: {run}/model/model_2.pt: EDSR x2 checkpoint')
     assert run_flags.evaluated_weights(args) == run / 'model' / 'model_2.pt'
     # Flags given win, as with --pre_train; training runs are not read here.
-    args = api.parse_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only', '--n_feats', '8'])
+    args = option.parse_main_args(['--cpu', '--save_dir', str(tmp_path), '--load', 'run', '--test_only',
+                                   '--n_feats', '8'])
     assert args.n_feats == 8
     assert run_flags.evaluated_weights(option.parse(['--load', 'run', '--resume', '-1'])) is None
 
@@ -538,7 +539,7 @@ def test_half_precision_on_the_cpu_warns_once(monkeypatch):
             pass
     for native, suggestion in [(True, 'use --precision single or bf16 (this CPU has bfloat16 in hardware)'),
                                (False, 'use --precision single')]:
-        monkeypatch.setattr(inference, 'cpu_has_native_bf16', lambda native=native: native)
+        monkeypatch.setattr(precision, 'cpu_has_native_bf16', lambda native=native: native)
         with warnings.catch_warnings(record=True) as record:
             warnings.simplefilter('always')
             model.Model(args, Log())

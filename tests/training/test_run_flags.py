@@ -52,7 +52,7 @@ def test_combinations_without_meaning_name_their_flags(given, message):
 
 
 def test_the_network_file_load_test_only_evaluates():
-    # What api.parse_args reads the architecture from, and what training.resume loads.
+    # What option.parse_main_args reads the architecture from, and what training.resume loads.
     assert evaluated_weights(flags(test_only=True, load='run', save_dir='exp')) == Path('exp/run/model/model_latest.pt')
     assert evaluated_weights(flags(test_only=True, load='run', resume=4, save_dir='exp')) == Path(
         'exp/run/model/model_4.pt')

@@ -15,21 +15,19 @@ fault, so a detected configuration always loads strictly.
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from model import checkpoint_io, registry
+from model import registry
+from model.checkpoint import files, layouts
+from model.checkpoint.layouts import DEFAULT_RGB_RANGE
 from model.spec import PLACEHOLDER_KEYS, Architecture, Layout, UnknownCheckpoint, mismatch, rgb_range_of
 
-# EDSR-PyTorch's default for models without a mean shift (RDN), whose weights do not reveal it.
-DEFAULT_RGB_RANGE = 255
 # How many keys a message lists before "and N more".
 _LIST_AT_MOST = 5
 
-__all__ = ['Detected', 'UnknownCheckpoint', 'detect_architecture', 'expected_shapes',
-           'fill_options', 'read_checkpoint', 'recognise']
+__all__ = ['Detected', 'UnknownCheckpoint', 'detect_architecture', 'expected_shapes', 'identify', 'recognise']
 
 
 @dataclass(frozen=True)
@@ -94,8 +92,18 @@ def recognise(state: dict[str, torch.Tensor], *, rgb_range: float | None = None,
     """``state`` in our layout, and the model and options that produced it.
 
     Wrapper prefixes (``module.``, ``_orig_mod.``, ``model.``) are removed and another code base's
-    layout is renamed to ours first (:func:`checkpoint_io.in_our_layout`; ``rgb_range`` and
-    ``layout`` are passed to it).
+    layout is renamed to ours first (:func:`layouts.in_our_layout`; ``rgb_range`` and ``layout`` are
+    passed to it), then :func:`identify` tells the architecture.
+    """
+    state = files.strip_prefixes(state, log=lambda _: None)
+    state, found_layout = layouts.in_our_layout(state, rgb_range=rgb_range, layout=layout)
+    return state, identify(state, found_layout, rgb_range=rgb_range)
+
+
+def identify(state: dict[str, torch.Tensor], layout: Layout | None = None, *,
+             rgb_range: float | None = None) -> Detected:
+    """The model and options that produced ``state``, a state_dict in our layout (renamed from ``layout``, for
+    ``rgb_range`` when that layout keeps the mean shift out of its weights).
 
     Raises:
         UnknownCheckpoint: no known architecture has these keys and shapes; the message (one line,
@@ -104,8 +112,6 @@ def recognise(state: dict[str, torch.Tensor], *, rgb_range: float | None = None,
     """
     if not state:
         raise UnknownCheckpoint('an empty state_dict: it holds no weights')
-    state = checkpoint_io.strip_prefixes(state, log=lambda _: None)
-    state, found_layout = checkpoint_io.in_our_layout(state, rgb_range=rgb_range, layout=layout)
     archs = registry.architectures().values()
     everyone = ', '.join(registry.names()) + (f' ({registry.broken_note()})' if registry.broken() else '')
     candidates = [a for a in archs if a.signature in state]
@@ -117,10 +123,10 @@ def recognise(state: dict[str, torch.Tensor], *, rgb_range: float | None = None,
             foreign = list(state)
         raise UnknownCheckpoint('not a super-resolution checkpoint this program knows; ' + which + _listing(foreign))
     errors = []
-    layout_range = (checkpoint_io.DEFAULT_RGB_RANGE if rgb_range is None else rgb_range) if found_layout else None
+    layout_range = (DEFAULT_RGB_RANGE if rgb_range is None else rgb_range) if layout else None
     for arch in candidates:  # one, unless two architectures share a signature key: the one whose layout fits
         try:
-            return state, _verified(arch, state, found_layout, layout_range)
+            return _verified(arch, state, layout, layout_range)
         except UnknownCheckpoint as e:
             errors.append(e)
     raise errors[0]
@@ -154,35 +160,3 @@ def _verified(arch: Architecture, state: dict[str, torch.Tensor], layout: Layout
     else:
         options['rgb_range'] = rgb_range
     return Detected(model=arch.name, options=options, assumed=assumed, layout=layout.source if layout else '')
-
-
-def read_checkpoint(path: str | Path, *, what: str = 'checkpoint', rgb_range: float | None = None,
-                    layout: str | None = None) -> tuple[dict[str, torch.Tensor], Detected]:
-    """Read ``path`` (see :func:`checkpoint_io.read_state_dict`) and detect its architecture.
-
-    Returns ``(state_dict in our layout, detected)``; errors name the file. ``rgb_range`` and
-    ``layout``: see :func:`recognise`.
-    """
-    state = checkpoint_io.read_state_dict(path, what=what)
-    try:
-        return recognise(state, rgb_range=rgb_range, layout=layout)
-    except UnknownCheckpoint as e:
-        raise UnknownCheckpoint(f'{what} {path}: {e}') from None
-
-
-def fill_options(args, detected: Detected, given: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Set every detected and assumed option on ``args`` that is not in ``given``.
-
-    ``args`` holds the raw parsed flags (before ``option.finalize``): ``scale`` is written as the
-    string the parser would produce. Returns ``(filled detected, filled assumed)``.
-    """
-    given = set(given)
-    filled: dict[str, Any] = {}
-    assumed: dict[str, Any] = {}
-    for source, target in (({'model': detected.model, **detected.options}, filled), (detected.assumed, assumed)):
-        for key, value in source.items():
-            if key in given:
-                continue
-            setattr(args, key, str(value) if key == 'scale' else value)
-            target[key] = value
-    return filled, assumed
