@@ -17,12 +17,17 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks Figs
 
+# TEST_JOBS test processes (pytest-xdist), each module's tests in one of them so that its shared runs are made
+# once; one thread each, so that they share the cores instead of fighting over them.
+TEST_JOBS ?= 2
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadscope
+
 test: lint
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 # The tests not marked slow: no end-to-end training runs or multi-process runs.
 test-fast: lint
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 # OFFICIAL_SRC=/path/to/LCoAN/src and NLSN_SRC=/path/to/NLSN/src add the official code as same-run baselines.
 bench: $(STAMP)
