@@ -371,7 +371,7 @@ def read_run(folder: Path) -> dict:
 
 def run_main(ctx: Context, flags: list[str], env: dict | None = None, launcher: list[str] | None = None):
     cmd = [*(launcher or [ctx.python]), 'main.py', *flags]
-    return run_logged(cmd, cwd=ctx.src, env=env or child_env(2 if ctx.smoke else None))
+    return run_logged(cmd, cwd=ctx.src, env=env or child_env())
 
 
 # ----------------------------------------------------------------------------------------------

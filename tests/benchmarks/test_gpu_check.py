@@ -46,7 +46,8 @@ def fake_official(tmp_path):
 @pytest.mark.slow
 def test_smoke_runs_every_step_and_a_failing_step_does_not_stop_the_others(tmp_path, fake_official):
     out, work = tmp_path / 'out', tmp_path / 'work'
-    env = {**os.environ, 'PYTHON': sys.executable, 'OMP_NUM_THREADS': '2'}
+    # One thread a process: the suite runs beside this test in another process (make test)
+    env = {**os.environ, 'PYTHON': sys.executable, 'OMP_NUM_THREADS': '1'}
     done = subprocess.run(['bash', str(BENCH / 'gpu_check.sh'), '--smoke', '--out', str(out), '--work', str(work),
                            '--official_src', str(fake_official), '--fail_step', 'attention'],
                           capture_output=True, text=True, env=env, timeout=600)
